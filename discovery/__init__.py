@@ -1,0 +1,1 @@
+"""Discovery: mDNS, bootstrap peers, capability gossip, failure detection."""

@@ -1,0 +1,31 @@
+"""EdgeShard's planner: pure functions from a cluster description to a plan."""
+
+from .cluster import Cluster, Device, DeviceId, Link, Model, Network, Unit, parse_cluster
+from .errors import ClusterFileError, InfeasibleError, InvalidPlanError, SolverError
+from .plan import OBJECTIVES, Cost, Objective, Plan, PlanId, Stage, evaluate
+from .planner import EXACT, STRATEGIES, plan
+
+__all__ = [
+    "EXACT",
+    "OBJECTIVES",
+    "STRATEGIES",
+    "Cluster",
+    "ClusterFileError",
+    "Cost",
+    "Device",
+    "DeviceId",
+    "InfeasibleError",
+    "InvalidPlanError",
+    "Link",
+    "Model",
+    "Network",
+    "Objective",
+    "Plan",
+    "PlanId",
+    "SolverError",
+    "Stage",
+    "Unit",
+    "evaluate",
+    "parse_cluster",
+    "plan",
+]

@@ -1,0 +1,129 @@
+"""`plan(cluster, objective, strategy)`: the one entry point for every strategy.
+
+"edgeshard" is the exact planner: latency minimises Σ compute + Σ transfers; throughput
+minimises the bottleneck and, among plans with that bottleneck, the latency. Past
+`EXACT_DEVICE_LIMIT` devices (after merging interchangeable ones into classes) the device set is
+pruned first (see `prune`); the plan is then exact on the kept devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import baselines
+from .classes import device_classes
+from .cluster import Cluster
+from .costs import CostModel
+from .errors import InfeasibleError, SolverError
+from .plan import Objective, Plan, Stage, make_plan
+from .prune import EXACT_DEVICE_LIMIT, prune_devices
+from .search import SearchBudgetExceeded, SearchResult, exact_search
+
+EXACT = "edgeshard"
+BASELINES: dict[str, Callable[[CostModel, Objective], list[Stage] | None]] = {
+    "edge-solo": lambda costs, _: baselines.edge_solo(costs),
+    "cloud-edge-even": lambda costs, _: baselines.cloud_edge_even(costs),
+    "cloud-edge-opt": baselines.cloud_edge_opt,
+    "even": lambda costs, _: baselines.even(costs),
+    "memory-proportional": lambda costs, _: baselines.memory_proportional(costs),
+    "greedy": lambda costs, _: baselines.greedy(costs),
+}
+STRATEGIES: tuple[str, ...] = (EXACT, *BASELINES)
+# States the exact search may expand (~10-20 s here) before the planner falls back to the
+# FALLBACK_DEVICE_LIMIT most useful devices. Reached only by many all-different devices.
+SEARCH_BUDGET = 150_000
+FALLBACK_DEVICE_LIMIT = 8
+# Clusters of at most this many device classes are searched whole, however many devices.
+EXACT_CLASS_LIMIT = 5
+
+
+def gib(nbytes: int) -> str:
+    """Bytes as GiB for messages."""
+    return f"{nbytes / 2**30:.2f} GiB"
+
+
+def infeasibility_reason(costs: CostModel) -> str:
+    """Why no plan fits: how much memory is missing, or which unit fits nowhere."""
+    total, available = costs.bytes_prefix[-1], sum(costs.memory)
+    if total > available:
+        return (
+            f"the model needs {gib(total)} but all devices together offer {gib(available)}: "
+            f"{gib(total - available)} missing"
+        )
+    largest = max(costs.memory)
+    for unit in costs.cluster.model.units:
+        if unit.bytes > largest:
+            return f"unit {unit.name!r} needs {gib(unit.bytes)}; the largest device offers {gib(largest)}"
+    if costs.source is not None and costs.memory[costs.source] < costs.cluster.model.units[0].bytes:
+        return f"the source {costs.ids[costs.source]!r} cannot hold unit 0"
+    return (
+        f"the devices offer {gib(available)} for {gib(total)}, but the units cannot be cut into "
+        "contiguous stages, one per device, that each fit"
+    )
+
+
+def _search(
+    costs: CostModel, objective: Objective, devices: list[int], budget: int | None
+) -> list[Stage] | None:
+    classes = device_classes(costs, devices)
+    result: SearchResult | None
+    if objective == "latency":
+        result = exact_search(costs, classes, "sum", budget=budget)
+    else:
+        bottleneck = exact_search(costs, classes, "max", budget=budget)
+        result = (
+            None
+            if bottleneck is None
+            else exact_search(costs, classes, "sum", bottleneck.cost, budget=budget)
+        )
+    if result is None:
+        return None
+    taken = {k: iter(c.members) for k, c in enumerate(classes)}
+    return [Stage(costs.ids[next(taken[s.cls])], s.start, s.end) for s in result.segments]
+
+
+def _exact(costs: CostModel, objective: Objective, device_limit: int) -> tuple[list[Stage] | None, bool]:
+    """(stages, proven optimal on the whole cluster).
+
+    Device sets are tried from largest to smallest: all devices (when few or of few kinds),
+    then the `device_limit` and `FALLBACK_DEVICE_LIMIT` most useful. Each but the last try has
+    a budget of expanded states (a count, so every peer falls back at the same point).
+    """
+    everything = list(range(len(costs.ids)))
+    attempts: list[list[int]] = []
+    if len(everything) <= device_limit or len(device_classes(costs)) <= EXACT_CLASS_LIMIT:
+        attempts.append(everything)
+    for limit in (device_limit, FALLBACK_DEVICE_LIMIT):
+        devices = prune_devices(costs, limit)
+        if devices not in attempts:
+            attempts.append(devices)
+    for number, devices in enumerate(attempts):
+        last = number == len(attempts) - 1
+        try:
+            stages = _search(costs, objective, devices, None if last else SEARCH_BUDGET)
+        except SearchBudgetExceeded:
+            continue
+        return stages, devices == everything
+    raise AssertionError("the last attempt has no budget")
+
+
+def plan(
+    cluster: Cluster,
+    objective: Objective = "latency",
+    strategy: str = EXACT,
+    device_limit: int = EXACT_DEVICE_LIMIT,
+) -> Plan:
+    """Plan the cluster with one strategy; InfeasibleError if it finds no plan that fits."""
+    costs = CostModel(cluster)
+    optimal = False
+    if strategy == EXACT:
+        stages, optimal = _exact(costs, objective, device_limit)
+    elif strategy in BASELINES:
+        stages = BASELINES[strategy](costs, objective)
+    else:
+        raise SolverError(f"unknown strategy {strategy!r} (one of: {', '.join(STRATEGIES)})")
+    if stages is None:
+        if strategy == EXACT:
+            raise InfeasibleError(f"no plan fits: {infeasibility_reason(costs)}")
+        raise InfeasibleError(f"{strategy} has no plan that fits this cluster")
+    return make_plan(costs, objective, strategy, stages, optimal)

@@ -1,0 +1,88 @@
+"""The exact planner against brute force on many random small clusters."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from edgeshard.solver import InfeasibleError, plan
+from edgeshard.solver.costs import CostModel
+from edgeshard.solver.exhaustive import all_plans
+from edgeshard.solver.generate import random_cluster
+from edgeshard.solver.plan import evaluate
+
+INSTANCES = 240
+
+
+def _reference(costs: CostModel) -> tuple[int | None, tuple[int, int] | None]:
+    """Brute force: min latency, and min (bottleneck, latency) lexicographically."""
+    latency: int | None = None
+    throughput: tuple[int, int] | None = None
+    for _, cost in all_plans(costs):
+        latency = cost.latency_ns if latency is None else min(latency, cost.latency_ns)
+        key = (cost.bottleneck_ns, cost.latency_ns)
+        throughput = key if throughput is None else min(throughput, key)
+    return latency, throughput
+
+
+def _instances() -> list[tuple[int, object]]:
+    rng = random.Random(20261126)
+    cases = []
+    for index in range(INSTANCES):
+        devices = rng.randint(1, 5)
+        units = rng.randint(2, 12)
+        kinds = rng.choice([None, None, max(1, devices - 2)])
+        cluster = random_cluster(
+            rng, devices, units, kinds=kinds, tight_memory=rng.random() < 0.75, source=rng.random() < 0.7
+        )
+        cases.append((index, cluster))
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("index", "cluster"), _instances(), ids=lambda v: str(v) if isinstance(v, int) else ""
+)
+def test_both_objectives_equal_brute_force(index: int, cluster: object) -> None:
+    costs = CostModel(cluster)  # type: ignore[arg-type]
+    best_latency, best_throughput = _reference(costs)
+    if best_latency is None:
+        for objective in ("latency", "throughput"):
+            with pytest.raises(InfeasibleError):
+                plan(cluster, objective)  # type: ignore[arg-type]
+        return
+    latency_plan = plan(cluster, "latency")  # type: ignore[arg-type]
+    throughput_plan = plan(cluster, "throughput")  # type: ignore[arg-type]
+    # Valid under the cost model, and the reported cost is the evaluated one.
+    assert evaluate(costs, latency_plan.stages) == latency_plan.cost
+    assert evaluate(costs, throughput_plan.stages) == throughput_plan.cost
+    assert latency_plan.cost.latency_ns == best_latency
+    # Throughput: least bottleneck, and among those the least latency.
+    assert (throughput_plan.cost.bottleneck_ns, throughput_plan.cost.latency_ns) == best_throughput
+    assert latency_plan.optimal and throughput_plan.optimal
+
+
+def test_the_instances_exercise_binding_memory_and_slow_links() -> None:
+    """The random set is not trivial: memory forces several stages, links differ, some are infeasible."""
+    multi_stage = infeasible = slow_links = 0
+    for _, cluster in _instances():
+        costs = CostModel(cluster)  # type: ignore[arg-type]
+        slow_links += any(link.mbps <= 100 for link in cluster.network.links)  # type: ignore[attr-defined]
+        try:
+            result = plan(cluster, "latency")  # type: ignore[arg-type]
+        except InfeasibleError:
+            infeasible += 1
+            continue
+        fits_alone = any(costs.fits(d, 0, costs.unit_count) for d in range(len(costs.ids)))
+        multi_stage += len(result.stages) > 1 and not fits_alone
+    assert multi_stage >= 40
+    assert infeasible >= 5
+    assert slow_links >= 40
+
+
+def test_same_input_same_plan_and_id() -> None:
+    rng = random.Random(5)
+    cluster = random_cluster(rng, 12, 42, kinds=3)
+    first, second = plan(cluster, "throughput"), plan(cluster, "throughput")
+    assert first.stages == second.stages
+    assert first.plan_id == second.plan_id
+    assert plan(cluster, "latency").plan_id != first.plan_id
