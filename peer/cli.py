@@ -116,12 +116,28 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser = commands.add_parser("compare", help="every strategy side by side")
     _cluster_argument(compare_parser)
     compare_parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+    from . import generate  # torch and transformers load only for the commands that run a model
+
+    generate_parser = commands.add_parser("generate", help="run the model split over local stage servers")
+    generate.add_arguments(generate_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `edgeshard`."""
     args = build_parser().parse_args(argv)
+    if args.command == "generate":
+        from . import generate
+        from .errors import PeerError
+
+        try:
+            return generate.main(args)
+        except PeerError as error:
+            print(f"edgeshard: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            return 130
     try:
         cluster = load_cluster(args.cluster)
         if args.command == "plan":

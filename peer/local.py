@@ -1,0 +1,139 @@
+"""A local cluster: N stage servers on loopback (threads of this process, or OS processes).
+
+This is what `edgeshard generate` and the engine benchmark run: every stage is a real aiohttp
+server on its own socket, links are real WebSockets, only the host is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import torch
+from aiohttp import web
+
+from .errors import StageError
+from .modelfile import ModelSource
+from .origin import Origin
+from .serving import start_server
+from .shard import Shard
+from .stage import StageServer
+
+PROCESS_START_TIMEOUT = 600.0
+
+
+@dataclass
+class LocalCluster:
+    """Stages for the given unit ranges, and an origin to drive them."""
+
+    model: str
+    ranges: list[tuple[int, int]]
+    processes: bool = False
+    dtype: str = "float32"
+    source: ModelSource | None = None  # threads mode: share one opened model
+    route: list[str] = field(default_factory=list)
+    origin: Origin = field(default_factory=Origin)
+    _runners: list[web.AppRunner] = field(default_factory=list)
+    _stages: list[StageServer] = field(default_factory=list)
+    _children: list[asyncio.subprocess.Process] = field(default_factory=list)
+
+    async def __aenter__(self) -> LocalCluster:
+        try:
+            if self.processes:
+                await self._start_processes()
+            else:
+                await self._start_threads()
+            runner, self.origin.url = await start_server(self.origin.add_routes)
+            self._runners.append(runner)
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _start_threads(self) -> None:
+        from .modelfile import open_model
+        from .torch_options import DTYPES
+
+        source = self.source or open_model(self.model)
+        for start, end in self.ranges:
+            shard = Shard(source, start, end, dtype=DTYPES[self.dtype])
+            stage = StageServer(shard)
+            runner, url = await start_server(stage.add_routes)
+            self._stages.append(stage)
+            self._runners.append(runner)
+            self.route.append(url)
+
+    async def _start_processes(self) -> None:
+        # Start all, then wait for all: the stages load in parallel.
+        for start, end in self.ranges:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "edgeshard.peer.stage_process",
+                "--model",
+                self.model,
+                "--start",
+                str(start),
+                "--end",
+                str(end),
+                "--dtype",
+                self.dtype,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            self._children.append(child)
+        for child in self._children:
+            assert child.stdout is not None
+            try:
+                line = await asyncio.wait_for(child.stdout.readline(), PROCESS_START_TIMEOUT)
+            except TimeoutError:
+                raise StageError("a stage process did not start in time") from None
+            if not line:
+                raise StageError(f"a stage process exited with status {await child.wait()}")
+            self.route.append(json.loads(line)["url"])
+
+    async def stage_status(self) -> list[dict[str, Any]]:
+        """Each stage's /status (units, weight bytes, process RSS)."""
+        if not self.processes:
+            return [stage.status() | {"rss_bytes": None} for stage in self._stages]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            statuses = []
+            for url in self.route:
+                async with session.get(url + "/status") as response:
+                    statuses.append(await response.json())
+            return statuses
+
+    async def close(self) -> None:
+        """Stop the origin, the stages and any child processes."""
+        await self.origin.close()
+        for stage in self._stages:
+            await stage.close()
+        for runner in self._runners:
+            await runner.cleanup()
+        for child in self._children:
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    assert child.stdin is not None
+                    child.stdin.close()
+                    child.terminate()
+                try:
+                    await asyncio.wait_for(child.wait(), 10)
+                except TimeoutError:
+                    child.kill()
+                    await child.wait()
+        self._runners.clear()
+        self._stages.clear()
+        self._children.clear()
+
+
+def torch_threads_note() -> str:
+    """How many intra-op threads torch uses here (for benchmark headers)."""
+    return f"torch {torch.__version__}, {torch.get_num_threads()} threads"

@@ -1,0 +1,87 @@
+"""The origin: opens a session along a route, feeds tokens to stage 0, yields the sampled ones.
+
+The origin owns the stop decision (end-of-sequence ids, max tokens; stop strings are checked
+by the caller that holds the tokenizer), so stages stay simple. Tokens arrive on the origin's own
+endpoint (the last stage connects to it); error frames arrive either there or back on the link
+to stage 0. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Sequence
+
+from aiohttp import web
+
+from .errors import StageError
+from .links import STAGE_PATH, Links, Reply, frame_endpoint
+from .sampling import SamplingParams
+from .wire import Close, Error, Frame, Open, Token, Tokens, WireDtype
+
+STEP_TIMEOUT = 120.0
+
+
+class Origin:
+    """Generation sessions started from this process."""
+
+    def __init__(self, url: str = "") -> None:
+        self.url = url  # where the last stage reaches this origin; set once its server listens
+        self.links = Links(on_frame=self._receive)
+        self._queues: dict[str, asyncio.Queue[Token | Error]] = {}
+
+    def add_routes(self, app: web.Application) -> None:
+        """Mount the endpoint the last stage sends tokens to."""
+        app.router.add_get(STAGE_PATH, frame_endpoint(self._receive))
+
+    async def _receive(self, frame: Frame, _reply: Reply) -> None:
+        if isinstance(frame, Token | Error):
+            queue = self._queues.get(frame.session)
+            if queue is not None:
+                queue.put_nowait(frame)
+
+    async def generate(
+        self,
+        route: Sequence[str],
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams,
+        max_tokens: int,
+        stop_ids: Sequence[int] = (),
+        plan_id: str = "",
+        wire_dtype: WireDtype = "float32",
+        timeout: float = STEP_TIMEOUT,
+    ) -> AsyncIterator[int]:
+        """Stream generated token ids (stop ids are not yielded)."""
+        session = secrets.token_hex(8)
+        queue: asyncio.Queue[Token | Error] = asyncio.Queue()
+        self._queues[session] = queue
+        stage0 = route[0]
+        try:
+            await self.links.send(
+                stage0, Open(session, tuple(route), 0, self.url, plan_id, sampling, wire_dtype)
+            )
+            position, feed = 0, list(prompt_ids)
+            for _ in range(max_tokens):
+                await self.links.send(stage0, Tokens(session, position, tuple(feed)))
+                try:
+                    reply = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    raise StageError(f"no token within {timeout:.0f}s (session {session})") from None
+                if isinstance(reply, Error):
+                    raise StageError(f"{reply.code}: {reply.message}")
+                position += len(feed)
+                if reply.position != position:
+                    raise StageError(f"token for position {reply.position}, expected {position}")
+                if reply.token_id in stop_ids:
+                    return
+                yield reply.token_id
+                feed = [reply.token_id]
+        finally:
+            del self._queues[session]
+            with contextlib.suppress(StageError):  # a stage that is gone took its sessions along
+                await self.links.send(stage0, Close(session))
+
+    async def close(self) -> None:
+        """Close the links."""
+        await self.links.close()

@@ -1,0 +1,174 @@
+"""A stage server: receives frames, runs its shard off the loop, forwards the result.
+
+Theory of operation. A session is opened by an `Open` frame that carries the route (every
+stage's URL), this stage's hop index and the origin's URL; each stage remembers where the
+session goes next and forwards the `Open` down the route. Stage 0 then receives `Tokens`, every
+other stage `Hidden`; each runs its units on the single worker thread (torch never runs on the
+event loop, so heartbeats and other links stay on time) and sends `Hidden` on, or, on the last
+stage, samples and sends `Token` to the origin. Frames of one link are handled in order, and a
+session has at most one step in flight (the origin waits for each token), so per-session order
+holds. Any fault in a frame is answered with an `Error` frame naming the session; the stage
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import torch
+from aiohttp import web
+
+from .errors import PeerError, ProtocolError, StageError
+from .links import STAGE_PATH, Links, Reply, frame_endpoint
+from .sampling import SamplingParams, sample
+from .shard import SessionError, Shard
+from .wire import Close, Error, Frame, Hidden, Open, Token, Tokens, WireDtype
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a session's output goes from this stage."""
+
+    next_url: str | None  # None on the last stage
+    origin: str
+    sampling: SamplingParams
+    wire_dtype: WireDtype
+    plan_id: str
+
+
+class StageServer:
+    """One shard behind an aiohttp WebSocket endpoint."""
+
+    def __init__(self, shard: Shard, links: Links | None = None, max_sessions: int = 64) -> None:
+        self.shard = shard
+        self.links = links or Links(on_frame=self._on_returned)
+        self.routes: dict[str, Route] = {}
+        self.max_sessions = max_sessions
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard-{shard.start}-{shard.end}")
+
+    def add_routes(self, app: web.Application) -> None:
+        """Mount the stage endpoint and a status page."""
+        app.router.add_get(STAGE_PATH, frame_endpoint(self.handle))
+        app.router.add_get("/status", self._status)
+
+    def status(self) -> dict[str, Any]:
+        """Units, sessions and memory of this stage."""
+        return {
+            "start": self.shard.start,
+            "end": self.shard.end,
+            "sessions": len(self.shard.sessions),
+            "weight_bytes": self.shard.weight_bytes(),
+            "rss_bytes": psutil.Process(os.getpid()).memory_info().rss,
+            "pid": os.getpid(),
+        }
+
+    async def _status(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def _on_returned(self, frame: Frame, _reply: Reply) -> None:
+        """An error frame came back from the next stage: pass it on to the session's origin."""
+        if isinstance(frame, Error) and frame.session in self.routes:
+            await self._to_origin(frame.session, frame)
+
+    async def _to_origin(self, session: str, frame: Frame) -> None:
+        route = self.routes.get(session)
+        if route is None:
+            return
+        try:
+            await self.links.send(route.origin, frame)
+        except StageError as error:
+            log.warning("cannot reach origin of session %s: %s", session, error)
+
+    async def handle(self, frame: Frame, reply: Reply) -> None:
+        """Handle one inbound frame; faults become error frames, never crashes."""
+        try:
+            await self._dispatch(frame)
+        except (ProtocolError, SessionError, StageError, ValueError) as error:
+            code = error.code if isinstance(error, ProtocolError) else type(error).__name__
+            session = getattr(frame, "session", "")
+            log.info("session %s: %s", session, error)
+            await reply(Error(session, code, str(error)))
+        except PeerError as error:  # pragma: no cover - any other fault of ours
+            log.exception("stage fault")
+            await reply(Error(getattr(frame, "session", ""), "stage-fault", str(error)))
+
+    async def _dispatch(self, frame: Frame) -> None:
+        match frame:
+            case Open():
+                if frame.session not in self.routes and len(self.routes) >= self.max_sessions:
+                    raise ProtocolError("busy", f"this stage holds {self.max_sessions} sessions")
+                last = frame.hop == len(frame.route) - 1
+                self.routes[frame.session] = Route(
+                    next_url=None if last else frame.route[frame.hop + 1],
+                    origin=frame.origin,
+                    sampling=frame.sampling,
+                    wire_dtype=frame.wire_dtype,
+                    plan_id=frame.plan_id,
+                )
+                if not last:
+                    await self.links.send(
+                        frame.route[frame.hop + 1],
+                        Open(
+                            frame.session,
+                            frame.route,
+                            frame.hop + 1,
+                            frame.origin,
+                            frame.plan_id,
+                            frame.sampling,
+                            frame.wire_dtype,
+                        ),
+                    )
+            case Tokens():
+                if not self.shard.has_embedding:
+                    raise ProtocolError("wrong-stage", "token ids go to the stage holding the embedding")
+                if max(frame.token_ids) >= self.shard.config.vocab_size:
+                    raise ProtocolError(
+                        "bad-token", f"token id beyond the vocabulary ({self.shard.config.vocab_size})"
+                    )
+                await self._step(
+                    frame.session, frame.position, torch.tensor(frame.token_ids, dtype=torch.long)
+                )
+            case Hidden():
+                if self.shard.has_embedding:
+                    raise ProtocolError("wrong-stage", "this stage takes token ids, not hidden states")
+                if frame.shape[1] != self.shard.config.hidden_size:
+                    raise ProtocolError(
+                        "bad-shape",
+                        f"hidden size {frame.shape[1]}, model has {self.shard.config.hidden_size}",
+                    )
+                await self._step(frame.session, frame.position, frame.tensor())
+            case Close():
+                route = self.routes.pop(frame.session, None)
+                self.shard.close(frame.session)
+                if route is not None and route.next_url is not None:
+                    await self.links.send(route.next_url, frame)
+            case Token() | Error():
+                raise ProtocolError("wrong-stage", "token and error frames go to an origin")
+
+    async def _step(self, session: str, position: int, inputs: torch.Tensor) -> None:
+        route = self.routes.get(session)
+        if route is None:
+            raise SessionError(f"unknown session {session} (no open frame)")
+        loop = asyncio.get_running_loop()
+        output = await loop.run_in_executor(self.worker, self.shard.run, session, position, inputs)
+        following = position + int(inputs.shape[0])
+        if route.next_url is None:
+            token = await loop.run_in_executor(self.worker, sample, output, route.sampling, following)
+            await self._to_origin(session, Token(session, following, token))
+        else:
+            await self.links.send(
+                route.next_url, Hidden.from_tensor(session, position, output, route.wire_dtype)
+            )
+
+    async def close(self) -> None:
+        """Close links and stop the worker."""
+        await self.links.close()
+        self.worker.shutdown(wait=True)

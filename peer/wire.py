@@ -1,0 +1,265 @@
+"""The stage-to-stage wire format: typed frames ⇄ msgpack bytes (sans-I/O, no sockets here).
+
+Every frame is one msgpack map with a type tag "t" and short keys. Tensors travel as raw
+little-endian bytes with their dtype and shape beside them; encoding hands msgpack a memoryview
+of the tensor (no copy), decoding wraps the received bytes (no copy) until the stage needs them.
+
+Frames (the session id "s" is a short string chosen by the origin):
+- open:   start a session along a route: route (stage URLs), hop (this receiver's index), origin
+          (URL for the tokens), plan id, sampling parameters.
+- tokens: token ids for stage 0 at positions [position, position + n).
+- hidden: hidden states [n, H] at positions [position, position + n), stage to stage.
+- token:  the sampled token for `position`, last stage to origin.
+- close:  forget the session (forwarded along the route).
+- error:  something about a session (or the link) went wrong; code + message.
+`decode` validates structure, types and sizes and raises ProtocolError; a stage answers that with
+an error frame and keeps serving.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgpack
+import numpy as np
+import torch
+
+from .errors import ProtocolError
+from .sampling import SamplingParams
+
+MAX_FRAME_BYTES = 64 * 2**20
+MAX_TOKENS = 1 << 16
+MAX_ROUTE = 64
+WireDtype = Literal["float32", "float16", "bfloat16"]
+WIRE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class Open:
+    """Start (or restart from position 0) a session along a route."""
+
+    session: str
+    route: tuple[str, ...]
+    hop: int
+    origin: str
+    plan_id: str
+    sampling: SamplingParams
+    wire_dtype: WireDtype = "float32"
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Token ids into stage 0."""
+
+    session: str
+    position: int
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """Hidden states between stages; `data` is raw bytes of `shape` in `dtype`."""
+
+    session: str
+    position: int
+    dtype: WireDtype
+    shape: tuple[int, int]
+    data: bytes | memoryview
+
+    @classmethod
+    def from_tensor(cls, session: str, position: int, tensor: torch.Tensor, dtype: WireDtype) -> Hidden:
+        """Wrap a [n, H] tensor, converted to the wire dtype (no copy when it already is)."""
+        wire = tensor.detach().to("cpu", WIRE_DTYPES[dtype]).contiguous()
+        # bfloat16 has no numpy dtype: view its bytes as int16 to hand them over.
+        array = wire.view(torch.int16).numpy() if dtype == "bfloat16" else wire.numpy()
+        return cls(
+            session, position, dtype, (int(wire.shape[0]), int(wire.shape[1])), memoryview(array).cast("B")
+        )
+
+    def tensor(self) -> torch.Tensor:
+        """The hidden states as a [n, H] tensor (one copy: the frame bytes are read-only)."""
+        if self.dtype == "bfloat16":
+            array = np.frombuffer(self.data, dtype=np.int16)
+            return torch.from_numpy(array.copy()).view(torch.bfloat16).reshape(self.shape)
+        array = np.frombuffer(self.data, dtype=np.dtype(self.dtype).newbyteorder("<"))
+        # np.frombuffer over bytes is read-only; torch wants writable memory, so copy once here.
+        return torch.from_numpy(array.copy()).reshape(self.shape)
+
+
+@dataclass(frozen=True)
+class Token:
+    """A sampled token for `position`, last stage to origin."""
+
+    session: str
+    position: int
+    token_id: int
+
+
+@dataclass(frozen=True)
+class Close:
+    """Forget a session."""
+
+    session: str
+
+
+@dataclass(frozen=True)
+class Error:
+    """A failure report; `session` is empty when it concerns the link itself."""
+
+    session: str
+    code: str
+    message: str
+
+
+Frame = Open | Tokens | Hidden | Token | Close | Error
+
+
+def encode(frame: Frame) -> bytes:
+    """A frame as msgpack bytes."""
+    match frame:
+        case Open():
+            body: dict[str, Any] = {
+                "t": "open",
+                "s": frame.session,
+                "route": list(frame.route),
+                "hop": frame.hop,
+                "origin": frame.origin,
+                "plan": frame.plan_id,
+                "temp": frame.sampling.temperature,
+                "top_k": frame.sampling.top_k,
+                "top_p": frame.sampling.top_p,
+                "seed": frame.sampling.seed,
+                "wire": frame.wire_dtype,
+            }
+        case Tokens():
+            body = {"t": "tokens", "s": frame.session, "pos": frame.position, "ids": list(frame.token_ids)}
+        case Hidden():
+            body = {
+                "t": "hidden",
+                "s": frame.session,
+                "pos": frame.position,
+                "dtype": frame.dtype,
+                "shape": list(frame.shape),
+                "data": frame.data,
+            }
+        case Token():
+            body = {"t": "token", "s": frame.session, "pos": frame.position, "id": frame.token_id}
+        case Close():
+            body = {"t": "close", "s": frame.session}
+        case Error():
+            body = {"t": "error", "s": frame.session, "code": frame.code, "msg": frame.message}
+    return msgpack.packb(body, use_bin_type=True)
+
+
+# --- decoding with validation --------------------------------------------------------------
+
+
+def _get(body: dict[Any, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in body:
+        raise ProtocolError("bad-frame", f"missing {key!r}")
+    value = body[key]
+    if isinstance(value, bool) and kind is not bool:
+        raise ProtocolError("bad-frame", f"{key!r} has the wrong type")
+    if not isinstance(value, kind):
+        raise ProtocolError("bad-frame", f"{key!r} has the wrong type")
+    return value
+
+
+def _index(body: dict[Any, Any], key: str) -> int:
+    value: int = _get(body, key, int)
+    if not 0 <= value < 1 << 32:
+        raise ProtocolError("bad-frame", f"{key!r} out of range")
+    return value
+
+
+def _session(body: dict[Any, Any]) -> str:
+    session: str = _get(body, "s", str)
+    if len(session) > 64:
+        raise ProtocolError("bad-frame", "session id too long")
+    return session
+
+
+def _text(body: dict[Any, Any], key: str, limit: int = 512) -> str:
+    value: str = _get(body, key, str)
+    if len(value) > limit:
+        raise ProtocolError("bad-frame", f"{key!r} too long")
+    return value
+
+
+def decode(data: bytes) -> Frame:
+    """Parse and validate one frame; ProtocolError on anything malformed."""
+    if len(data) > MAX_FRAME_BYTES:
+        raise ProtocolError("too-large", f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_FRAME_BYTES)
+    except Exception as error:  # msgpack raises several unrelated types for garbage
+        raise ProtocolError("bad-msgpack", f"not a msgpack frame: {type(error).__name__}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("bad-frame", "a frame is a map")
+    kind = body.get("t")
+    if kind == "open":
+        route = _get(body, "route", list)
+        if not 1 <= len(route) <= MAX_ROUTE or not all(isinstance(u, str) and len(u) < 512 for u in route):
+            raise ProtocolError("bad-frame", "route must list 1..64 stage URLs")
+        hop = _index(body, "hop")
+        if hop >= len(route):
+            raise ProtocolError("bad-frame", "hop beyond the route")
+        wire = _get(body, "wire", str)
+        if wire not in WIRE_DTYPES:
+            raise ProtocolError("bad-dtype", f"wire dtype {wire!r} is not one of {sorted(WIRE_DTYPES)}")
+        try:
+            sampling = SamplingParams(
+                temperature=float(_get(body, "temp", (int, float))),
+                top_k=_index(body, "top_k"),
+                top_p=float(_get(body, "top_p", (int, float))),
+                seed=_index(body, "seed"),
+            )
+        except ValueError:
+            raise ProtocolError("bad-frame", "bad sampling parameters") from None
+        if not math.isfinite(sampling.temperature):
+            raise ProtocolError("bad-frame", "temperature must be finite")
+        return Open(
+            session=_session(body),
+            route=tuple(route),
+            hop=hop,
+            origin=_text(body, "origin"),
+            plan_id=_text(body, "plan", 128),
+            sampling=sampling,
+            wire_dtype=wire,
+        )
+    if kind == "tokens":
+        ids = _get(body, "ids", list)
+        if not 1 <= len(ids) <= MAX_TOKENS:
+            raise ProtocolError("bad-frame", f"1..{MAX_TOKENS} token ids per frame")
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 31 for i in ids):
+            raise ProtocolError("bad-frame", "token ids are non-negative integers")
+        return Tokens(_session(body), _index(body, "pos"), tuple(ids))
+    if kind == "hidden":
+        dtype = _get(body, "dtype", str)
+        if dtype not in WIRE_DTYPES:
+            raise ProtocolError("bad-dtype", f"dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}")
+        shape = _get(body, "shape", list)
+        if len(shape) != 2 or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape
+        ):
+            raise ProtocolError("bad-shape", "shape is [tokens, hidden], both positive")
+        data = _get(body, "data", bytes)
+        expected = shape[0] * shape[1] * WIRE_DTYPES[dtype].itemsize
+        if len(data) != expected:
+            raise ProtocolError(
+                "bad-shape", f"{len(data)} bytes for shape {shape} in {dtype} ({expected} expected)"
+            )
+        return Hidden(_session(body), _index(body, "pos"), dtype, (shape[0], shape[1]), data)
+    if kind == "token":
+        return Token(_session(body), _index(body, "pos"), _index(body, "id"))
+    if kind == "close":
+        return Close(_session(body))
+    if kind == "error":
+        return Error(_session(body), _text(body, "code", 64), _text(body, "msg", 4096))
+    raise ProtocolError("bad-frame", f"unknown frame type {kind!r}")
