@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from .errors import ProtocolError, StageError
+from .serving import SOCKETS
 from .wire import MAX_FRAME_BYTES, Error, Frame, decode, encode
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ class Links:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for socket in self._sockets.values():
-            await socket.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(socket.close(), 1.0)
         if self._session is not None:
             await self._session.close()
         self._sockets.clear()
@@ -105,6 +107,8 @@ def frame_endpoint(handler: FrameHandler) -> Callable[[web.Request], Awaitable[w
     async def endpoint(request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, compress=False)
         await socket.prepare(request)
+        if SOCKETS in request.app:
+            request.app[SOCKETS].add(socket)
         send_lock = asyncio.Lock()
 
         async def reply(frame: Frame) -> None:

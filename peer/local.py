@@ -120,15 +120,16 @@ class LocalCluster:
             await runner.cleanup()
         for child in self._children:
             if child.returncode is None:
+                assert child.stdin is not None
+                child.stdin.close()
                 with contextlib.suppress(ProcessLookupError):
-                    assert child.stdin is not None
-                    child.stdin.close()
                     child.terminate()
-                try:
-                    await asyncio.wait_for(child.wait(), 10)
-                except TimeoutError:
-                    child.kill()
-                    await child.wait()
+        for child in self._children:
+            try:
+                await asyncio.wait_for(child.wait(), 10)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
         self._runners.clear()
         self._stages.clear()
         self._children.clear()

@@ -240,7 +240,8 @@ class GGUFModel:
             weights = reverse_permute(weights, self.config.num_attention_heads)
         elif name.endswith("self_attn.k_proj.weight"):
             weights = reverse_permute(weights, self.config.num_key_value_heads)
-        return torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+        # A copy: F32 tensors come back as read-only views of the memory-mapped file.
+        return torch.from_numpy(np.array(weights, dtype=np.float32, order="C", copy=True))
 
     def tensor(self, name: str) -> torch.Tensor:
         """One tensor, float32, from the cache or dequantized from the file (then cached)."""

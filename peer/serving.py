@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import weakref
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
+
+SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("sockets", weakref.WeakSet)
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """Close inbound WebSockets at shutdown instead of waiting for their peers to."""
+    for socket in list(app[SOCKETS]):
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(socket.close(code=WSCloseCode.GOING_AWAY), 1.0)
+
+
+SHUTDOWN_TIMEOUT = 2.0
 
 
 async def start_server(
@@ -12,8 +27,11 @@ async def start_server(
 ) -> tuple[web.AppRunner, str]:
     """Serve an app with the routes `mount` adds; returns the runner and the base URL."""
     app = web.Application()
+    app[SOCKETS] = weakref.WeakSet()
+    app.on_shutdown.append(_close_sockets)
     mount(app)
-    runner = web.AppRunner(app, access_log=None)
+    # Open WebSockets would hold a graceful shutdown for the default 60 s; links reconnect anyway.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

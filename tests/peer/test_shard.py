@@ -1,0 +1,80 @@
+"""Shards: only their own tensors, bounded per-session KV caches, the cache directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from edgeshard.peer.modelfile import GGUFModel, open_model, unit_tensor_names
+from edgeshard.peer.shard import SessionError, Shard, even_split, unit_count
+
+
+def test_even_split() -> None:
+    assert even_split(32, 3) == [(0, 11), (11, 21), (21, 32)]
+    assert even_split(5, 5) == [(i, i + 1) for i in range(5)]
+    with pytest.raises(ValueError):
+        even_split(3, 4)
+
+
+def test_a_stage_loads_only_its_units(tmp_path: Path, default_source: GGUFModel) -> None:
+    fresh = GGUFModel(default_source.path, tmp_path)
+    layers = fresh.config.num_hidden_layers
+    middle = Shard(fresh, 11, 21)
+    cached = {p.name.removesuffix(".safetensors") for p in (fresh.cache_dir / "tensors").iterdir()}
+    wanted = {n for u in range(11, 21) for n in unit_tensor_names(fresh.config, u)}
+    assert cached == wanted  # dequantized (and cached) exactly the tensors of units 11..20
+    whole = Shard(fresh, 0, unit_count(fresh.config))
+    embedding = fresh.config.vocab_size * fresh.config.hidden_size * 4
+    per_layer = (whole.weight_bytes() - embedding) / layers  # tied head: the matrix counts once
+    assert middle.weight_bytes() == pytest.approx(10 * per_layer, rel=0.01)
+    assert middle.weight_bytes() < whole.weight_bytes() / 3
+
+
+def test_cache_makes_a_second_open_read_files(tmp_path: Path, default_source: GGUFModel) -> None:
+    first = GGUFModel(default_source.path, tmp_path)
+    first.tokenizer()
+    assert (first.cache_dir / "tokenizer" / "tokenizer_config.json").exists()
+    second = GGUFModel(default_source.path, tmp_path)
+    ids = second.tokenizer().encode("hello world")
+    assert ids == first.tokenizer().encode("hello world")
+    value = first.tensor("model.layers.3.self_attn.q_proj.weight")
+    assert torch.equal(second.tensor("model.layers.3.self_attn.q_proj.weight"), value)
+
+
+def _shard(random_hf_model: Path, **options: object) -> Shard:
+    source = open_model(str(random_hf_model))
+    return Shard(source, 0, unit_count(source.config), **options)  # type: ignore[arg-type]
+
+
+def test_sessions_are_independent_and_bounded(random_hf_model: Path) -> None:
+    shard = _shard(random_hf_model, max_sessions=2, max_context=16)
+    shard.run("a", 0, torch.tensor([5, 6, 7]))
+    shard.run("b", 0, torch.tensor([9, 9]))  # another session in between changes nothing for "a"
+    a_next = shard.run("a", 3, torch.tensor([1]))
+    c = shard.run("c", 0, torch.tensor([5, 6, 7, 1]))  # a third session evicts the least recent, "b"
+    assert a_next.shape == (shard.config.vocab_size,)
+    assert torch.allclose(a_next, c, atol=1e-4)
+    with pytest.raises(SessionError, match="unknown session b"):
+        shard.run("b", 2, torch.tensor([1]))
+    with pytest.raises(SessionError, match="position 2"):
+        shard.run("a", 2, torch.tensor([1]))
+    with pytest.raises(SessionError, match="exceed 16"):
+        shard.run("a", 4, torch.arange(13))
+
+
+def test_decode_with_cache_equals_full_prefill(random_hf_model: Path) -> None:
+    shard = _shard(random_hf_model)
+    ids = torch.tensor([3, 14, 15, 92, 65, 35])
+    shard.run("step", 0, ids[:3])
+    shard.run("step", 3, ids[3:5])  # multi-token input after a cache: explicit causal mask
+    stepwise = shard.run("step", 5, ids[5:])
+    whole = shard.run("whole", 0, ids)
+    assert torch.allclose(stepwise, whole, atol=1e-4)
+
+
+def test_idle_sessions_are_evicted(random_hf_model: Path) -> None:
+    shard = _shard(random_hf_model, idle_seconds=10)
+    shard.run("old", 0, torch.tensor([1]))
+    assert shard.evict_idle(now=shard.sessions["old"].used + 11) == ["old"]
+    assert "old" not in shard.sessions

@@ -1,0 +1,82 @@
+"""A stage answers bad frames with error frames and keeps serving (real sockets)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import msgpack
+import pytest
+import torch
+from edgeshard.peer.local import LocalCluster
+from edgeshard.peer.modelfile import GGUFModel
+from edgeshard.peer.sampling import SamplingParams
+from edgeshard.peer.shard import even_split, unit_count
+from edgeshard.peer.wire import Close, Error, Frame, Hidden, Open, Tokens, decode, encode
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def cluster(default_source: GGUFModel) -> AsyncIterator[LocalCluster]:
+    async with LocalCluster(
+        "default", even_split(unit_count(default_source.config), 2), source=default_source
+    ) as running:
+        yield running
+
+
+async def _exchange(url: str, payloads: list[bytes]) -> list[Frame]:
+    replies = []
+    async with aiohttp.ClientSession() as session, session.ws_connect(url + "/stage") as socket:
+        for payload in payloads:
+            await socket.send_bytes(payload)
+            message = await socket.receive(timeout=30)
+            replies.append(decode(message.data))
+    return replies
+
+
+async def test_bad_frames_get_error_frames_and_the_stage_lives(cluster: LocalCluster) -> None:
+    stage0, stage1 = cluster.route
+    bad = [
+        b"\xc1garbage",  # not msgpack
+        msgpack.packb([1, 2, 3]),  # not a map
+        msgpack.packb({"t": "hidden", "s": "x", "pos": 0, "dtype": "int4", "shape": [1, 1], "data": b"\0"}),
+        encode(Tokens("nobody", 0, (1, 2, 3))),  # unknown session
+        encode(Hidden.from_tensor("x", 0, torch.zeros(1, 7), "float32")),  # wrong width
+    ]
+    replies = await _exchange(stage1, bad)
+    assert all(isinstance(r, Error) for r in replies)
+    codes = [r.code for r in replies if isinstance(r, Error)]
+    assert codes[:3] == ["bad-msgpack", "bad-frame", "bad-dtype"]
+    assert codes[3] == "wrong-stage"  # token ids sent to a stage without the embedding
+    assert codes[4] == "bad-shape"
+    # stage 0: unknown session, out-of-vocabulary token
+    replies = await _exchange(
+        stage0, [encode(Tokens("ghost", 0, (1,))), encode(Tokens("ghost", 0, (10**9,)))]
+    )
+    assert [r.code for r in replies if isinstance(r, Error)] == ["SessionError", "bad-token"]
+    # ... and generation still works on both stages.
+    tokens = [t async for t in cluster.origin.generate(cluster.route, [1, 9690, 30], SamplingParams(), 5)]
+    assert len(tokens) == 5
+
+
+async def test_position_out_of_order_is_an_error_not_a_crash(cluster: LocalCluster) -> None:
+    stage0 = cluster.route[0]
+    open_frame = Open("s1", tuple(cluster.route), 0, "http://127.0.0.1:9", "", SamplingParams())
+    async with aiohttp.ClientSession() as session, session.ws_connect(stage0 + "/stage") as socket:
+        await socket.send_bytes(encode(open_frame))
+        await socket.send_bytes(encode(Tokens("s1", 5, (1, 2))))  # position 5 on an empty cache
+        reply = decode((await socket.receive(timeout=30)).data)
+        assert isinstance(reply, Error) and reply.session == "s1" and reply.code == "SessionError"
+        await socket.send_bytes(encode(Close("s1")))
+    tokens = [t async for t in cluster.origin.generate(cluster.route, [1, 2, 3], SamplingParams(), 3)]
+    assert len(tokens) == 3
+
+
+async def test_unreachable_next_stage_reaches_the_origin_as_an_error(default_source: GGUFModel) -> None:
+    from edgeshard.peer.errors import StageError
+
+    async with LocalCluster("default", [(0, 32)], source=default_source) as running:
+        route = [running.route[0], "http://127.0.0.1:9"]  # a second stage nobody serves
+        with pytest.raises(StageError):
+            _ = [t async for t in running.origin.generate(route, [1, 2, 3], SamplingParams(), 3, timeout=20)]

@@ -1,0 +1,145 @@
+"""The wire codec: round trips, and garbage always ends as ProtocolError."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import pytest
+import torch
+from edgeshard.peer.errors import ProtocolError
+from edgeshard.peer.sampling import SamplingParams
+from edgeshard.peer.wire import Close, Error, Hidden, Open, Token, Tokens, decode, encode
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sessions = st.text(min_size=1, max_size=32)
+positions = st.integers(0, 2**31)
+
+
+@given(
+    session=sessions,
+    route=st.lists(st.text(max_size=40), min_size=1, max_size=8),
+    data=st.data(),
+    temperature=st.floats(0, 5),
+    top_k=st.integers(0, 1000),
+    top_p=st.floats(0.01, 1.0),
+    seed=st.integers(0, 2**31),
+    wire=st.sampled_from(["float32", "float16", "bfloat16"]),
+)
+def test_open_round_trips(session, route, data, temperature, top_k, top_p, seed, wire) -> None:  # type: ignore[no-untyped-def]
+    hop = data.draw(st.integers(0, len(route) - 1))
+    frame = Open(
+        session, tuple(route), hop, "http://o", "plan", SamplingParams(temperature, top_k, top_p, seed), wire
+    )
+    assert decode(encode(frame)) == frame
+
+
+@given(sessions, positions, st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=300))
+def test_tokens_round_trip(session: str, position: int, ids: list[int]) -> None:
+    frame = Tokens(session, position, tuple(ids))
+    assert decode(encode(frame)) == frame
+
+
+@given(sessions, positions, st.integers(0, 2**31))
+def test_small_frames_round_trip(session: str, position: int, number: int) -> None:
+    for frame in (Token(session, position, number), Close(session), Error(session, "code", "message")):
+        assert decode(encode(frame)) == frame
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@given(rows=st.integers(1, 9), width=st.integers(1, 70))
+def test_hidden_round_trips_exactly_in_its_dtype(dtype: str, rows: int, width: int) -> None:
+    torch.manual_seed(rows * 100 + width)
+    tensor = torch.randn(rows, width)
+    frame = Hidden.from_tensor("s", 5, tensor, dtype)  # type: ignore[arg-type]
+    back = decode(encode(frame))
+    assert isinstance(back, Hidden) and back.shape == (rows, width) and back.dtype == dtype
+    expected = tensor.to(getattr(torch, dtype))
+    assert torch.equal(back.tensor(), expected)
+
+
+def test_float32_hidden_is_bit_exact() -> None:
+    tensor = torch.tensor([[1.0, -0.0, float("inf"), 3.14159274101257324]])
+    assert torch.equal(Hidden.from_tensor("s", 0, tensor, "float32").tensor(), tensor)
+
+
+@settings(max_examples=400)
+@given(st.binary(max_size=300))
+def test_random_bytes_fail_cleanly(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode(data)
+
+
+json_like = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats()
+    | st.text(max_size=10)
+    | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400)
+@given(
+    st.sampled_from(["open", "tokens", "hidden", "token", "close", "error", "x"]),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "s",
+                "route",
+                "hop",
+                "origin",
+                "plan",
+                "temp",
+                "top_k",
+                "top_p",
+                "seed",
+                "wire",
+                "pos",
+                "ids",
+                "dtype",
+                "shape",
+                "data",
+                "id",
+                "code",
+                "msg",
+            ]
+        ),
+        json_like,
+        max_size=12,
+    ),
+)
+def test_structured_garbage_fails_cleanly(kind: str, body: dict[str, object]) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode(msgpack.packb({"t": kind, **body}, use_bin_type=True))
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"t": "hidden", "s": "a", "pos": 0, "dtype": "int8", "shape": [1, 2], "data": b"ab"}, "bad-dtype"),
+        (
+            {"t": "hidden", "s": "a", "pos": 0, "dtype": "float32", "shape": [1, 2], "data": b"abc"},
+            "bad-shape",
+        ),
+        ({"t": "hidden", "s": "a", "pos": 0, "dtype": "float32", "shape": [2], "data": b""}, "bad-shape"),
+        ({"t": "tokens", "s": "a", "pos": 0, "ids": []}, "bad-frame"),
+        ({"t": "tokens", "s": "a", "pos": -1, "ids": [1]}, "bad-frame"),
+        ({"t": "tokens", "s": "a" * 100, "pos": 0, "ids": [1]}, "bad-frame"),
+        ({"t": "nope"}, "bad-frame"),
+    ],
+)
+def test_specific_faults_have_codes(body: dict[str, object], code: str) -> None:
+    with pytest.raises(ProtocolError) as error:
+        decode(msgpack.packb(body, use_bin_type=True))
+    assert error.value.code == code
+
+
+def test_oversized_frames_are_refused() -> None:
+    with pytest.raises(ProtocolError) as error:
+        decode(b"\x00" * (64 * 2**20 + 1))
+    assert error.value.code == "too-large"
