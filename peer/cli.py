@@ -69,10 +69,7 @@ def _print_compare(rows: list[dict[str, Any]], cluster: Cluster) -> None:
         f"{cluster.model.total_bytes / 2**30:.1f} GiB) on {len(cluster.devices)} devices, "
         f"source {cluster.source or '(none)'}"
     )
-    header = (
-        f"{'strategy':<22} {'devices':>7} {'latency ms':>11} {'tokens/s':>9} "
-        f"{'lat. gain':>9} {'thr. gain':>9}"
-    )
+    header = f"{'strategy':<22} {'devices':>7} {'latency ms':>11} {'tokens/s':>9} {'lat. gain':>9} {'thr. gain':>9}"
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -102,9 +99,7 @@ def _cluster_argument(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `edgeshard`."""
-    parser = argparse.ArgumentParser(
-        prog="edgeshard", description="EdgeShard: plan and run an LLM across devices."
-    )
+    parser = argparse.ArgumentParser(prog="edgeshard", description="EdgeShard: plan and run an LLM across devices.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     plan_parser = commands.add_parser("plan", help="choose devices and split points for a cluster")

@@ -20,7 +20,7 @@ from .local import LocalCluster
 from .modelfile import DEFAULT_MODEL, ModelSource, open_model
 from .sampling import SamplingParams
 from .shard import even_split, unit_count
-from .torch_options import DTYPES
+from .torch_options import DTYPES, pick_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,9 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype of the stages"
-    )
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype of the stages")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     parser.add_argument("--wire-dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
 
@@ -100,8 +99,9 @@ async def run_generate(args: argparse.Namespace, source: ModelSource | None = No
     stops = StopStrings(args.stop)
     tokens: list[int] = []
     shown = ""
+    device = pick_device(args.device)
     async with LocalCluster(
-        args.model, ranges, processes=args.processes, dtype=args.dtype, source=source
+        args.model, ranges, processes=args.processes, dtype=args.dtype, device=device, source=source
     ) as cluster:
         started = time.perf_counter()
         first_at = started

@@ -47,9 +47,7 @@ class Links:
         if socket is not None and not socket.closed:
             return socket
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT)
-            )
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT))
         try:
             socket = await asyncio.wait_for(
                 self._session.ws_connect(url + STAGE_PATH, max_msg_size=MAX_FRAME_BYTES, compress=0),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ class LocalCluster:
     ranges: list[tuple[int, int]]
     processes: bool = False
     dtype: str = "float32"
+    device: str = "cpu"
     source: ModelSource | None = None  # threads mode: share one opened model
     route: list[str] = field(default_factory=list)
     origin: Origin = field(default_factory=Origin)
@@ -64,7 +66,7 @@ class LocalCluster:
 
         source = self.source or open_model(self.model)
         for start, end in self.ranges:
-            shard = Shard(source, start, end, dtype=DTYPES[self.dtype])
+            shard = Shard(source, start, end, device=self.device, dtype=DTYPES[self.dtype])
             stage = StageServer(shard)
             runner, url = await start_server(stage.add_routes)
             self._stages.append(stage)
@@ -72,6 +74,10 @@ class LocalCluster:
             self.route.append(url)
 
     async def _start_processes(self) -> None:
+        # Stage processes here share one host's cores; OpenMP threads that spin while idle
+        # would steal them from the stage that is computing, so let idle threads sleep.
+        environment = {**os.environ}
+        environment.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         # Start all, then wait for all: the stages load in parallel.
         for start, end in self.ranges:
             child = await asyncio.create_subprocess_exec(
@@ -86,8 +92,11 @@ class LocalCluster:
                 str(end),
                 "--dtype",
                 self.dtype,
+                "--device",
+                self.device,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
+                env=environment,
             )
             self._children.append(child)
         for child in self._children:

@@ -10,11 +10,12 @@ file's SHA-256, so a restart takes seconds.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
 import os
+import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -261,12 +262,15 @@ class GGUFModel:
         cached = self.cache_dir / "tokenizer"
         if (cached / "tokenizer_config.json").exists():
             return AutoTokenizer.from_pretrained(str(cached))
+        print(f"converting the tokenizer of {self.path.name} (once; cached in {cached})", file=sys.stderr)
         tokenizer = AutoTokenizer.from_pretrained(str(self.path.parent), gguf_file=self.path.name)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix="tokenizer."))
         tokenizer.save_pretrained(str(temporary))
-        with contextlib.suppress(OSError):  # another process cached it first
+        try:
             os.replace(temporary, cached)
+        except OSError:  # another process cached it first
+            shutil.rmtree(temporary, ignore_errors=True)
         return tokenizer
 
 

@@ -58,9 +58,7 @@ class Origin:
         self._queues[session] = queue
         stage0 = route[0]
         try:
-            await self.links.send(
-                stage0, Open(session, tuple(route), 0, self.url, plan_id, sampling, wire_dtype)
-            )
+            await self.links.send(stage0, Open(session, tuple(route), 0, self.url, plan_id, sampling, wire_dtype))
             position, feed = 0, list(prompt_ids)
             for _ in range(max_tokens):
                 await self.links.send(stage0, Tokens(session, position, tuple(feed)))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from tqdm import tqdm
 from transformers import DynamicCache, LlamaConfig
 from transformers.models.llama.modeling_llama import (
     LlamaDecoderLayer,
@@ -25,7 +26,7 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from .errors import PeerError
-from .modelfile import ModelSource, iter_unit_tensors
+from .modelfile import ModelSource, iter_unit_tensors, unit_tensor_names
 
 
 class SessionError(PeerError):
@@ -81,7 +82,17 @@ class Shard(nn.Module):
         first_layer, last_layer = max(start, 1) - 1, min(end, total - 1) - 1
         self.layer_ids = list(range(first_layer, last_layer))
 
-        tensors = dict(iter_unit_tensors(source, range(start, end)))
+        names = {n for unit in range(start, end) for n in unit_tensor_names(config, unit)}
+        # A progress bar on a terminal (tqdm stays quiet when stderr is not one).
+        progress = tqdm(
+            iter_unit_tensors(source, range(start, end)),
+            total=len(names),
+            desc=f"loading units [{start}, {end})",
+            unit="tensor",
+            disable=None,
+            leave=False,
+        )
+        tensors = dict(progress)
         with torch.device("meta"):
             self.layers = nn.ModuleList(
                 LlamaDecoderLayer(config, layer_idx=local) for local in range(len(self.layer_ids))
@@ -202,5 +213,5 @@ class Shard(nn.Module):
         if self.has_head:
             assert self.norm is not None and self.head is not None
             last = self.norm(hidden[:, -1])  # [1, H]
-            return (last @ self.head.T)[0].float()  # [V]
+            return nn.functional.linear(last, self.head)[0].float().cpu()  # [V], sampled on the CPU
         return hidden[0]

@@ -130,12 +130,8 @@ class StageServer:
                 if not self.shard.has_embedding:
                     raise ProtocolError("wrong-stage", "token ids go to the stage holding the embedding")
                 if max(frame.token_ids) >= self.shard.config.vocab_size:
-                    raise ProtocolError(
-                        "bad-token", f"token id beyond the vocabulary ({self.shard.config.vocab_size})"
-                    )
-                await self._step(
-                    frame.session, frame.position, torch.tensor(frame.token_ids, dtype=torch.long)
-                )
+                    raise ProtocolError("bad-token", f"token id beyond the vocabulary ({self.shard.config.vocab_size})")
+                await self._step(frame.session, frame.position, torch.tensor(frame.token_ids, dtype=torch.long))
             case Hidden():
                 if self.shard.has_embedding:
                     raise ProtocolError("wrong-stage", "this stage takes token ids, not hidden states")
@@ -164,9 +160,7 @@ class StageServer:
             token = await loop.run_in_executor(self.worker, sample, output, route.sampling, following)
             await self._to_origin(session, Token(session, following, token))
         else:
-            await self.links.send(
-                route.next_url, Hidden.from_tensor(session, position, output, route.wire_dtype)
-            )
+            await self.links.send(route.next_url, Hidden.from_tensor(session, position, output, route.wire_dtype))
 
     async def close(self) -> None:
         """Close links and stop the worker."""

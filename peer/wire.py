@@ -78,9 +78,7 @@ class Hidden:
         wire = tensor.detach().to("cpu", WIRE_DTYPES[dtype]).contiguous()
         # bfloat16 has no numpy dtype: view its bytes as int16 to hand them over.
         array = wire.view(torch.int16).numpy() if dtype == "bfloat16" else wire.numpy()
-        return cls(
-            session, position, dtype, (int(wire.shape[0]), int(wire.shape[1])), memoryview(array).cast("B")
-        )
+        return cls(session, position, dtype, (int(wire.shape[0]), int(wire.shape[1])), memoryview(array).cast("B"))
 
     def tensor(self) -> torch.Tensor:
         """The hidden states as a [n, H] tensor (one copy: the frame bytes are read-only)."""
@@ -245,16 +243,12 @@ def decode(data: bytes) -> Frame:
         if dtype not in WIRE_DTYPES:
             raise ProtocolError("bad-dtype", f"dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}")
         shape = _get(body, "shape", list)
-        if len(shape) != 2 or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape
-        ):
+        if len(shape) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
             raise ProtocolError("bad-shape", "shape is [tokens, hidden], both positive")
         data = _get(body, "data", bytes)
         expected = shape[0] * shape[1] * WIRE_DTYPES[dtype].itemsize
         if len(data) != expected:
-            raise ProtocolError(
-                "bad-shape", f"{len(data)} bytes for shape {shape} in {dtype} ({expected} expected)"
-            )
+            raise ProtocolError("bad-shape", f"{len(data)} bytes for shape {shape} in {dtype} ({expected} expected)")
         return Hidden(_session(body), _index(body, "pos"), dtype, (shape[0], shape[1]), data)
     if kind == "token":
         return Token(_session(body), _index(body, "pos"), _index(body, "id"))

@@ -92,11 +92,7 @@ def cloud_edge_opt(costs: CostModel, objective: Objective) -> list[Stage] | None
         if stages is None:
             continue
         cost = evaluate(costs, stages)
-        key = (
-            (cost.latency_ns, cost.bottleneck_ns)
-            if objective == "latency"
-            else (cost.bottleneck_ns, cost.latency_ns)
-        )
+        key = (cost.latency_ns, cost.bottleneck_ns) if objective == "latency" else (cost.bottleneck_ns, cost.latency_ns)
         if best is None or key < best[0]:
             best = (key, stages)
     return None if best is None else best[1]

@@ -97,20 +97,13 @@ class Cluster:
             "version": FORMAT_VERSION,
             "model": {
                 "name": self.model.name,
-                "units": [
-                    {"name": u.name, "bytes": u.bytes, "out_bytes": u.out_bytes} for u in self.model.units
-                ],
+                "units": [{"name": u.name, "bytes": u.bytes, "out_bytes": u.out_bytes} for u in self.model.units],
             },
-            "devices": [
-                {"id": d.id, "memory_bytes": d.memory_bytes, "unit_ms": list(d.unit_ms)} for d in self.devices
-            ],
+            "devices": [{"id": d.id, "memory_bytes": d.memory_bytes, "unit_ms": list(d.unit_ms)} for d in self.devices],
             "network": {
                 "default_mbps": self.network.default_mbps,
                 "default_latency_ms": self.network.default_latency_ms,
-                "links": [
-                    {"a": k.a, "b": k.b, "mbps": k.mbps, "latency_ms": k.latency_ms}
-                    for k in self.network.links
-                ],
+                "links": [{"a": k.a, "b": k.b, "mbps": k.mbps, "latency_ms": k.latency_ms} for k in self.network.links],
             },
         }
         if self.source is not None:
@@ -206,9 +199,7 @@ def parse_cluster(document: Any) -> Cluster:
         seen.add(device_id)
         unit_ms = _list(device_doc["unit_ms"], f"{path}.unit_ms")
         if len(unit_ms) != len(units):
-            raise ClusterFileError(
-                f"{path}.unit_ms", f"has {len(unit_ms)} entries, the model has {len(units)} units"
-            )
+            raise ClusterFileError(f"{path}.unit_ms", f"has {len(unit_ms)} entries, the model has {len(units)} units")
         devices.append(
             Device(
                 id=DeviceId(device_id),

@@ -19,9 +19,7 @@ def all_plans(costs: CostModel) -> Iterator[tuple[tuple[Stage, ...], Cost]]:
                 continue
             for cuts in combinations(range(1, units), stages_count - 1):
                 bounds = (0, *cuts, units)
-                stages = tuple(
-                    Stage(costs.ids[d], s, e) for d, s, e in zip(order, bounds, bounds[1:], strict=False)
-                )
+                stages = tuple(Stage(costs.ids[d], s, e) for d, s, e in zip(order, bounds, bounds[1:], strict=False))
                 try:
                     yield stages, evaluate(costs, stages)
                 except InvalidPlanError:

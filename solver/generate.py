@@ -43,9 +43,7 @@ def random_cluster(
     for i in range(devices):
         for j in range(i + 1, devices):
             if kinds == devices and rng.random() < 0.3:
-                links.append(
-                    Link(members[i].id, members[j].id, rng.choice([10.0, 100.0]), rng.uniform(0.5, 5))
-                )
+                links.append(Link(members[i].id, members[j].id, rng.choice([10.0, 100.0]), rng.uniform(0.5, 5)))
     return Cluster(
         model=model,
         devices=tuple(members),

@@ -95,13 +95,8 @@ def paper_cluster(shape: Shape, devices: list[str], logits: bool) -> dict[str, A
     """One cluster document."""
     activation = 4 * shape.hidden * 4
     units = [{"name": "embed", "bytes": shape.embed_bytes, "out_bytes": activation}]
-    units += [
-        {"name": f"layer.{i}", "bytes": shape.layer_bytes, "out_bytes": activation}
-        for i in range(shape.layers)
-    ]
-    units.append(
-        {"name": "head", "bytes": shape.head_bytes, "out_bytes": 4 * shape.vocab * 4 if logits else 4}
-    )
+    units += [{"name": f"layer.{i}", "bytes": shape.layer_bytes, "out_bytes": activation} for i in range(shape.layers)]
+    units.append({"name": "head", "bytes": shape.head_bytes, "out_bytes": 4 * shape.vocab * 4 if logits else 4})
     source = devices[0]
     return {
         "version": FORMAT_VERSION,

@@ -62,20 +62,14 @@ def infeasibility_reason(costs: CostModel) -> str:
     )
 
 
-def _search(
-    costs: CostModel, objective: Objective, devices: list[int], budget: int | None
-) -> list[Stage] | None:
+def _search(costs: CostModel, objective: Objective, devices: list[int], budget: int | None) -> list[Stage] | None:
     classes = device_classes(costs, devices)
     result: SearchResult | None
     if objective == "latency":
         result = exact_search(costs, classes, "sum", budget=budget)
     else:
         bottleneck = exact_search(costs, classes, "max", budget=budget)
-        result = (
-            None
-            if bottleneck is None
-            else exact_search(costs, classes, "sum", bottleneck.cost, budget=budget)
-        )
+        result = None if bottleneck is None else exact_search(costs, classes, "sum", bottleneck.cost, budget=budget)
     if result is None:
         return None
     taken = {k: iter(c.members) for k, c in enumerate(classes)}

@@ -14,28 +14,10 @@ against the exact search on clusters where both run.
 
 from __future__ import annotations
 
+from .baselines import greedy
 from .costs import CostModel
 
 EXACT_DEVICE_LIMIT = 16
-
-
-def _memory_greedy(costs: CostModel, first: int | None) -> list[int]:
-    """Devices the largest-memory-first packing uses (the source first when pinned)."""
-    others = sorted(
-        (d for d in range(len(costs.ids)) if d != first), key=lambda d: (-costs.memory[d], costs.ids[d])
-    )
-    order = ([first] if first is not None else []) + others
-    used, position = [], 0
-    for device in order:
-        end = position
-        while end < costs.unit_count and costs.fits(device, position, end + 1):
-            end += 1
-        if end > position or device == first:
-            used.append(device)
-        position = end
-        if position == costs.unit_count:
-            break
-    return used
 
 
 def prune_devices(costs: CostModel, limit: int = EXACT_DEVICE_LIMIT) -> list[int]:
@@ -53,7 +35,7 @@ def prune_devices(costs: CostModel, limit: int = EXACT_DEVICE_LIMIT) -> list[int
             break
         if device not in kept:
             kept.append(device)
-    for device in _memory_greedy(costs, costs.source):
-        if device not in kept:
-            kept.append(device)
+    for stage in greedy(costs) or []:
+        if costs.index[stage.device] not in kept:
+            kept.append(costs.index[stage.device])
     return sorted(kept)

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Pr
 # One cache for the whole run (subprocesses inherit it), never the user's own cache.
 os.environ.setdefault("EDGESHARD_CACHE", tempfile.mkdtemp(prefix="edgeshard-test-cache-"))
 
+from edgeshard.peer.generate import prompt_ids
 from edgeshard.peer.modelfile import GGUFModel, HuggingFaceModel, default_model_path, open_model
 
 PROMPTS = [
@@ -40,15 +41,10 @@ def reference_model() -> PreTrainedModel:
 
 
 def chat_ids(source: GGUFModel | HuggingFaceModel, message: str) -> list[int]:
-    ids = source.tokenizer().apply_chat_template(
-        [{"role": "user", "content": message}], add_generation_prompt=True
-    )
-    return list(ids if isinstance(ids, list) else ids["input_ids"])
+    return prompt_ids(source.tokenizer(), None, message)
 
 
-def reference_tokens(
-    model: PreTrainedModel, ids: Sequence[int], new_tokens: int, eos: int | None
-) -> list[int]:
+def reference_tokens(model: PreTrainedModel, ids: Sequence[int], new_tokens: int, eos: int | None) -> list[int]:
     """Greedy tokens from transformers' generate, without the final end-of-sequence token."""
     with torch.inference_mode():
         output = model.generate(

@@ -37,9 +37,7 @@ async def _generate(
 @pytest.fixture(scope="module")
 def references(default_source: GGUFModel, reference_model: object) -> dict[str, list[int]]:
     eos = default_source.config.eos_token_id
-    return {
-        p: reference_tokens(reference_model, chat_ids(default_source, p), NEW_TOKENS, eos) for p in PROMPTS
-    }  # type: ignore[arg-type]
+    return {p: reference_tokens(reference_model, chat_ids(default_source, p), NEW_TOKENS, eos) for p in PROMPTS}  # type: ignore[arg-type]
 
 
 def test_references_are_long_enough(references: dict[str, list[int]]) -> None:
@@ -55,13 +53,9 @@ def test_default_model_split_matches_transformers(
         assert ours == references[prompt], f"{stages} stages diverge on {prompt!r}"
 
 
-def test_stages_in_separate_processes_match(
-    default_source: GGUFModel, references: dict[str, list[int]]
-) -> None:
+def test_stages_in_separate_processes_match(default_source: GGUFModel, references: dict[str, list[int]]) -> None:
     prompt = PROMPTS[0]
-    ours = asyncio.run(
-        _generate(default_source, "default", 3, chat_ids(default_source, prompt), processes=True)
-    )
+    ours = asyncio.run(_generate(default_source, "default", 3, chat_ids(default_source, prompt), processes=True))
     assert ours == references[prompt]
 
 
@@ -84,9 +78,7 @@ def test_seeded_sampling_is_reproducible_and_split_independent(default_source: G
     three = asyncio.run(_generate(default_source, "default", 3, ids, sampling=sampling, new_tokens=24))
     again = asyncio.run(_generate(default_source, "default", 3, ids, sampling=sampling, new_tokens=24))
     other = asyncio.run(
-        _generate(
-            default_source, "default", 3, ids, sampling=SamplingParams(0.9, 50, 0.95, seed=43), new_tokens=24
-        )
+        _generate(default_source, "default", 3, ids, sampling=SamplingParams(0.9, 50, 0.95, seed=43), new_tokens=24)
     )
     assert one == three == again
     assert other != one

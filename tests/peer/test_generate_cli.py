@@ -35,9 +35,7 @@ def test_json_output_and_plan_file(tmp_path: Path) -> None:
     assert [(s["start"], s["end"]) for s in even["stages"]] == [(0, 11), (11, 21), (21, 32)]
     plan = tmp_path / "plan.json"
     plan.write_text(
-        json.dumps(
-            {"stages": [{"device": "a", "start": 0, "end": 5}, {"device": "b", "start": 5, "end": 32}]}
-        )
+        json.dumps({"stages": [{"device": "a", "start": 0, "end": 5}, {"device": "b", "start": 5, "end": 32}]})
     )
     planned = _json("--chat", "What is the capital of France?", "--plan", str(plan), "--max-tokens", "12")
     assert [(s["start"], s["end"]) for s in planned["stages"]] == [(0, 5), (5, 32)]
@@ -45,9 +43,7 @@ def test_json_output_and_plan_file(tmp_path: Path) -> None:
 
 
 def test_streams_text_and_honours_stop_strings() -> None:
-    result = generate(
-        "--prompt", "One, two, three, four,", "--stages", "2", "--max-tokens", "20", "--stop", " six"
-    )
+    result = generate("--prompt", "One, two, three, four,", "--stages", "2", "--max-tokens", "20", "--stop", " six")
     assert result.returncode == 0, result.stderr
     assert "five" in result.stdout and "six" not in result.stdout
 

@@ -51,9 +51,7 @@ async def test_bad_frames_get_error_frames_and_the_stage_lives(cluster: LocalClu
     assert codes[3] == "wrong-stage"  # token ids sent to a stage without the embedding
     assert codes[4] == "bad-shape"
     # stage 0: unknown session, out-of-vocabulary token
-    replies = await _exchange(
-        stage0, [encode(Tokens("ghost", 0, (1,))), encode(Tokens("ghost", 0, (10**9,)))]
-    )
+    replies = await _exchange(stage0, [encode(Tokens("ghost", 0, (1,))), encode(Tokens("ghost", 0, (10**9,)))])
     assert [r.code for r in replies if isinstance(r, Error)] == ["SessionError", "bad-token"]
     # ... and generation still works on both stages.
     tokens = [t async for t in cluster.origin.generate(cluster.route, [1, 9690, 30], SamplingParams(), 5)]

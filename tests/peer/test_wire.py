@@ -29,9 +29,7 @@ positions = st.integers(0, 2**31)
 )
 def test_open_round_trips(session, route, data, temperature, top_k, top_p, seed, wire) -> None:  # type: ignore[no-untyped-def]
     hop = data.draw(st.integers(0, len(route) - 1))
-    frame = Open(
-        session, tuple(route), hop, "http://o", "plan", SamplingParams(temperature, top_k, top_p, seed), wire
-    )
+    frame = Open(session, tuple(route), hop, "http://o", "plan", SamplingParams(temperature, top_k, top_p, seed), wire)
     assert decode(encode(frame)) == frame
 
 

@@ -39,9 +39,7 @@ def _instances() -> list[tuple[int, object]]:
     return cases
 
 
-@pytest.mark.parametrize(
-    ("index", "cluster"), _instances(), ids=lambda v: str(v) if isinstance(v, int) else ""
-)
+@pytest.mark.parametrize(("index", "cluster"), _instances(), ids=lambda v: str(v) if isinstance(v, int) else "")
 def test_both_objectives_equal_brute_force(index: int, cluster: object) -> None:
     costs = CostModel(cluster)  # type: ignore[arg-type]
     best_latency, best_throughput = _reference(costs)
