@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from aiohttp import web
 
 from .generate import prompt_ids
-from .links import Links, Reply, frame_endpoint
+from .links import STAGE_PATH, Links, Reply, frame_endpoint
 from .local import LocalCluster
 from .modelfile import GGUFModel, default_model_path, open_model
 from .sampling import SamplingParams
@@ -72,7 +73,10 @@ async def hop_microseconds(width: int, rounds: int = 2000) -> float:
     async def back(frame: Frame, _reply: Reply) -> None:
         replies.put_nowait(frame)
 
-    runner, url = await start_server(lambda app: app.router.add_get("/stage", frame_endpoint(echo)))
+    def mount(app: web.Application) -> None:
+        app.router.add_get(STAGE_PATH, frame_endpoint(echo))
+
+    runner, url = await start_server(mount)
     links = Links(on_frame=back)
     tensor = torch.randn(1, width)
     try:
@@ -143,10 +147,10 @@ async def run(tokens: int, rounds: int) -> None:
     print("| stages | stage | units | weights MB | RSS MB |")
     print("|---:|---:|---|---:|---:|")
     for stages in (1, 2, 3, 4):
-        for index, status in enumerate(statuses[(stages, True)]):
+        for index, stage in enumerate(statuses[(stages, True)]):
             print(
-                f"| {stages} | {index} | [{status['start']}, {status['end']}) | "
-                f"{status['weight_bytes'] / 2**20:.0f} | {status['rss_bytes'] / 2**20:.0f} |"
+                f"| {stages} | {index} | [{stage['start']}, {stage['end']}) | "
+                f"{stage['weight_bytes'] / 2**20:.0f} | {stage['rss_bytes'] / 2**20:.0f} |"
             )
     with tempfile.TemporaryDirectory() as cache_root:
         cold = load_seconds(cache_root)

@@ -50,7 +50,7 @@ def _compare_rows(cluster: Cluster) -> list[dict[str, Any]]:
     for strategy, objective in runs:
         name = f"{strategy}-{objective}" if strategy == EXACT else strategy
         try:
-            result = plan(cluster, objective, strategy)  # type: ignore[arg-type]
+            result = plan(cluster, objective, strategy)
         except InfeasibleError as error:
             rows.append({"strategy": name, "error": str(error)})
             continue

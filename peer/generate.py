@@ -53,8 +53,8 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | None, chat: str
     if prompt is not None:
         return list(tokenizer.encode(prompt))
     message = chat if chat is not None else "Tell me about the moon in three sentences."
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True)
-    return list(ids if isinstance(ids, list) else ids["input_ids"])
+    ids: Any = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True)
+    return [int(i) for i in (ids if isinstance(ids, list) else ids["input_ids"])]
 
 
 def split_from_plan(path: str, units: int) -> list[tuple[int, int]]:
@@ -111,7 +111,7 @@ async def run_generate(args: argparse.Namespace, source: ModelSource | None = No
             if not tokens:
                 first_at = time.perf_counter()
             tokens.append(token)
-            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            text = str(tokenizer.decode(tokens, skip_special_tokens=True))
             cut = stops.cut(text)
             if not args.json:
                 visible = text if cut is None else cut
@@ -123,7 +123,7 @@ async def run_generate(args: argparse.Namespace, source: ModelSource | None = No
                 break
         finished = time.perf_counter()
         statuses = await cluster.stage_status()
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    text = str(tokenizer.decode(tokens, skip_special_tokens=True))
     cut = stops.cut(text)
     if cut is not None:
         text = cut

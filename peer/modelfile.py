@@ -240,7 +240,7 @@ class GGUFModel:
         if name.endswith("self_attn.q_proj.weight"):
             weights = reverse_permute(weights, self.config.num_attention_heads)
         elif name.endswith("self_attn.k_proj.weight"):
-            weights = reverse_permute(weights, self.config.num_key_value_heads)
+            weights = reverse_permute(weights, int(self.config.num_key_value_heads or self.config.num_attention_heads))
         # A copy: F32 tensors come back as read-only views of the memory-mapped file.
         return torch.from_numpy(np.array(weights, dtype=np.float32, order="C", copy=True))
 
@@ -249,7 +249,8 @@ class GGUFModel:
         cached = self.cache_dir / "tensors" / f"{name}.safetensors"
         if cached.exists():
             with safe_open(str(cached), framework="pt") as handle:
-                return handle.get_tensor("t")
+                stored: torch.Tensor = handle.get_tensor("t")
+                return stored
         value = self._dequantized(name)
         cached.parent.mkdir(parents=True, exist_ok=True)
         temporary = cached.with_suffix(f".{os.getpid()}.tmp")
@@ -320,7 +321,8 @@ class HuggingFaceModel:
         if name not in self._index:
             raise ModelFileError(f"{self.path} has no tensor {name}")
         with safe_open(str(self._index[name]), framework="pt") as handle:
-            return handle.get_tensor(name).to(torch.float32)
+            stored: torch.Tensor = handle.get_tensor(name)
+            return stored.to(torch.float32)
 
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The directory's tokenizer."""

@@ -9,12 +9,13 @@ from collections.abc import Callable
 
 from aiohttp import WSCloseCode, web
 
-SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("sockets", weakref.WeakSet)
+SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("sockets")
 
 
 async def _close_sockets(app: web.Application) -> None:
     """Close inbound WebSockets at shutdown instead of waiting for their peers to."""
-    for socket in list(app[SOCKETS]):
+    sockets: weakref.WeakSet[web.WebSocketResponse] = app[SOCKETS]
+    for socket in list(sockets):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(socket.close(code=WSCloseCode.GOING_AWAY), 1.0)
 

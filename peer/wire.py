@@ -78,7 +78,7 @@ class Hidden:
         wire = tensor.detach().to("cpu", WIRE_DTYPES[dtype]).contiguous()
         # bfloat16 has no numpy dtype: view its bytes as int16 to hand them over.
         array = wire.view(torch.int16).numpy() if dtype == "bfloat16" else wire.numpy()
-        return cls(session, position, dtype, (int(wire.shape[0]), int(wire.shape[1])), memoryview(array).cast("B"))
+        return cls(session, position, dtype, (int(wire.shape[0]), int(wire.shape[1])), array.data.cast("B"))
 
     def tensor(self) -> torch.Tensor:
         """The hidden states as a [n, H] tensor (one copy: the frame bytes are read-only)."""
@@ -152,7 +152,8 @@ def encode(frame: Frame) -> bytes:
             body = {"t": "close", "s": frame.session}
         case Error():
             body = {"t": "error", "s": frame.session, "code": frame.code, "msg": frame.message}
-    return msgpack.packb(body, use_bin_type=True)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
 
 
 # --- decoding with validation --------------------------------------------------------------
