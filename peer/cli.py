@@ -116,18 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate_parser = commands.add_parser("generate", help="run the model split over local stage servers")
     generate.add_arguments(generate_parser)
+    from . import chat
+
+    chat_parser = commands.add_parser("chat", help="chat with the model split over local stage servers")
+    chat.add_arguments(chat_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `edgeshard`."""
     args = build_parser().parse_args(argv)
-    if args.command == "generate":
-        from . import generate
+    if args.command in ("generate", "chat"):
+        from . import chat, generate
         from .errors import PeerError
 
         try:
-            return generate.main(args)
+            return generate.main(args) if args.command == "generate" else chat.main(args)
         except PeerError as error:
             print(f"edgeshard: error: {error}", file=sys.stderr)
             return EXIT_USAGE

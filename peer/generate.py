@@ -8,8 +8,6 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from .local import LocalCluster
 from .modelfile import DEFAULT_MODEL, ModelSource, open_model
 from .sampling import SamplingParams
 from .shard import even_split, unit_count
+from .text import TextStream, chat_ids, stop_token_ids
 from .torch_options import DTYPES, pick_device
 
 
@@ -53,8 +52,7 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | None, chat: str
     if prompt is not None:
         return list(tokenizer.encode(prompt))
     message = chat if chat is not None else "Tell me about the moon in three sentences."
-    ids: Any = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True)
-    return [int(i) for i in (ids if isinstance(ids, list) else ids["input_ids"])]
+    return chat_ids(tokenizer, [{"role": "user", "content": message}])
 
 
 def split_from_plan(path: str, units: int) -> list[tuple[int, int]]:
@@ -74,18 +72,6 @@ def split_from_plan(path: str, units: int) -> list[tuple[int, int]]:
     return ranges
 
 
-@dataclass
-class StopStrings:
-    """Finds the first stop string in the text so far."""
-
-    stops: Sequence[str]
-
-    def cut(self, text: str) -> str | None:
-        """The text before the first stop string, or None if none occurs."""
-        hits = [text.index(s) for s in self.stops if s and s in text]
-        return text[: min(hits)] if hits else None
-
-
 async def run_generate(args: argparse.Namespace, source: ModelSource | None = None) -> dict[str, Any]:
     """Generate as the options say; streams text to stdout unless --json."""
     source = source or open_model(args.model)
@@ -94,11 +80,7 @@ async def run_generate(args: argparse.Namespace, source: ModelSource | None = No
     ranges = split_from_plan(args.plan, units) if args.plan else even_split(units, args.stages)
     ids = prompt_ids(tokenizer, args.prompt, args.chat)
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
-    eos = source.config.eos_token_id
-    stop_ids = [eos] if isinstance(eos, int) else list(eos or [])
-    stops = StopStrings(args.stop)
-    tokens: list[int] = []
-    shown = ""
+    stream = TextStream(tokenizer, args.stop)
     device = pick_device(args.device)
     async with LocalCluster(
         args.model, ranges, processes=args.processes, dtype=args.dtype, device=device, source=source
@@ -106,31 +88,23 @@ async def run_generate(args: argparse.Namespace, source: ModelSource | None = No
         started = time.perf_counter()
         first_at = started
         async for token in cluster.origin.generate(
-            cluster.route, ids, sampling, args.max_tokens, stop_ids, wire_dtype=args.wire_dtype
+            cluster.route, ids, sampling, args.max_tokens, stop_token_ids(source.config), wire_dtype=args.wire_dtype
         ):
-            if not tokens:
+            if not stream.tokens:
                 first_at = time.perf_counter()
-            tokens.append(token)
-            text = str(tokenizer.decode(tokens, skip_special_tokens=True))
-            cut = stops.cut(text)
+            new = stream.add(token)
             if not args.json:
-                visible = text if cut is None else cut
-                if visible.startswith(shown):
-                    sys.stdout.write(visible[len(shown) :])
-                    sys.stdout.flush()
-                    shown = visible
-            if cut is not None:
+                sys.stdout.write(new)
+                sys.stdout.flush()
+            if stream.stopped:
                 break
         finished = time.perf_counter()
         statuses = await cluster.stage_status()
-    text = str(tokenizer.decode(tokens, skip_special_tokens=True))
-    cut = stops.cut(text)
-    if cut is not None:
-        text = cut
+    tokens = stream.tokens
     if not args.json:
         print()
     return {
-        "text": text,
+        "text": stream.text,
         "token_ids": tokens,
         "prompt_tokens": len(ids),
         "ttft_ms": (first_at - started) * 1000,

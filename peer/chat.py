@@ -1,0 +1,77 @@
+"""`edgeshard chat`: a chat REPL over a local cluster of stage servers (kept up between turns)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from .local import LocalCluster
+from .modelfile import DEFAULT_MODEL, open_model
+from .sampling import SamplingParams
+from .shard import even_split, unit_count
+from .text import TextStream, chat_ids, stop_token_ids
+from .torch_options import DTYPES, pick_device
+
+HELP = "commands: /reset (forget the conversation), /quit (or Ctrl-D)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `edgeshard chat`."""
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--stages", type=int, default=3)
+    parser.add_argument("--processes", action="store_true", help="each stage in its own OS process")
+    parser.add_argument("--system", help="system prompt (default: the model's own)")
+    parser.add_argument("--max-tokens", type=int, default=256, help="per answer")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--device", default="auto")
+
+
+async def _read_line(prompt: str) -> str | None:
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, input, prompt)
+    except EOFError:
+        return None
+
+
+async def run_chat(args: argparse.Namespace) -> None:
+    """Read messages, stream answers, keep the history."""
+    source = open_model(args.model)
+    tokenizer = source.tokenizer()
+    stop_ids = stop_token_ids(source.config)
+    ranges = even_split(unit_count(source.config), args.stages)
+    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    async with LocalCluster(
+        args.model, ranges, processes=args.processes, dtype=args.dtype, device=pick_device(args.device), source=source
+    ) as cluster:
+        print(f"{len(ranges)} stages: {', '.join(f'[{a}, {b})' for a, b in ranges)}. {HELP}", file=sys.stderr)
+        turn = 0
+        while (line := await _read_line("you> ")) is not None:
+            message = line.strip()
+            if message in ("/quit", "/exit"):
+                break
+            if message == "/reset":
+                del history[1 if args.system else 0 :]
+                print("(conversation forgotten)")
+                continue
+            if not message:
+                continue
+            history.append({"role": "user", "content": message})
+            ids = chat_ids(tokenizer, history)
+            sampling = SamplingParams(args.temperature, 0, args.top_p, args.seed + turn)
+            stream = TextStream(tokenizer)
+            print("assistant> ", end="", flush=True)
+            async for token in cluster.origin.generate(cluster.route, ids, sampling, args.max_tokens, stop_ids):
+                print(stream.add(token), end="", flush=True)
+            print()
+            history.append({"role": "assistant", "content": stream.text})
+            turn += 1
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run `edgeshard chat`."""
+    asyncio.run(run_chat(args))
+    return 0
