@@ -14,8 +14,10 @@ keeps serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,8 @@ from .shard import SessionError, Shard
 from .wire import Close, Error, Frame, Hidden, Open, Token, Tokens, WireDtype
 
 log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -55,9 +59,27 @@ class StageServer:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard-{shard.start}-{shard.end}")
 
     def add_routes(self, app: web.Application) -> None:
-        """Mount the stage endpoint and a status page."""
+        """Mount the stage endpoint, a status page, and the idle-session sweeper."""
         app.router.add_get(STAGE_PATH, frame_endpoint(self.handle))
         app.router.add_get("/status", self._status)
+        app.cleanup_ctx.append(self._sweeper)
+
+    async def _sweeper(self, _app: web.Application) -> AsyncIterator[None]:
+        """Evict idle sessions periodically, for as long as the app runs."""
+        task = asyncio.get_running_loop().create_task(self._sweep_forever())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _sweep_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            # On the worker thread: the caches are only ever touched there.
+            for session in await loop.run_in_executor(self.worker, self.shard.evict_idle):
+                self.routes.pop(session, None)
+                log.info("session %s evicted after %.0f s idle", session, self.shard.idle_seconds)
 
     def status(self) -> dict[str, Any]:
         """Units, sessions and memory of this stage."""

@@ -78,3 +78,28 @@ async def test_unreachable_next_stage_reaches_the_origin_as_an_error(default_sou
         route = [running.route[0], "http://127.0.0.1:9"]  # a second stage nobody serves
         with pytest.raises(StageError):
             _ = [t async for t in running.origin.generate(route, [1, 2, 3], SamplingParams(), 3, timeout=20)]
+
+
+async def test_idle_sessions_are_swept(default_source: GGUFModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from edgeshard.peer import stage
+
+    monkeypatch.setattr(stage, "SWEEP_SECONDS", 0.2)
+    async with LocalCluster("default", [(0, 32)], source=default_source) as running:
+        server = running._stages[0]
+        server.shard.idle_seconds = 0.5
+        tokens = [t async for t in running.origin.generate(running.route, [1, 2, 3], SamplingParams(), 2)]
+        assert len(tokens) == 2
+        # The origin closed its session; open one by hand that nobody closes.
+        await running.origin.links.send(
+            running.route[0], Open("idle", tuple(running.route), 0, running.origin.url, "", SamplingParams())
+        )
+        await running.origin.links.send(running.route[0], Tokens("idle", 0, (1, 2)))
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if "idle" in server.shard.sessions:
+                break
+        assert "idle" in server.shard.sessions
+        await asyncio.sleep(1.5)
+        assert "idle" not in server.shard.sessions and "idle" not in server.routes
