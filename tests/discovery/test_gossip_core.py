@@ -1,0 +1,147 @@
+"""Records, merge, failure detection, membership and the view-to-cluster step (pure logic)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+
+import pytest
+from edgeshard.discovery.failure import FailurePolicy, PhiAccrual
+from edgeshard.discovery.membership import Membership
+from edgeshard.discovery.planview import cluster_from_view, round_significant
+from edgeshard.discovery.records import (
+    LinkMeasure,
+    PeerId,
+    PeerRecord,
+    RecordError,
+    decode_records,
+    digest,
+    encode_records,
+    merge,
+    newer_than,
+)
+from edgeshard.solver import Unit, plan
+from edgeshard.solver.classes import device_classes
+from edgeshard.solver.costs import CostModel
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+def record(peer: str, incarnation: int = 1, heartbeat: int = 0, **changes: object) -> PeerRecord:
+    fields: dict[str, object] = dict(
+        peer_id=PeerId(peer),
+        incarnation=incarnation,
+        heartbeat=heartbeat,
+        address=f"http://{peer}:7420",
+        cluster="home",
+        model="abc",
+        memory_bytes=2**30,
+        unit_ms=(0.1, 2.0, 2.0, 1.0),
+    )
+    fields.update(changes)
+    return PeerRecord(**fields)  # type: ignore[arg-type]
+
+
+records = st.builds(record, st.sampled_from(["a", "b", "c", "d"]), st.integers(0, 3), st.integers(0, 5))
+
+
+@given(st.lists(records, max_size=12), st.lists(records, max_size=12), st.lists(records, max_size=12))
+def test_merge_is_commutative_associative_idempotent(
+    x: list[PeerRecord], y: list[PeerRecord], z: list[PeerRecord]
+) -> None:
+    def view(rs: list[PeerRecord]) -> dict[PeerId, PeerRecord]:
+        return merge({}, rs)[0]
+
+    def clocks(v: dict[PeerId, PeerRecord]) -> dict[PeerId, tuple[int, int]]:
+        return {p: r.clock for p, r in v.items()}
+
+    xy = merge(view(x), view(y).values())[0]
+    yx = merge(view(y), view(x).values())[0]
+    assert clocks(xy) == clocks(yx)
+    left = merge(xy, view(z).values())[0]
+    right = merge(view(x), merge(view(y), view(z).values())[0].values())[0]
+    assert clocks(left) == clocks(right)
+    assert clocks(merge(xy, xy.values())[0]) == clocks(xy)
+
+
+@pytest.mark.parametrize("peers", [20, 40, 80])
+def test_push_pull_converges_in_logarithmic_rounds(peers: int) -> None:
+    rng = random.Random(peers)
+    views = [{PeerId(f"p{i:03d}"): record(f"p{i:03d}")} for i in range(peers)]
+    rounds = 0
+    while any(len(v) < peers for v in views):
+        rounds += 1
+        for i in range(peers):
+            j = rng.randrange(peers - 1)
+            j += j >= i
+            # push-pull: exchange digests, then each sends what the other lacks
+            to_j = newer_than(views[i], digest(views[j]))
+            to_i = newer_than(views[j], digest(views[i]))
+            views[j] = merge(views[j], to_j)[0]
+            views[i] = merge(views[i], to_i)[0]
+        assert rounds < 50
+    assert rounds <= 2 * math.ceil(math.log2(peers)) + 2
+
+
+def test_codec_round_trips_and_rejects_garbage() -> None:
+    rs = [record("a", links=(LinkMeasure(PeerId("b"), 940.0, 0.4),), serving="plan1"), record("b", 2, 7)]
+    assert decode_records(encode_records(rs)) == rs
+    for bad in (b"\xc1", encode_records([]) + b"x", b"\x91\x01"):
+        with pytest.raises(RecordError):
+            decode_records(bad)
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_never_crash_the_decoder(data: bytes) -> None:
+    with contextlib.suppress(RecordError):
+        decode_records(data)
+
+
+def test_a_busy_peer_is_suspected_not_killed() -> None:
+    detector, policy = PhiAccrual(), FailurePolicy(suspect_phi=8, dead_after_s=10)
+    for second in range(30):
+        detector.heartbeat(float(second))  # one heartbeat a second
+    assert policy.health(detector, 29.5) == "alive"
+    assert policy.health(detector, 33.0) == "suspect"  # a 4 s forward pass: suspect only
+    detector.heartbeat(33.5)
+    assert policy.health(detector, 34.0) == "alive"
+    assert policy.health(detector, 43.5) == "dead"
+
+
+def test_membership_has_no_ghosts_and_takes_rejoins() -> None:
+    me = Membership(record("me"), FailurePolicy(dead_after_s=10))
+    me.apply([record("b", 1, 1)], now=0.0)
+    assert me.sweep(now=5.0) == []
+    assert me.sweep(now=11.0) == ["b"]
+    assert [r.peer_id for r in me.view()] == ["me"]
+    me.apply([record("b", 1, 1)], now=12.0)  # a stale copy gossiped by someone else
+    assert [r.peer_id for r in me.view()] == ["me"]
+    me.apply([record("b", 2, 0)], now=13.0)  # b restarted: higher incarnation
+    assert [r.peer_id for r in me.view()] == ["b", "me"]
+    assert me.health(now=14.0)["b"] == "alive"
+
+
+def test_view_to_cluster_is_deterministic_and_merges_near_identical_devices() -> None:
+    units = [Unit("embed", 10, 8), Unit("layer.0", 40, 8), Unit("layer.1", 40, 8), Unit("head", 10, 4)]
+    view = [
+        record("jetson-b", unit_ms=(0.101, 2.02, 2.01, 1.02), memory_bytes=2**30 + 12345),
+        record("jetson-a", unit_ms=(0.102, 1.98, 2.03, 1.01), memory_bytes=2**30 + 999),
+        record(
+            "laptop",
+            unit_ms=(0.05, 1.0, 1.0, 0.5),
+            memory_bytes=2**31,
+            links=(LinkMeasure(PeerId("jetson-a"), 50.0, 4.0),),
+        ),
+    ]
+    cluster = cluster_from_view(view, "m", units, source=PeerId("laptop"))
+    again = cluster_from_view(list(reversed(view)), "m", units, source=PeerId("laptop"))
+    assert cluster == again
+    assert [d.id for d in cluster.devices] == ["jetson-a", "jetson-b", "laptop"]
+    assert cluster.network.link(cluster.devices[0].id, cluster.devices[2].id) == (50.0, 2.0)
+    classes = device_classes(CostModel(cluster))
+    assert sorted(c.size for c in classes) == [1, 1, 1]  # the slow link makes jetson-a different
+    jetsons = cluster_from_view([r for r in view if r.peer_id != "laptop"], "m", units)
+    assert [c.size for c in device_classes(CostModel(jetsons))] == [2]  # measured apart, planned as one
+    assert plan(cluster, "latency").plan_id == plan(again, "latency").plan_id
+    assert round_significant(0.0123456) == 0.012 and round_significant(987.0) == 990.0
