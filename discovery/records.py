@@ -12,7 +12,7 @@ Records carry what the planner needs (memory, per-unit times, links) and what ro
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, NewType
 
 import msgpack
@@ -49,7 +49,6 @@ class PeerRecord:
     links: tuple[LinkMeasure, ...] = ()
     serving: str = ""  # plan id this peer's shard is loaded for ("" while loading)
     version: int = RECORD_VERSION
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def clock(self) -> tuple[int, int]:

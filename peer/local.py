@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import torch
 from aiohttp import web
 
 from .errors import StageError
@@ -142,8 +141,3 @@ class LocalCluster:
         self._runners.clear()
         self._stages.clear()
         self._children.clear()
-
-
-def torch_threads_note() -> str:
-    """How many intra-op threads torch uses here (for benchmark headers)."""
-    return f"torch {torch.__version__}, {torch.get_num_threads()} threads"

@@ -24,13 +24,3 @@ def all_plans(costs: CostModel) -> Iterator[tuple[tuple[Stage, ...], Cost]]:
                     yield stages, evaluate(costs, stages)
                 except InvalidPlanError:
                     continue
-
-
-def optimum(costs: CostModel) -> tuple[int | None, int | None]:
-    """(min latency, min bottleneck) over all valid plans; None where no plan fits."""
-    latency: int | None = None
-    bottleneck: int | None = None
-    for _, cost in all_plans(costs):
-        latency = cost.latency_ns if latency is None else min(latency, cost.latency_ns)
-        bottleneck = cost.bottleneck_ns if bottleneck is None else min(bottleneck, cost.bottleneck_ns)
-    return latency, bottleneck
