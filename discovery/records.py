@@ -109,6 +109,34 @@ def encode_records(records: Iterable[PeerRecord]) -> bytes:
     return packed
 
 
+def encode_exchange(digest_: Mapping[PeerId, tuple[int, int]], records: Iterable[PeerRecord]) -> bytes:
+    """One push-pull message: our digest and the records the other side may lack."""
+    body = {"d": {p: list(c) for p, c in digest_.items()}, "r": [_to_wire(r) for r in records]}
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
+
+
+def decode_exchange(data: bytes, max_records: int = 1024) -> tuple[dict[PeerId, tuple[int, int]], list[PeerRecord]]:
+    """Parse a push-pull message; RecordError on anything malformed."""
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_array_len=4096, max_map_len=max_records)
+    except Exception:
+        raise RecordError("not msgpack") from None
+    if not isinstance(body, dict) or not isinstance(body.get("d"), dict) or not isinstance(body.get("r"), list):
+        raise RecordError("an exchange is {d: digest, r: records}")
+    digest_: dict[PeerId, tuple[int, int]] = {}
+    for peer, clock in body["d"].items():
+        if not (
+            isinstance(peer, str)
+            and isinstance(clock, list)
+            and len(clock) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in clock)
+        ):
+            raise RecordError("a digest maps peer ids to [incarnation, heartbeat]")
+        digest_[PeerId(peer)] = (clock[0], clock[1])
+    return digest_, _from_wire(body["r"], max_records)
+
+
 def _field(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     value = body.get(key)
     if isinstance(value, bool) or not isinstance(value, kind):
@@ -116,12 +144,16 @@ def _field(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> 
     return value
 
 
-def decode_records(data: bytes, max_records: int = 1024, max_units: int = 4096) -> list[PeerRecord]:
+def decode_records(data: bytes, max_records: int = 1024) -> list[PeerRecord]:
     """Parse gossiped records; RecordError on anything malformed or oversized."""
     try:
-        bodies = msgpack.unpackb(data, raw=False, strict_map_key=True, max_array_len=max(max_records, max_units))
+        bodies = msgpack.unpackb(data, raw=False, strict_map_key=True, max_array_len=4096)
     except Exception:
         raise RecordError("not msgpack") from None
+    return _from_wire(bodies, max_records)
+
+
+def _from_wire(bodies: Any, max_records: int, max_units: int = 4096) -> list[PeerRecord]:
     if not isinstance(bodies, list) or len(bodies) > max_records:
         raise RecordError("records are a list")
     records = []
