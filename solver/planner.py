@@ -29,9 +29,9 @@ BASELINES: dict[str, Callable[[CostModel, Objective], list[Stage] | None]] = {
     "greedy": lambda costs, _: baselines.greedy(costs),
 }
 STRATEGIES: tuple[str, ...] = (EXACT, *BASELINES)
-# States the exact search may expand (~10-20 s here) before the planner falls back to the
-# FALLBACK_DEVICE_LIMIT most useful devices. Reached only by many all-different devices.
-SEARCH_BUDGET = 150_000
+# States one exact search may generate (about 5-10 s here) before the planner falls back to
+# the FALLBACK_DEVICE_LIMIT most useful devices. Reached only by many all-different devices.
+SEARCH_BUDGET = 2_000_000
 FALLBACK_DEVICE_LIMIT = 8
 # Clusters of at most this many device classes are searched whole, however many devices.
 EXACT_CLASS_LIMIT = 5

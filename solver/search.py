@@ -219,7 +219,7 @@ def _heuristic(tables: _Tables, first: int, algebra: Algebra) -> list[list[int]]
 
 
 class SearchBudgetExceeded(Exception):
-    """The search expanded more states than its budget allows (counted, so deterministic)."""
+    """The search generated more states than its budget allows (counted, so deterministic)."""
 
 
 def exact_search(
@@ -295,8 +295,9 @@ def exact_search(
         if best.get(key, INFINITY) < g:
             continue  # a cheaper path reached this state after this entry was pushed
         expanded += 1
-        if budget is not None and expanded > budget:
-            raise SearchBudgetExceeded(expanded)
+        # States generated (pushed), not expanded: that is what the time goes into.
+        if budget is not None and sequence > budget:
+            raise SearchBudgetExceeded(sequence)
         position, last, first, counts = key
         nbytes = costs.out_bytes[position - 1]
         for b in range(count):
