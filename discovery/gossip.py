@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from .membership import Membership
-from .records import PeerId, PeerRecord, RecordError, decode_exchange, digest, encode_exchange, newer_than
+from .records import Exchange, PeerId, RecordError, decode_exchange, digest, encode_exchange, newer_than
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +63,28 @@ class Gossip:
         if len(body) > MAX_BODY:
             return web.Response(status=413, text="gossip body too large")
         try:
-            theirs, records = decode_exchange(body)
+            exchange = decode_exchange(body)
         except RecordError as error:
             return web.Response(status=400, text=str(error))
-        self._merge(records)
-        reply = encode_exchange(digest(self.membership.records), newer_than(self.membership.records, theirs))
+        self._merge(exchange)
+        members = self.membership
+        reply = encode_exchange(
+            digest(members.records), newer_than(members.records, exchange.digest), members.obituaries
+        )
         return web.Response(body=reply, content_type="application/msgpack")
 
-    def _merge(self, records: list[PeerRecord]) -> None:
-        joined = self.membership.apply(records, self.clock())
-        if joined and self.on_change is not None:
-            self.on_change(joined, [])
+    def _merge(self, exchange: Exchange) -> None:
+        joined = self.membership.apply(exchange.records, self.clock())
+        buried = self.membership.bury(exchange.obituaries)
+        if (joined or buried) and self.on_change is not None:
+            self.on_change(joined, buried)
+
+    def _confirm_dead(self, address: str) -> None:
+        for record in list(self.membership.records.values()):
+            if record.address == address and self.membership.confirm_dead(record.peer_id):
+                log.info("peer %s refused a connection: it is gone", record.peer_id)
+                if self.on_change is not None:
+                    self.on_change([], [record.peer_id])
 
     def _targets(self) -> list[str]:
         own = self.membership.own
@@ -87,32 +98,44 @@ class Gossip:
         """One push-pull exchange with the peer at `address`."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
-        records = self.membership.view()
-        body = encode_exchange(digest(self.membership.records), records)
+        members = self.membership
+        body = encode_exchange(digest(members.records), members.view(), members.obituaries)
         try:
             async with self._session.post(address + GOSSIP_PATH, data=body) as response:
                 if response.status != 200:
                     log.warning("gossip with %s: HTTP %s", address, response.status)
                     return
                 reply = await response.content.read(MAX_BODY + 1)
+        except aiohttp.ClientConnectorError as error:
+            # Refused: nothing listens there any more (a crashed or stopped process). A frozen
+            # or unreachable host times out instead and is left to the failure detector.
+            if isinstance(error.os_error, ConnectionRefusedError):
+                self._confirm_dead(address)
+            log.debug("gossip with %s failed: %s", address, error)
+            return
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             log.debug("gossip with %s failed: %s", address, error or type(error).__name__)
             return
         try:
-            _, records = decode_exchange(reply)
+            exchange = decode_exchange(reply)
         except RecordError as error:
             log.warning("bad gossip reply from %s: %s", address, error)
             return
-        self._merge(records)
+        self._merge(exchange)
+
+    async def check(self, address: str) -> None:
+        """Exchange with `address` now (a link to it broke: is it gone?)."""
+        await self.exchange(address)
 
     async def round(self) -> list[PeerId]:
-        """One gossip round; returns the peers declared dead in it."""
+        """One gossip round; returns the peers that left the view in it (silent or refused)."""
+        before = set(self.membership.records)
         self.membership.beat()
         await asyncio.gather(*(self.exchange(address) for address in self._targets()))
-        dead = self.membership.sweep(self.clock())
-        if dead and self.on_change is not None:
-            self.on_change([], dead)
-        return dead
+        swept = self.membership.sweep(self.clock())
+        if swept and self.on_change is not None:
+            self.on_change([], swept)
+        return sorted(before - set(self.membership.records))
 
     async def run(self) -> None:
         """Gossip forever (until cancelled)."""

@@ -9,7 +9,7 @@ newer clock (a higher heartbeat if it was only cut off, a higher incarnation aft
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .failure import FailurePolicy, Health, PhiAccrual
 from .records import PeerId, PeerRecord, merge
@@ -24,6 +24,9 @@ class Membership:
     records: dict[PeerId, PeerRecord] = field(default_factory=dict)
     detectors: dict[PeerId, PhiAccrual] = field(default_factory=dict)
     tombstones: dict[PeerId, tuple[int, int]] = field(default_factory=dict)
+    # Deaths this peer confirmed or learnt of (a refused connection, not mere silence): gossiped,
+    # so every view drops the peer at once instead of each waiting out `dead_after_s`.
+    obituaries: dict[PeerId, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.records[self.own.peer_id] = self.own
@@ -34,14 +37,24 @@ class Membership:
         self.records[self.own.peer_id] = self.own
         return self.own
 
+    def announce(self, **changes: object) -> PeerRecord:
+        """Change our own record (e.g. the plan we serve); the next beat carries it."""
+        self.own = replace(self.own, **changes)  # type: ignore[arg-type]
+        return self.beat()
+
     def apply(self, incoming: Iterable[PeerRecord], now: float) -> list[PeerId]:
-        """Merge gossiped records; returns peers that joined or changed."""
+        """Merge gossiped records (those of our cluster); returns peers that joined or changed."""
         fresh = [
-            r for r in incoming if r.peer_id != self.own.peer_id and r.clock > self.tombstones.get(r.peer_id, (-1, -1))
+            r
+            for r in incoming
+            if r.peer_id != self.own.peer_id
+            and r.cluster == self.own.cluster
+            and r.clock > self.tombstones.get(r.peer_id, (-1, -1))
         ]
         self.records, changed = merge(self.records, fresh)
         for peer in changed:
             self.tombstones.pop(peer, None)
+            self.obituaries.pop(peer, None)
             self.detectors.setdefault(peer, PhiAccrual()).heartbeat(now)
         return changed
 
@@ -57,9 +70,35 @@ class Membership:
         """Remove peers declared dead; returns them."""
         dead = sorted(p for p, h in self.health(now).items() if h == "dead")
         for peer in dead:
-            self.tombstones[peer] = self.records.pop(peer).clock
-            del self.detectors[peer]
+            self._remove(peer)
         return dead
+
+    def _remove(self, peer: PeerId) -> None:
+        self.tombstones[peer] = self.records.pop(peer).clock
+        self.detectors.pop(peer, None)
+
+    def confirm_dead(self, peer: PeerId) -> bool:
+        """We know `peer` is gone (its port refused us): drop it and certify the death."""
+        if peer == self.own.peer_id or peer not in self.records:
+            return False
+        self.obituaries[peer] = self.records[peer].clock
+        self._remove(peer)
+        return True
+
+    def bury(self, obituaries: dict[PeerId, tuple[int, int]]) -> list[PeerId]:
+        """Apply gossiped death certificates; a record newer than the certificate survives
+        (the peer restarted or was alive after all). Returns the peers removed."""
+        buried = []
+        for peer, clock in sorted(obituaries.items()):
+            if peer == self.own.peer_id:
+                continue
+            if peer in self.records and self.records[peer].clock <= clock:
+                self._remove(peer)
+                buried.append(peer)
+            if peer not in self.records and clock > self.obituaries.get(peer, (-1, -1)):
+                self.obituaries[peer] = clock  # pass the certificate on
+                self.tombstones[peer] = max(clock, self.tombstones.get(peer, (-1, -1)))
+        return buried
 
     def view(self) -> list[PeerRecord]:
         """Live records sorted by peer id (the planner's input order)."""

@@ -60,3 +60,22 @@ def cluster_from_view(
         network=Network(DEFAULT_MBPS, DEFAULT_LATENCY_MS, tuple(links)),
         source=DeviceId(source) if source is not None else None,
     )
+
+
+def plannable(records: Sequence[PeerRecord], own: PeerRecord) -> tuple[list[PeerRecord], dict[PeerId, str]]:
+    """The records that can share a plan with `own`, and why each other one cannot."""
+    fit, excluded = [], {}
+    for record in records:
+        if record.model != own.model:
+            excluded[record.peer_id] = f"runs another model file ({record.model[:12]}, ours {own.model[:12]})"
+        elif len(record.unit_ms) != len(own.unit_ms):
+            excluded[record.peer_id] = "has no profile for this model yet"
+        else:
+            fit.append(record)
+    return fit, excluded
+
+
+def source_of(records: Sequence[PeerRecord]) -> PeerId | None:
+    """The peer that hosts stage 0: the smallest id among those asking to (None: any)."""
+    asking = sorted(r.peer_id for r in records if r.source)
+    return asking[0] if asking else None

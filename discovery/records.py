@@ -48,6 +48,7 @@ class PeerRecord:
     unit_ms: tuple[float, ...]
     links: tuple[LinkMeasure, ...] = ()
     serving: str = ""  # plan id this peer's shard is loaded for ("" while loading)
+    source: bool = False  # this peer asks to host stage 0 (the requests' source device)
     version: int = RECORD_VERSION
 
     @property
@@ -100,6 +101,7 @@ def _to_wire(record: PeerRecord) -> dict[str, Any]:
         "unit_ms": list(record.unit_ms),
         "links": [[k.peer, k.mbps, k.rtt_ms] for k in record.links],
         "serving": record.serving,
+        "src": record.source,
     }
 
 
@@ -109,32 +111,61 @@ def encode_records(records: Iterable[PeerRecord]) -> bytes:
     return packed
 
 
-def encode_exchange(digest_: Mapping[PeerId, tuple[int, int]], records: Iterable[PeerRecord]) -> bytes:
-    """One push-pull message: our digest and the records the other side may lack."""
-    body = {"d": {p: list(c) for p, c in digest_.items()}, "r": [_to_wire(r) for r in records]}
-    packed: bytes = msgpack.packb(body, use_bin_type=True)
-    return packed
+Clock = tuple[int, int]
 
 
-def decode_exchange(data: bytes, max_records: int = 1024) -> tuple[dict[PeerId, tuple[int, int]], list[PeerRecord]]:
-    """Parse a push-pull message; RecordError on anything malformed."""
-    try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_array_len=4096, max_map_len=max_records)
-    except Exception:
-        raise RecordError("not msgpack") from None
-    if not isinstance(body, dict) or not isinstance(body.get("d"), dict) or not isinstance(body.get("r"), list):
-        raise RecordError("an exchange is {d: digest, r: records}")
-    digest_: dict[PeerId, tuple[int, int]] = {}
-    for peer, clock in body["d"].items():
+@dataclass(frozen=True)
+class Exchange:
+    """One push-pull message: the sender's digest, records the other side may lack, and death
+    certificates (peers the sender *knows* are gone: their port refused a connection)."""
+
+    digest: dict[PeerId, Clock]
+    records: list[PeerRecord]
+    obituaries: dict[PeerId, Clock]
+
+
+def _clock_map(raw: Any, what: str) -> dict[PeerId, Clock]:
+    if not isinstance(raw, dict):
+        raise RecordError(f"{what} maps peer ids to [incarnation, heartbeat]")
+    clocks: dict[PeerId, Clock] = {}
+    for peer, clock in raw.items():
         if not (
             isinstance(peer, str)
             and isinstance(clock, list)
             and len(clock) == 2
             and all(isinstance(x, int) and not isinstance(x, bool) for x in clock)
         ):
-            raise RecordError("a digest maps peer ids to [incarnation, heartbeat]")
-        digest_[PeerId(peer)] = (clock[0], clock[1])
-    return digest_, _from_wire(body["r"], max_records)
+            raise RecordError(f"{what} maps peer ids to [incarnation, heartbeat]")
+        clocks[PeerId(peer)] = (clock[0], clock[1])
+    return clocks
+
+
+def encode_exchange(
+    digest_: Mapping[PeerId, Clock], records: Iterable[PeerRecord], obituaries: Mapping[PeerId, Clock] | None = None
+) -> bytes:
+    """One push-pull message as msgpack bytes."""
+    body = {
+        "d": {p: list(c) for p, c in digest_.items()},
+        "r": [_to_wire(r) for r in records],
+        "x": {p: list(c) for p, c in (obituaries or {}).items()},
+    }
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
+
+
+def decode_exchange(data: bytes, max_records: int = 1024) -> Exchange:
+    """Parse a push-pull message; RecordError on anything malformed."""
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_array_len=4096, max_map_len=max_records)
+    except Exception:
+        raise RecordError("not msgpack") from None
+    if not isinstance(body, dict) or not isinstance(body.get("r"), list):
+        raise RecordError("an exchange is {d: digest, r: records, x: obituaries}")
+    return Exchange(
+        _clock_map(body.get("d"), "a digest"),
+        _from_wire(body["r"], max_records),
+        _clock_map(body.get("x", {}), "obituaries"),
+    )
 
 
 def _field(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -191,6 +222,7 @@ def _from_wire(bodies: Any, max_records: int, max_units: int = 4096) -> list[Pee
                 unit_ms=tuple(float(x) for x in unit_ms),
                 links=tuple(measured),
                 serving=_field(body, "serving", str)[:128],
+                source=body.get("src") is True,
                 version=_field(body, "v", int),
             )
         )

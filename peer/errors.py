@@ -21,4 +21,12 @@ class ProtocolError(PeerError):
 
 
 class StageError(PeerError):
-    """A stage reported an error for a session, or could not be reached."""
+    """A stage reported an error for a session, or could not be reached.
+
+    `code` is the remote's error code ("unreachable" when the link itself failed); the origin
+    uses it to tell a fault worth a fail-over from a request that can never succeed.
+    """
+
+    def __init__(self, message: str, code: str = "unreachable") -> None:
+        super().__init__(message)
+        self.code = code

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 Reply = Callable[[Frame], Awaitable[None]]
 FrameHandler = Callable[[Frame, Reply], Awaitable[None]]
+CloseHandler = Callable[[str], Awaitable[None]]
 
 CONNECT_TIMEOUT = 10.0
 SEND_TIMEOUT = 30.0
@@ -35,12 +36,14 @@ STAGE_PATH = "/stage"
 class Links:
     """Outbound links by URL."""
 
-    def __init__(self, on_frame: FrameHandler | None = None) -> None:
+    def __init__(self, on_frame: FrameHandler | None = None, on_close: CloseHandler | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._sockets: dict[str, aiohttp.ClientWebSocketResponse] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._on_frame = on_frame
+        self._on_close = on_close  # the receiver closed the link (e.g. its process died)
+        self._closing = False
 
     async def _socket(self, url: str) -> aiohttp.ClientWebSocketResponse:
         socket = self._sockets.get(url)
@@ -71,6 +74,9 @@ class Links:
                 continue
             if self._on_frame is not None:
                 await self._on_frame(frame, lambda reply: self.send(url, reply))
+        # The socket ended without us closing it: tell the owner now rather than at the next send.
+        if not self._closing and self._on_close is not None:
+            await self._on_close(url)
 
     async def send(self, url: str, frame: Frame) -> None:
         """Send one frame to the stage at `url` (connecting if needed)."""
@@ -85,6 +91,7 @@ class Links:
 
     async def close(self) -> None:
         """Close every link."""
+        self._closing = True
         for task in self._readers.values():
             task.cancel()
         for task in self._readers.values():

@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -339,9 +339,11 @@ def open_model(spec: str, cache_root: Path | None = None) -> GGUFModel | Hugging
     raise ModelFileError(f"{spec}: not 'default', a .gguf file, or a model directory")
 
 
-def iter_unit_tensors(source: ModelSource, units: range) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) for every tensor the given units need, each once."""
-    seen: set[str] = set()
+def iter_unit_tensors(
+    source: ModelSource, units: Iterable[int], skip: Collection[str] = ()
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor the given units need, each once (none named in `skip`)."""
+    seen: set[str] = set(skip)
     for unit in units:
         for name in unit_tensor_names(source.config, unit):
             if name not in seen:

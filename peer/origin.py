@@ -26,14 +26,26 @@ STEP_TIMEOUT = 120.0
 class Origin:
     """Generation sessions started from this process."""
 
-    def __init__(self, url: str = "") -> None:
-        self.url = url  # where the last stage reaches this origin; set once its server listens
-        self.links = Links(on_frame=self._receive)
+    def __init__(self, url: str = "", prefix: str = "") -> None:
+        # Where the last stage reaches this origin (base URL + prefix); set once the server listens.
+        self.url = url
+        self.prefix = prefix  # "/origin" when the origin shares an app with a stage server
+        self.links = Links(on_frame=self._receive, on_close=self._link_closed)
         self._queues: dict[str, asyncio.Queue[Token | Error]] = {}
+        self._routes: dict[str, tuple[str, ...]] = {}
 
     def add_routes(self, app: web.Application) -> None:
         """Mount the endpoint the last stage sends tokens to."""
-        app.router.add_get(STAGE_PATH, frame_endpoint(self._receive))
+        app.router.add_get(self.prefix + STAGE_PATH, frame_endpoint(self._receive))
+
+    def abort_route(self, url: str, code: str, message: str) -> None:
+        """Fail every session whose route passes `url` (its peer was declared dead)."""
+        for session, route in self._routes.items():
+            if url in route:
+                self._queues[session].put_nowait(Error(session, code, message))
+
+    async def _link_closed(self, url: str) -> None:
+        self.abort_route(url, "link-broken", f"the stage at {url} closed the link")
 
     async def _receive(self, frame: Frame, _reply: Reply) -> None:
         if isinstance(frame, Token | Error):
@@ -56,6 +68,7 @@ class Origin:
         session = secrets.token_hex(8)
         queue: asyncio.Queue[Token | Error] = asyncio.Queue()
         self._queues[session] = queue
+        self._routes[session] = tuple(route)
         stage0 = route[0]
         try:
             await self.links.send(stage0, Open(session, tuple(route), 0, self.url, plan_id, sampling, wire_dtype))
@@ -65,18 +78,19 @@ class Origin:
                 try:
                     reply = await asyncio.wait_for(queue.get(), timeout)
                 except TimeoutError:
-                    raise StageError(f"no token within {timeout:.0f}s (session {session})") from None
+                    raise StageError(f"no token within {timeout:.0f}s (session {session})", "timeout") from None
                 if isinstance(reply, Error):
-                    raise StageError(f"{reply.code}: {reply.message}")
+                    raise StageError(f"{reply.code}: {reply.message}", reply.code)
                 position += len(feed)
                 if reply.position != position:
-                    raise StageError(f"token for position {reply.position}, expected {position}")
+                    raise StageError(f"token for position {reply.position}, expected {position}", "out-of-order")
                 if reply.token_id in stop_ids:
                     return
                 yield reply.token_id
                 feed = [reply.token_id]
         finally:
             del self._queues[session]
+            del self._routes[session]
             with contextlib.suppress(StageError):  # a stage that is gone took its sessions along
                 await self.links.send(stage0, Close(session))
 

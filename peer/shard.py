@@ -30,7 +30,11 @@ from .modelfile import ModelSource, iter_unit_tensors, unit_tensor_names
 
 
 class SessionError(PeerError):
-    """A request names an unknown session, a wrong position, or exceeds the cache's bounds."""
+    """A request names an unknown session or a wrong position (e.g. its cache was evicted)."""
+
+
+class ContextError(SessionError):
+    """A request exceeds the configured context length: replaying it elsewhere cannot help."""
 
 
 def unit_count(config: LlamaConfig) -> int:
@@ -66,6 +70,8 @@ class Shard(nn.Module):
         max_sessions: int = 16,
         max_context: int | None = None,
         idle_seconds: float = 600.0,
+        slowdown: float = 1.0,
+        reuse: Shard | None = None,
     ) -> None:
         super().__init__()
         config = source.config
@@ -77,22 +83,29 @@ class Shard(nn.Module):
         self.max_sessions = max_sessions
         self.max_context = max_context or int(config.max_position_embeddings)
         self.idle_seconds = idle_seconds
+        if slowdown < 1.0:
+            raise ValueError("slowdown is a factor >= 1")
+        self.slowdown = slowdown  # testbed only: emulate a slower device by stretching compute
         self.has_embedding = start == 0
         self.has_head = end == total
         first_layer, last_layer = max(start, 1) - 1, min(end, total - 1) - 1
         self.layer_ids = list(range(first_layer, last_layer))
 
         names = {n for unit in range(start, end) for n in unit_tensor_names(config, unit)}
+        # Tensors the previous shard of this peer already holds are taken over, not reloaded:
+        # a re-plan that moves a split point by a few layers loads only those layers.
+        reused = {n: t for n, t in reuse.held_tensors().items() if n in names} if reuse is not None else {}
+        self.reused_tensors = len(reused)
         # A progress bar on a terminal (tqdm stays quiet when stderr is not one).
         progress = tqdm(
-            iter_unit_tensors(source, range(start, end)),
-            total=len(names),
+            iter_unit_tensors(source, range(start, end), skip=reused),
+            total=len(names) - len(reused),
             desc=f"loading units [{start}, {end})",
             unit="tensor",
             disable=None,
             leave=False,
         )
-        tensors = dict(progress)
+        tensors = {**reused, **dict(progress)}
         with torch.device("meta"):
             self.layers = nn.ModuleList(
                 LlamaDecoderLayer(config, layer_idx=local) for local in range(len(self.layer_ids))
@@ -130,6 +143,19 @@ class Shard(nn.Module):
             )
         self.eval()
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
+
+    def held_tensors(self) -> dict[str, torch.Tensor]:
+        """This shard's tensors under their model names (what `unit_tensor_names` lists)."""
+        held: dict[str, torch.Tensor] = {}
+        for local, global_id in enumerate(self.layer_ids):
+            for name, tensor in self.layers[local].state_dict().items():
+                held[f"model.layers.{global_id}.{name}"] = tensor
+        if self.embedding is not None:
+            held["model.embed_tokens.weight"] = self.embedding
+        if self.norm is not None and self.head is not None:
+            held["model.norm.weight"] = self.norm.weight.data
+            held["model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"] = self.head
+        return held
 
     # --- sessions -------------------------------------------------------------------------
 
@@ -169,20 +195,28 @@ class Shard(nn.Module):
         if position != state.length:
             raise SessionError(f"session {session}: position {position}, cache holds {state.length}")
         if position + length > self.max_context:
-            raise SessionError(f"session {session}: {position + length} positions exceed {self.max_context}")
+            raise ContextError(f"session {session}: {position + length} positions exceed {self.max_context}")
         self.sessions.move_to_end(session)
         state.used = time.monotonic()
         return state
 
     # --- compute --------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def run(self, session: str, position: int, inputs: torch.Tensor) -> torch.Tensor:
         """Run this shard for `inputs` at positions [position, position + T).
 
         inputs: token ids [T] (int64) on the embedding stage, else hidden states [T, H].
         Returns hidden states [T, H], or on the head stage the logits of the last position [V].
         """
+        started = time.perf_counter()
+        output = self._compute(session, position, inputs)
+        if self.slowdown > 1.0:
+            # Blocks the stage's worker thread exactly as slower hardware would.
+            time.sleep((self.slowdown - 1.0) * (time.perf_counter() - started))
+        return output
+
+    @torch.inference_mode()
+    def _compute(self, session: str, position: int, inputs: torch.Tensor) -> torch.Tensor:
         length = int(inputs.shape[0])
         if length < 1:
             raise SessionError("empty input")

@@ -17,10 +17,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import torch
@@ -35,6 +35,7 @@ from .wire import Close, Error, Frame, Hidden, Open, Token, Tokens, WireDtype
 log = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 30.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,37 @@ class Route:
 
 
 class StageServer:
-    """One shard behind an aiohttp WebSocket endpoint."""
+    """One shard behind an aiohttp WebSocket endpoint.
 
-    def __init__(self, shard: Shard, links: Links | None = None, max_sessions: int = 64) -> None:
+    `plan_id` None accepts every session (a fixed local cluster); a daemon sets the plan it
+    serves, and an `Open` for any other plan is answered "stale-plan" rather than computed with
+    units the sender does not expect. `shard` None: this peer holds no units at the moment.
+    """
+
+    def __init__(
+        self,
+        shard: Shard | None,
+        links: Links | None = None,
+        max_sessions: int = 64,
+        plan_id: str | None = None,
+    ) -> None:
         self.shard = shard
-        self.links = links or Links(on_frame=self._on_returned)
+        self.plan_id = plan_id
+        self.links = links or Links(on_frame=self._on_returned, on_close=self._on_link_closed)
         self.routes: dict[str, Route] = {}
         self.max_sessions = max_sessions
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard-{shard.start}-{shard.end}")
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard")
+
+    def serve(self, shard: Shard | None, plan_id: str) -> None:
+        """Serve another shard for `plan_id`; sessions of the old shard are dropped (their
+        caches hold other layers, so continuing them would compute garbage)."""
+        if shard is not self.shard:
+            self.routes.clear()
+        self.shard, self.plan_id = shard, plan_id
+
+    async def run_on_worker(self, call: Callable[[], T]) -> T:
+        """Run torch work on the stage's single worker thread (caches are only touched there)."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, call)
 
     def add_routes(self, app: web.Application) -> None:
         """Mount the stage endpoint, a status page, and the idle-session sweeper."""
@@ -76,20 +100,25 @@ class StageServer:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
+            shard = self.shard
+            if shard is None:
+                continue
             # On the worker thread: the caches are only ever touched there.
-            for session in await loop.run_in_executor(self.worker, self.shard.evict_idle):
+            for session in await loop.run_in_executor(self.worker, shard.evict_idle):
                 self.routes.pop(session, None)
-                log.info("session %s evicted after %.0f s idle", session, self.shard.idle_seconds)
+                log.info("session %s evicted after %.0f s idle", session, shard.idle_seconds)
 
     def status(self) -> dict[str, Any]:
         """Units, sessions and memory of this stage."""
+        shard = self.shard
         return {
-            "start": self.shard.start,
-            "end": self.shard.end,
-            "sessions": len(self.shard.sessions),
-            "weight_bytes": self.shard.weight_bytes(),
+            "start": shard.start if shard else None,
+            "end": shard.end if shard else None,
+            "sessions": len(shard.sessions) if shard else 0,
+            "weight_bytes": shard.weight_bytes() if shard else 0,
             "rss_bytes": psutil.Process(os.getpid()).memory_info().rss,
             "pid": os.getpid(),
+            "plan_id": self.plan_id,
         }
 
     async def _status(self, _request: web.Request) -> web.Response:
@@ -99,6 +128,13 @@ class StageServer:
         """An error frame came back from the next stage: pass it on to the session's origin."""
         if isinstance(frame, Error) and frame.session in self.routes:
             await self._to_origin(frame.session, frame)
+
+    async def _on_link_closed(self, url: str) -> None:
+        """The next stage at `url` hung up: its sessions cannot continue; tell their origins."""
+        for session, route in list(self.routes.items()):
+            if route.next_url == url:
+                self.routes.pop(session, None)
+                await self._to_origin(session, Error(session, "link-broken", f"the stage at {url} closed the link"))
 
     async def _to_origin(self, session: str, frame: Frame) -> None:
         route = self.routes.get(session)
@@ -114,7 +150,7 @@ class StageServer:
         try:
             await self._dispatch(frame)
         except (ProtocolError, SessionError, StageError, ValueError) as error:
-            code = error.code if isinstance(error, ProtocolError) else type(error).__name__
+            code = error.code if isinstance(error, ProtocolError | StageError) else type(error).__name__
             session = getattr(frame, "session", "")
             log.info("session %s: %s", session, error)
             await reply(Error(session, code, str(error)))
@@ -125,6 +161,10 @@ class StageServer:
     async def _dispatch(self, frame: Frame) -> None:
         match frame:
             case Open():
+                if self.plan_id is not None and frame.plan_id != self.plan_id:
+                    raise ProtocolError("stale-plan", f"this stage serves plan {self.plan_id or '(none yet)'}")
+                if self.shard is None:
+                    raise ProtocolError("not-serving", "this peer holds no units in the current plan")
                 if frame.session not in self.routes and len(self.routes) >= self.max_sessions:
                     raise ProtocolError("busy", f"this stage holds {self.max_sessions} sessions")
                 last = frame.hop == len(frame.route) - 1
@@ -149,34 +189,43 @@ class StageServer:
                         ),
                     )
             case Tokens():
-                if not self.shard.has_embedding:
+                shard = self._shard()
+                if not shard.has_embedding:
                     raise ProtocolError("wrong-stage", "token ids go to the stage holding the embedding")
-                if max(frame.token_ids) >= self.shard.config.vocab_size:
-                    raise ProtocolError("bad-token", f"token id beyond the vocabulary ({self.shard.config.vocab_size})")
+                if max(frame.token_ids) >= shard.config.vocab_size:
+                    raise ProtocolError("bad-token", f"token id beyond the vocabulary ({shard.config.vocab_size})")
                 await self._step(frame.session, frame.position, torch.tensor(frame.token_ids, dtype=torch.long))
             case Hidden():
-                if self.shard.has_embedding:
+                shard = self._shard()
+                if shard.has_embedding:
                     raise ProtocolError("wrong-stage", "this stage takes token ids, not hidden states")
-                if frame.shape[1] != self.shard.config.hidden_size:
+                if frame.shape[1] != shard.config.hidden_size:
                     raise ProtocolError(
                         "bad-shape",
-                        f"hidden size {frame.shape[1]}, model has {self.shard.config.hidden_size}",
+                        f"hidden size {frame.shape[1]}, model has {shard.config.hidden_size}",
                     )
                 await self._step(frame.session, frame.position, frame.tensor())
             case Close():
                 route = self.routes.pop(frame.session, None)
-                self.shard.close(frame.session)
+                if self.shard is not None:
+                    self.shard.close(frame.session)
                 if route is not None and route.next_url is not None:
                     await self.links.send(route.next_url, frame)
             case Token() | Error():
                 raise ProtocolError("wrong-stage", "token and error frames go to an origin")
 
+    def _shard(self) -> Shard:
+        if self.shard is None:
+            raise ProtocolError("not-serving", "this peer holds no units in the current plan")
+        return self.shard
+
     async def _step(self, session: str, position: int, inputs: torch.Tensor) -> None:
         route = self.routes.get(session)
         if route is None:
             raise SessionError(f"unknown session {session} (no open frame)")
+        shard = self._shard()
         loop = asyncio.get_running_loop()
-        output = await loop.run_in_executor(self.worker, self.shard.run, session, position, inputs)
+        output = await loop.run_in_executor(self.worker, shard.run, session, position, inputs)
         following = position + int(inputs.shape[0])
         if route.next_url is None:
             token = await loop.run_in_executor(self.worker, sample, output, route.sampling, following)

@@ -15,8 +15,10 @@ from edgeshard.discovery.records import (
     PeerId,
     PeerRecord,
     RecordError,
+    decode_exchange,
     decode_records,
     digest,
+    encode_exchange,
     encode_records,
     merge,
     newer_than,
@@ -85,8 +87,11 @@ def test_push_pull_converges_in_logarithmic_rounds(peers: int) -> None:
 
 
 def test_codec_round_trips_and_rejects_garbage() -> None:
-    rs = [record("a", links=(LinkMeasure(PeerId("b"), 940.0, 0.4),), serving="plan1"), record("b", 2, 7)]
+    rs = [record("a", links=(LinkMeasure(PeerId("b"), 940.0, 0.4),), serving="plan1", source=True), record("b", 2, 7)]
     assert decode_records(encode_records(rs)) == rs
+    exchange = decode_exchange(encode_exchange(digest({r.peer_id: r for r in rs}), rs, {PeerId("c"): (3, 4)}))
+    assert (exchange.records, exchange.obituaries) == (rs, {"c": (3, 4)})
+    assert exchange.digest == {"a": (1, 0), "b": (2, 7)}
     for bad in (b"\xc1", encode_records([]) + b"x", b"\x91\x01"):
         with pytest.raises(RecordError):
             decode_records(bad)
@@ -120,6 +125,21 @@ def test_membership_has_no_ghosts_and_takes_rejoins() -> None:
     me.apply([record("b", 2, 0)], now=13.0)  # b restarted: higher incarnation
     assert [r.peer_id for r in me.view()] == ["b", "me"]
     assert me.health(now=14.0)["b"] == "alive"
+
+
+def test_a_certified_death_spreads_and_a_restart_outlives_it() -> None:
+    a, b = Membership(record("a")), Membership(record("b"))
+    for view in (a, b):
+        view.apply([record("c", 1, 5)], now=0.0)
+    assert a.confirm_dead(PeerId("c"))  # c's port refused a's connection
+    assert not a.confirm_dead(PeerId("a"))  # never ourselves
+    assert b.bury(a.obituaries) == ["c"]
+    assert "c" not in b.records and b.obituaries == {"c": (1, 5)}
+    b.apply([record("c", 1, 5)], now=1.0)  # a stale copy still in circulation: no ghost
+    assert "c" not in b.records
+    newer = Membership(record("d"))
+    newer.apply([record("c", 2, 0)], now=0.0)  # c restarted before the certificate arrived
+    assert newer.bury(a.obituaries) == [] and "c" in newer.records
 
 
 def test_view_to_cluster_is_deterministic_and_merges_near_identical_devices() -> None:

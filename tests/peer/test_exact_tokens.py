@@ -13,7 +13,7 @@ from edgeshard.peer.sampling import SamplingParams
 from edgeshard.peer.shard import even_split, unit_count
 from transformers import AutoModelForCausalLM
 
-from .conftest import NEW_TOKENS, PROMPTS, chat_ids, reference_tokens
+from tests.engine_fixtures import NEW_TOKENS, PROMPTS, chat_ids, reference_tokens
 
 pytestmark = pytest.mark.slow
 GREEDY = SamplingParams()

@@ -1,0 +1,61 @@
+"""Link probes: round-trip time and bandwidth to another peer, and how they are published.
+
+The endpoint `GET /probe?bytes=N` answers N bytes. A probe takes the best of a few empty
+round trips as the RTT and one larger download for the bandwidth. Measurements jitter, and every
+published change re-plans the cluster, so `settle` (pure) publishes a new figure only when it
+leaves a factor-of-two band around the published one, and then rounded to a power of two.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import aiohttp
+from aiohttp import web
+
+PROBE_PATH = "/probe"
+MAX_PROBE_BYTES = 8 * 2**20
+DOWNLOAD_BYTES = 2**20
+ROUND_TRIPS = 3
+MAX_MBPS = 100_000.0  # loopback measures "infinite"; cap it at something finite
+_ZEROS = bytes(MAX_PROBE_BYTES)
+
+
+async def probe_endpoint(request: web.Request) -> web.Response:
+    """Answer `bytes` zero bytes (capped)."""
+    try:
+        count = min(max(int(request.query.get("bytes", "0")), 0), MAX_PROBE_BYTES)
+    except ValueError:
+        return web.Response(status=400, text="bytes: an integer")
+    return web.Response(body=_ZEROS[:count], content_type="application/octet-stream")
+
+
+async def measure_link(
+    session: aiohttp.ClientSession, address: str, download: int = DOWNLOAD_BYTES
+) -> tuple[float, float]:
+    """(mbps, rtt_ms) to the peer at `address`; raises aiohttp/OS errors when unreachable."""
+    trips = []
+    for _ in range(ROUND_TRIPS):
+        started = time.perf_counter()
+        async with session.get(f"{address}{PROBE_PATH}?bytes=0") as response:
+            await response.read()
+        trips.append(time.perf_counter() - started)
+    rtt = min(trips)
+    started = time.perf_counter()
+    async with session.get(f"{address}{PROBE_PATH}?bytes={download}") as response:
+        body = await response.read()
+    elapsed = max(time.perf_counter() - started - rtt, 1e-6)
+    return min(len(body) * 8 / elapsed / 1e6, MAX_MBPS), rtt * 1000
+
+
+def _power_of_two(value: float) -> float:
+    return float(2 ** round(math.log2(value))) if value > 0 else 0.0
+
+
+def settle(published: float | None, measured: float) -> float:
+    """The figure to publish: the old one while the measurement stays within a factor of two,
+    else the measurement rounded to a power of two."""
+    if published is not None and published > 0 and measured > 0 and 0.5 <= measured / published <= 2.0:
+        return published
+    return _power_of_two(measured)

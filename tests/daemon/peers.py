@@ -1,0 +1,156 @@
+"""Real `edgeshard-peer` processes on loopback for the daemon tests (no fakes: sockets, mDNS, signals)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# 256 MiB per peer holds at most ~45% of the default model with this context: 3 peers are needed.
+PEER_MEMORY = "256MiB"
+CONTEXT = "512"
+START_TIMEOUT = 180.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Peer:
+    """One edgeshard-peer process."""
+
+    name: str
+    peer_port: int
+    api_port: int
+    log_path: Path
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.peer_port}"
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self) -> None:
+        if self.process is not None:
+            self.process.wait(30)  # reap a previous life (a restart after a kill)
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "edgeshard.peer.daemon", *self.args], stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(self.api + "/v1/status", timeout=5) as response:
+                result: dict[str, Any] = json.load(response)
+                return result
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def make_peers(
+    tmp: Path, count: int, mdns: bool = True, cluster: str | None = None, extra: Sequence[str] = ()
+) -> list[Peer]:
+    """`count` peers of one fresh cluster name; without mDNS each bootstraps from the previous one."""
+    cluster = cluster or "test-" + secrets.token_hex(4)
+    peers: list[Peer] = []
+    for index in range(count):
+        name = f"p{index + 1}"
+        peer_port, api_port = free_port(), free_port()
+        args = [
+            "--name",
+            name,
+            "--listen",
+            f"127.0.0.1:{peer_port}",
+            "--api-listen",
+            f"127.0.0.1:{api_port}",
+            "--cluster",
+            cluster,
+            "--max-memory",
+            PEER_MEMORY,
+            "--context",
+            CONTEXT,
+            "--sessions",
+            "2",
+            *extra,
+        ]
+        if mdns:
+            args += ["--interface", "127.0.0.1"]
+        else:
+            args += ["--no-mdns"]
+            if peers:
+                args += ["--bootstrap", peers[-1].address]
+        peers.append(Peer(name, peer_port, api_port, tmp / f"{name}.log", args))
+    return peers
+
+
+def wait_until(check: Callable[[], T | None], timeout: float, what: str, peers: Sequence[Peer] = ()) -> T:
+    """Poll `check` until it returns a value; on timeout fail with the peers' log tails."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value is not None:
+            return value
+        for peer in peers:
+            if peer.process is not None and peer.process.poll() is not None and not peer.extra.get("killed"):
+                raise AssertionError(f"{peer.name} exited ({peer.process.returncode}):\n{peer.log()[-3000:]}")
+        time.sleep(0.2)
+    tails = "\n".join(f"--- {p.name}\n{p.log()[-2500:]}" for p in peers)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
+
+
+def agreed(peers: Sequence[Peer]) -> dict[str, Any] | None:
+    """The common status plan when every peer is ready on the same plan and layout, else None."""
+    statuses = [p.status() for p in peers]
+    if not all(s is not None and s["ready"] for s in statuses):
+        return None
+    plans = {(s["plan"]["plan_id"], s["plan"]["layout_id"]) for s in statuses if s is not None}
+    if len(plans) != 1:
+        return None
+    first = statuses[0]
+    assert first is not None
+    result: dict[str, Any] = first["plan"]
+    return result
+
+
+def ensure_child_cache() -> None:
+    """Peers inherit EDGESHARD_CACHE from the test process (never the user's cache)."""
+    assert os.environ.get("EDGESHARD_CACHE"), "tests.engine_fixtures sets EDGESHARD_CACHE"

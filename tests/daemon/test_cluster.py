@@ -1,0 +1,228 @@
+"""edgeshard-peer processes form a cluster by themselves, agree on one plan, answer through the
+OpenAI client with transformers' exact greedy tokens, and survive a SIGKILLed or SIGSTOPped peer.
+
+Real processes on loopback, real mDNS (multicast on 127.0.0.1) or bootstrap lists, real signals.
+Each peer may use 256 MiB for units, so the default model needs three of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from edgeshard.peer.modelfile import GGUFModel
+from openai import OpenAI
+from transformers import PreTrainedModel
+
+from tests.engine_fixtures import chat_ids, reference_tokens
+
+from .peers import Peer, agreed, ensure_child_cache, make_peers, wait_until
+
+pytestmark = pytest.mark.slow
+
+STORY = "Write a long story about a dragon who guards a library."
+QUESTION = "Explain how a rainbow forms, step by step."
+
+
+def start_all(peers: list[Peer]) -> dict[str, Any]:
+    ensure_child_cache()
+    for peer in peers:
+        peer.start()
+    return wait_until(lambda: agreed(peers), 240, "the peers to agree on a ready plan", peers)
+
+
+def client(peer: Peer) -> OpenAI:
+    return OpenAI(base_url=peer.api + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def ask(peer: Peer, message: str, max_tokens: int) -> Any:
+    return client(peer).chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=[{"role": "user", "content": message}],
+        temperature=0,
+        max_tokens=max_tokens,
+    )
+
+
+@pytest.fixture(scope="module")
+def mdns_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Peer]]:
+    peers = make_peers(tmp_path_factory.mktemp("mdns"), 3)
+    try:
+        start_all(peers)
+        yield peers
+    finally:
+        for peer in peers:
+            peer.stop()
+
+
+def test_peers_find_each_other_over_mdns_and_answer_with_exact_tokens(
+    mdns_cluster: list[Peer], default_source: GGUFModel, reference_model: PreTrainedModel
+) -> None:
+    peers = mdns_cluster
+    plan = agreed(peers)
+    assert plan is not None and len(plan["stages"]) == 3  # 256 MiB each: all three are needed
+    assert {s["device"] for s in plan["stages"]} == {"p1", "p2", "p3"}
+    for peer in peers:  # found by mDNS alone: no bootstrap list was given
+        assert "--bootstrap" not in peer.args
+        assert "joined" in peer.log()
+
+    ids = chat_ids(default_source, QUESTION)
+    expected = reference_tokens(reference_model, ids, 48, default_source.config.eos_token_id)
+    answer = ask(peers[1], QUESTION, 48)
+    extra = answer.model_extra["edgeshard"]
+    assert extra["token_ids"] == expected
+    assert extra["failovers"] == []
+    tokenizer = default_source.tokenizer()
+    assert answer.choices[0].message.content == tokenizer.decode(expected, skip_special_tokens=True)
+    assert answer.usage.prompt_tokens == len(ids) and answer.usage.completion_tokens == len(expected)
+
+    # Streaming (SSE) through another peer's API gives the same text.
+    stream = client(peers[2]).chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_tokens=48,
+        stream=True,
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == answer.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == answer.choices[0].finish_reason
+    assert [m.id for m in client(peers[0]).models.list().data] == ["smollm2-135m-instruct"]
+
+
+def test_a_briefly_stopped_peer_is_suspected_not_replanned(
+    mdns_cluster: list[Peer], default_source: GGUFModel, reference_model: PreTrainedModel
+) -> None:
+    peers = mdns_cluster
+    before = agreed(peers)
+    assert before is not None
+    middle = next(p for p in peers if p.name == before["stages"][1]["device"])
+    asker = next(p for p in peers if p is not middle)
+    observer = next(p for p in peers if p is not middle and p is not asker)
+    ids = chat_ids(default_source, STORY)
+    expected = reference_tokens(reference_model, ids, 64, default_source.config.eos_token_id)
+
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(answer=ask(asker, STORY, 64)))
+    thread.start()
+    time.sleep(1.0)  # mid-generation
+    middle.signal(signal.SIGSTOP)
+    seen = set()
+    stopped_at = time.monotonic()
+    while time.monotonic() - stopped_at < 4.0:  # well inside the 10 s before death
+        status = observer.status()
+        if status is not None:
+            seen |= {p["health"] for p in status["peers"] if p["id"] == middle.name}
+        time.sleep(0.2)
+    middle.signal(signal.SIGCONT)
+    thread.join(120)
+
+    assert "suspect" in seen and "dead" not in seen
+    extra = result["answer"].model_extra["edgeshard"]
+    assert extra["token_ids"] == expected and extra["failovers"] == []
+    time.sleep(2.0)  # a re-plan, had one been triggered, would have landed by now
+    assert agreed(peers) == before
+    assert not any("left: declared dead" in p.log() for p in peers)
+
+
+def test_bootstrap_lists_without_mdns(
+    tmp_path: Path, default_source: GGUFModel, reference_model: PreTrainedModel
+) -> None:
+    peers = make_peers(tmp_path, 3, mdns=False)  # p2 knows p1, p3 knows p2
+    try:
+        plan = start_all(peers)
+        assert {s["device"] for s in plan["stages"]} == {"p1", "p2", "p3"}
+        ids = chat_ids(default_source, QUESTION)
+        expected = reference_tokens(reference_model, ids, 32, default_source.config.eos_token_id)
+        assert ask(peers[0], QUESTION, 32).model_extra["edgeshard"]["token_ids"] == expected
+        assert not any("mDNS" in p.log() for p in peers)
+    finally:
+        for peer in peers:
+            peer.stop()
+
+
+def test_sigkill_of_a_middle_stage_mid_generation_loses_no_token(
+    tmp_path: Path, default_source: GGUFModel, reference_model: PreTrainedModel
+) -> None:
+    peers = make_peers(tmp_path, 4)  # one spare: after the kill three remain, enough for the model
+    try:
+        plan = start_all(peers)
+        assert len(plan["stages"]) >= 3  # three peers are needed; measured profiles may pick four
+        middle = next(p for p in peers if p.name == plan["stages"][1]["device"])
+        asker = next(p for p in peers if p.name == plan["stages"][0]["device"])
+        survivors = [p for p in peers if p is not middle]
+        ids = chat_ids(default_source, STORY)
+        expected = reference_tokens(reference_model, ids, 120, default_source.config.eos_token_id)
+        assert len(expected) > 40, "the prompt must keep the model talking past the kill"
+
+        stream = client(asker).chat.completions.create(
+            model="smollm2-135m-instruct",
+            messages=[{"role": "user", "content": STORY}],
+            temperature=0,
+            max_tokens=120,
+            stream=True,
+        )
+        chunks, arrivals = [], []
+        for chunk in stream:
+            chunks.append(chunk)
+            arrivals.append(time.monotonic())
+            if len(chunks) == 16:
+                middle.extra["killed"] = True
+                middle.signal(signal.SIGKILL)
+                killed_at = time.monotonic()
+        extra = chunks[-1].model_extra["edgeshard"]
+        assert extra["token_ids"] == expected
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        assert text == default_source.tokenizer().decode(expected, skip_special_tokens=True)
+        assert len(extra["failovers"]) == 1
+        failover = extra["failovers"][0]
+        stall = max(b - a for a, b in itertools.pairwise(arrivals) if b > killed_at)
+        print(f"\nfail-over: {failover}; longest stall after the kill {stall:.2f} s")
+
+        after = wait_until(lambda: agreed(survivors), 60, "the survivors to agree on a new plan", survivors)
+        assert middle.name not in {s["device"] for s in after["stages"]}
+        assert after["layout_id"] == failover["new_layout"]
+
+        # Kill one more: two peers cannot hold the model; a request fails fast and says why.
+        victim = next(p for p in survivors if p is not asker)
+        victim.extra["killed"] = True
+        victim.signal(signal.SIGKILL)
+        rest = [p for p in survivors if p is not victim]
+        wait_until(
+            lambda: True if "cannot hold the model" in str((asker.status() or {}).get("reason")) else None,
+            60,
+            "the planner to report the model no longer fits",
+            rest,
+        )
+        response = _post_chat(asker)
+        assert response[0] == 503 and "cannot hold the model" in response[1]
+        # The device returns (a restart: higher incarnation): the cluster recovers by itself.
+        victim.extra["killed"] = False
+        victim.start()
+        wait_until(lambda: agreed([*rest, victim]), 180, "recovery after the peer returned", [*rest, victim])
+        assert ask(asker, QUESTION, 8).model_extra["edgeshard"]["token_ids"]
+    finally:
+        for peer in peers:
+            peer.stop()
+
+
+def _post_chat(peer: Peer) -> tuple[int, str]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+    request = urllib.request.Request(
+        peer.api + "/v1/chat/completions", body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
