@@ -1,4 +1,5 @@
-"""`edgeshard chat`: a chat REPL over a local cluster of stage servers (kept up between turns)."""
+"""`edgeshard chat`: a chat REPL, against a running peer's API (`--api`) or over a local cluster
+of stage servers started for the session (kept up between turns)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 import sys
 
+from .apiclient import stream_chat
 from .local import LocalCluster
 from .modelfile import DEFAULT_MODEL, open_model
 from .sampling import SamplingParams
@@ -18,6 +20,11 @@ HELP = "commands: /reset (forget the conversation), /quit (or Ctrl-D)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `edgeshard chat`."""
+    parser.add_argument(
+        "--api",
+        metavar="URL",
+        help="chat through a running edgeshard-peer's API (e.g. http://127.0.0.1:7421) instead of local stages",
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--stages", type=int, default=3)
     parser.add_argument("--processes", action="store_true", help="each stage in its own OS process")
@@ -71,7 +78,39 @@ async def run_chat(args: argparse.Namespace) -> None:
             turn += 1
 
 
+def run_api_chat(args: argparse.Namespace) -> None:
+    """The same REPL, each answer streamed from a peer's /v1/chat/completions."""
+    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    print(f"chatting through {args.api}. {HELP}", file=sys.stderr)
+    turn = 0
+    while True:
+        try:
+            message = input("you> ").strip()
+        except EOFError:
+            break
+        if message in ("/quit", "/exit"):
+            break
+        if message == "/reset":
+            del history[1 if args.system else 0 :]
+            print("(conversation forgotten)")
+            continue
+        if not message:
+            continue
+        history.append({"role": "user", "content": message})
+        print("assistant> ", end="", flush=True)
+        answer = ""
+        for text in stream_chat(args.api, history, args.max_tokens, args.temperature, args.seed + turn):
+            answer += text
+            print(text, end="", flush=True)
+        print()
+        history.append({"role": "assistant", "content": answer})
+        turn += 1
+
+
 def main(args: argparse.Namespace) -> int:
     """Run `edgeshard chat`."""
-    asyncio.run(run_chat(args))
+    if args.api:
+        run_api_chat(args)
+    else:
+        asyncio.run(run_chat(args))
     return 0

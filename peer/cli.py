@@ -118,20 +118,36 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_arguments(generate_parser)
     from . import chat
 
-    chat_parser = commands.add_parser("chat", help="chat with the model split over local stage servers")
+    chat_parser = commands.add_parser("chat", help="chat: through a peer's API, or over local stage servers")
     chat.add_arguments(chat_parser)
+    from . import localpeers
+
+    cluster_parser = commands.add_parser("cluster", help="run N edgeshard-peer processes on this machine")
+    localpeers.add_arguments(cluster_parser)
+    status_parser = commands.add_parser("status", help="a running peer's view of the cluster and its plan")
+    status_parser.add_argument("--api", default="http://127.0.0.1:7421", metavar="URL")
+    status_parser.add_argument("--json", action="store_true", help="print the raw /v1/status object")
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .apiclient import describe_status, get_status
+
+    status = get_status(args.api)
+    print(json.dumps(status, indent=2) if args.json else describe_status(status))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `edgeshard`."""
     args = build_parser().parse_args(argv)
-    if args.command in ("generate", "chat"):
-        from . import chat, generate
+    if args.command in ("generate", "chat", "cluster", "status"):
+        from . import chat, generate, localpeers
         from .errors import PeerError
 
+        run = {"generate": generate.main, "chat": chat.main, "cluster": localpeers.main, "status": _status}
         try:
-            return generate.main(args) if args.command == "generate" else chat.main(args)
+            return run[args.command](args)
         except PeerError as error:
             print(f"edgeshard: error: {error}", file=sys.stderr)
             return EXIT_USAGE

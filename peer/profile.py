@@ -3,7 +3,8 @@
 The planner needs, per device, the decode time of every unit and the memory it may use
 (DESIGN.md's cost model). Times are measured here, not declared: a short profile at start runs
 the embedding, one decoder layer and the head through a real `Shard` (all decoder layers of a
-Llama have one shape, so one stands for all) and keeps the median of a few decode steps. The
+Llama have one shape, so one stands for all) and keeps the fastest of a few decode steps (the
+device's own cost; slower steps are other processes competing for it at that moment). The
 result is cached per (model, device, dtype, threads, slowdown), so a restart costs nothing and
 a peer republishes the same figures, which keeps the cluster's plan stable.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ from .shard import Shard, unit_count
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
 PROMPT_TOKENS = 32
 DECODE_STEPS = 8
 RUNTIME_RESERVE_BYTES = 768 * 2**20  # the interpreter, torch and transformers themselves
@@ -84,7 +84,7 @@ def _synchronize(device: str) -> None:
 
 
 def _time_unit(shard: Shard, first: torch.Tensor, steps: torch.Tensor, device: str) -> tuple[float, float]:
-    """(median decode ms, prefill ms) of one shard."""
+    """(fastest decode ms, prefill ms) of one shard."""
     started = time.perf_counter()
     shard.run("profile", 0, first)
     _synchronize(device)
@@ -96,7 +96,7 @@ def _time_unit(shard: Shard, first: torch.Tensor, steps: torch.Tensor, device: s
         _synchronize(device)
         timings.append((time.perf_counter() - started) * 1000)
     shard.close("profile")
-    return statistics.median(timings[1:]), prefill  # the first step warms up
+    return min(timings[1:]), prefill  # the first step warms up
 
 
 def measure(source: ModelSource, device: str, dtype: torch.dtype, slowdown: float = 1.0) -> Profile:

@@ -8,7 +8,10 @@ Each peer may use 256 MiB for units, so the default model needs three of them.
 from __future__ import annotations
 
 import itertools
+import secrets
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -226,3 +229,50 @@ def _post_chat(peer: Peer) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+def test_the_chat_repl_and_status_command_talk_to_a_running_peer(mdns_cluster: list[Peer]) -> None:
+    api = mdns_cluster[0].api
+    repl = subprocess.run(
+        [sys.executable, "-m", "edgeshard.peer.cli", "chat", "--api", api, "--max-tokens", "12"],
+        input="What is two plus two?\n/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert repl.returncode == 0, repl.stderr
+    answer = repl.stdout.split("assistant> ", 1)[1]
+    assert answer.strip(), repl.stdout
+    status = subprocess.run(
+        [sys.executable, "-m", "edgeshard.peer.cli", "status", "--api", api],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0 and ", ready" in status.stdout
+    assert all(f"  {p.name} " in status.stdout for p in mdns_cluster)
+
+
+def test_one_command_runs_a_local_cluster_and_answers(tmp_path: Path) -> None:
+    base = 20000 + secrets.randbelow(20000) // 2 * 2
+    run = subprocess.run(
+        [
+            *(
+                str(Path(sys.executable).parent / "edgeshard"),
+                "cluster",
+                "--peers",
+                "3",
+                "--max-memory",
+                "256MiB",
+                "--max-tokens",
+                "12",
+            ),
+            *("--base-port", str(base), "--logs", str(tmp_path), "--chat", "Name a colour."),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("alive") == 3 and "plan " in run.stdout
+    assert run.stdout.split("assistant: ", 1)[1].strip()
