@@ -1,0 +1,86 @@
+"""scripts/testbed: hosts as network namespaces on a bridge, shaped links, one peer per host.
+
+Needs root and iproute2 (CI runs as root); it is skipped elsewhere, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from edgeshard.peer.modelfile import GGUFModel
+from openai import OpenAI
+from transformers import PreTrainedModel
+
+from tests.engine_fixtures import chat_ids, reference_tokens
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"),
+]
+ROOT = Path(__file__).resolve().parents[2]
+QUESTION = "Explain how a rainbow forms, step by step."
+
+
+def run_testbed(state: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "testbed.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "EDGESHARD_TESTBED_STATE": str(state)},
+    )
+
+
+def status(host: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://198.18.0.{host}:7421/v1/status", timeout=5) as response:
+        result: dict[str, Any] = json.load(response)
+        return result
+
+
+def test_three_namespaced_hosts_with_a_slow_link_and_a_slow_device(
+    tmp_path: Path, default_source: GGUFModel, reference_model: PreTrainedModel
+) -> None:
+    state = tmp_path / "testbed"
+    up = run_testbed(
+        state,
+        *("up", "3", "--max-memory", "256MiB", "--slowdown", "h2=3"),
+        *("--link", "h1-h3=delay 5ms rate 20mbit", "--wait", "300"),
+        timeout=400,
+    )
+    try:
+        logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in state.glob("h*.log"))
+        assert up.returncode == 0, up.stdout + up.stderr + logs
+        views = [status(h) for h in (1, 2, 3)]
+        assert len({v["plan"]["plan_id"] for v in views}) == 1
+        peers = {p["id"]: p for p in views[0]["peers"]}
+        assert set(peers) == {"h1", "h2", "h3"}
+        # h2 was told to compute 3× slower: its measured profile shows it.
+        fastest_other = min(peers["h1"]["ms_per_token_alone"], peers["h3"]["ms_per_token_alone"])
+        assert peers["h2"]["ms_per_token_alone"] > 1.8 * fastest_other
+        # The shaped link is measured as such: h1→h3 at ~20 Mbit/s, h1→h2 unshaped.
+        links = {k["peer"]: k["mbps"] for k in peers["h1"]["links"]}
+        assert links["h3"] < 64 < 128 < links["h2"]
+
+        ids = chat_ids(default_source, QUESTION)
+        expected = reference_tokens(reference_model, ids, 16, default_source.config.eos_token_id)
+        client = OpenAI(base_url="http://198.18.0.3:7421/v1", api_key="unused", max_retries=0, timeout=300)
+        answer = client.chat.completions.create(
+            model="smollm2-135m-instruct",
+            messages=[{"role": "user", "content": QUESTION}],
+            temperature=0,
+            max_tokens=16,
+        )
+        assert answer.model_extra["edgeshard"]["token_ids"] == expected
+    finally:
+        down = run_testbed(state, "down")
+    assert down.returncode == 0, down.stderr
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "es-h" not in namespaces
