@@ -43,6 +43,7 @@ class Peer:
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -57,7 +58,10 @@ class Peer:
             self.process.wait(30)  # reap a previous life (a restart after a kill)
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "edgeshard.peer.daemon", *self.args], stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "edgeshard.peer.daemon", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
             )
 
     def status(self) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -138,14 +139,21 @@ def test_bootstrap_lists_without_mdns(
     tmp_path: Path, default_source: GGUFModel, reference_model: PreTrainedModel
 ) -> None:
     peers = make_peers(tmp_path, 3, mdns=False)  # p2 knows p1, p3 knows p2
+    # p1 runs as systemd would start it (Type=notify): it must report READY=1 on $NOTIFY_SOCKET.
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(240)
+    peers[0].env["NOTIFY_SOCKET"] = str(tmp_path / "notify")
     try:
         plan = start_all(peers)
+        assert notify.recv(256) == b"READY=1"
         assert {s["device"] for s in plan["stages"]} == {"p1", "p2", "p3"}
         ids = chat_ids(default_source, QUESTION)
         expected = reference_tokens(reference_model, ids, 32, default_source.config.eos_token_id)
         assert ask(peers[0], QUESTION, 32).model_extra["edgeshard"]["token_ids"] == expected
         assert not any("mDNS" in p.log() for p in peers)
     finally:
+        notify.close()
         for peer in peers:
             peer.stop()
 

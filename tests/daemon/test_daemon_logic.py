@@ -12,7 +12,7 @@ from edgeshard.discovery.planview import plannable, source_of
 from edgeshard.discovery.probe import settle
 from edgeshard.discovery.records import PeerId, PeerRecord
 from edgeshard.peer.api import RequestError, parse_chat_request
-from edgeshard.peer.config import ConfigError, load_config, parse_bytes
+from edgeshard.peer.config import ConfigError, PeerConfig, load_config, parse_bytes
 from edgeshard.peer.modelfile import GGUFModel
 from edgeshard.peer.node import layout_id
 from edgeshard.peer.profile import unit_sizes
@@ -63,6 +63,11 @@ def test_the_command_exits_2_with_one_line_on_bad_settings(tmp_path: Path) -> No
         timeout=60,
     )
     assert run.returncode == 2 and run.stderr.startswith("edgeshard-peer: ") and "Traceback" not in run.stderr
+
+
+def test_the_shipped_example_settings_parse_to_the_defaults() -> None:
+    example = Path(__file__).resolve().parents[2] / "systemd" / "peer.toml"
+    assert load_config({}, {}, str(example)) == PeerConfig()
 
 
 def test_sizes_parse_binary_and_decimal() -> None:
