@@ -10,6 +10,7 @@ changes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -48,6 +49,7 @@ class Gossip:
         self.rng = rng or random.Random()
         self.clock = clock
         self._session: aiohttp.ClientSession | None = None
+        self._nudged = asyncio.Event()
 
     def add_routes(self, app: web.Application) -> None:
         """Mount the /gossip endpoint."""
@@ -137,12 +139,19 @@ class Gossip:
             self.on_change([], swept)
         return sorted(before - set(self.membership.records))
 
+    def nudge(self) -> None:
+        """Gossip now rather than at the next interval (our record changed: e.g. a new plan is
+        served, which every origin waits to see)."""
+        self._nudged.set()
+
     async def run(self) -> None:
         """Gossip forever (until cancelled)."""
         try:
             while True:
+                self._nudged.clear()
                 await self.round()
-                await asyncio.sleep(self.interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._nudged.wait(), self.interval)
         finally:
             await self.close()
 

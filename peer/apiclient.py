@@ -51,6 +51,21 @@ def stream_chat(
     timeout: float = 600.0,
 ) -> Iterator[str]:
     """POST /v1/chat/completions with stream=true; yields the text as it arrives."""
+    for chunk in stream_chunks(api, messages, max_tokens, temperature, seed, timeout):
+        content = chunk["choices"][0]["delta"].get("content")
+        if content:
+            yield content
+
+
+def stream_chunks(
+    api: str,
+    messages: Sequence[dict[str, str]],
+    max_tokens: int = 256,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    timeout: float = 600.0,
+) -> Iterator[dict[str, Any]]:
+    """The streamed completion's chunks as JSON objects (the last carries usage and fail-overs)."""
     body: dict[str, Any] = {
         "messages": list(messages),
         "max_tokens": max_tokens,
@@ -75,9 +90,7 @@ def stream_chat(
             chunk = json.loads(data)
             if "error" in chunk:
                 raise ApiError(chunk["error"]["message"])
-            content = chunk["choices"][0]["delta"].get("content")
-            if content:
-                yield content
+            yield chunk
 
 
 def describe_status(status: dict[str, Any]) -> str:

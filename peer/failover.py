@@ -44,10 +44,13 @@ RouteSource = Callable[[float], Awaitable[Route]]  # wait up to N seconds for a 
 
 @dataclass(frozen=True)
 class Recovery:
-    """One fail-over: at which generated token, how long the stream stood still, and why."""
+    """One fail-over: at which generated token, how long the stream stood still (from the
+    failure's notice to the next token; `route_wait_s` of it waiting for a ready plan, the rest
+    replaying), and why."""
 
     at_token: int
     seconds: float
+    route_wait_s: float
     reason: str
     old_layout: str
     new_layout: str
@@ -71,6 +74,7 @@ async def generate_with_failover(
     while len(produced) < max_tokens:
         waited = time.monotonic() - failed_at if failed_at is not None else 0.0
         route = await routes(max(recovery_timeout - waited, 0.0))
+        routed_at = time.monotonic()
         try:
             async for token in origin.generate(
                 route.urls,
@@ -83,7 +87,12 @@ async def generate_with_failover(
             ):
                 if failed_at is not None:
                     recovery = Recovery(
-                        len(produced), time.monotonic() - failed_at, reason, old_layout, route.layout_id
+                        len(produced),
+                        time.monotonic() - failed_at,
+                        routed_at - failed_at,
+                        reason,
+                        old_layout,
+                        route.layout_id,
                     )
                     log.info(
                         "fail-over done: resumed at token %d on layout %s after %.2f s (%s)",

@@ -46,7 +46,22 @@ class LocalPeer:
 
     name: str
     api: str
-    process: subprocess.Popen[bytes]
+    command: list[str]
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or restart) the process."""
+        if self.process is not None and self.process.poll() is None:
+            raise PeerError(f"{self.name} is running")
+        if self.process is not None:
+            self.process.wait()
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
 
 def start_peers(args: argparse.Namespace, logs: Path) -> list[LocalPeer]:
@@ -60,42 +75,27 @@ def start_peers(args: argparse.Namespace, logs: Path) -> list[LocalPeer]:
             sys.executable,
             "-m",
             "edgeshard.peer.daemon",
-            "--name",
-            name,
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--api-listen",
-            f"127.0.0.1:{port + 1}",
-            "--interface",
-            "127.0.0.1",
-            "--cluster",
-            cluster,
-            "--model",
-            args.model,
-            "--context",
-            str(args.context),
-            "--sessions",
-            "2",
-            "--objective",
-            args.objective,
+            *("--name", name, "--listen", f"127.0.0.1:{port}", "--api-listen", f"127.0.0.1:{port + 1}"),
+            *("--interface", "127.0.0.1", "--cluster", cluster, "--model", args.model),
+            *("--context", str(args.context), "--sessions", "2", "--objective", args.objective),
         ]
         if args.max_memory:
             command += ["--max-memory", args.max_memory]
-        with (logs / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        peers.append(LocalPeer(name, f"http://127.0.0.1:{port + 1}", process))
+        peer = LocalPeer(name, f"http://127.0.0.1:{port + 1}", command, logs / f"{name}.log")
+        peer.start()
+        peers.append(peer)
     return peers
 
 
-def wait_ready(peers: Sequence[LocalPeer], logs: Path) -> dict[str, Any]:
+def wait_ready(peers: Sequence[LocalPeer], logs: Path, quiet: bool = False) -> dict[str, Any]:
     """Block until every peer is ready on one plan; returns the first peer's status."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     shown = ""
     while time.monotonic() < deadline:
         for peer in peers:
-            if peer.process.poll() is not None:
-                tail = (logs / f"{peer.name}.log").read_text(errors="replace")[-2000:]
-                raise PeerError(f"{peer.name} exited with status {peer.process.returncode}:\n{tail}")
+            if not peer.running:
+                tail = peer.log.read_text(errors="replace")[-2000:]
+                raise PeerError(f"{peer.name} exited:\n{tail}")
         statuses = []
         for peer in peers:
             with contextlib.suppress(ApiError):
@@ -104,7 +104,7 @@ def wait_ready(peers: Sequence[LocalPeer], logs: Path) -> dict[str, Any]:
         if len(statuses) == len(peers) and all(s["ready"] for s in statuses) and len(layouts) == 1:
             return statuses[0]
         state = f"{len(statuses)}/{len(peers)} peers up, {sum(s['ready'] for s in statuses)} ready"
-        if state != shown:
+        if state != shown and not quiet:
             print(f"  {state}", file=sys.stderr)
             shown = state
         time.sleep(0.5)
@@ -114,9 +114,11 @@ def wait_ready(peers: Sequence[LocalPeer], logs: Path) -> dict[str, Any]:
 def stop_peers(peers: Sequence[LocalPeer]) -> None:
     """SIGTERM every peer (clean goodbye), then wait."""
     for peer in peers:
-        if peer.process.poll() is None:
+        if peer.process is not None and peer.running:
             peer.process.send_signal(signal.SIGTERM)
     for peer in peers:
+        if peer.process is None:
+            continue
         try:
             peer.process.wait(20)
         except subprocess.TimeoutExpired:
@@ -148,7 +150,7 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         with contextlib.suppress(KeyboardInterrupt):
-            while all(peer.process.poll() is None for peer in peers):
+            while all(peer.running for peer in peers):
                 time.sleep(1)
         return 0
     finally:

@@ -292,6 +292,7 @@ class PeerNode:
             self.adopted, self.infeasible = None, True
             self.stage.serve(self.stage.shard, "")
             self.membership.announce(serving="")
+            self.gossip.nudge()
             return
         except SolverError as error:  # pragma: no cover - a bug in the view-to-cluster step
             self.plan_problem = f"planner error: {error}"
@@ -353,6 +354,7 @@ class PeerNode:
                 shard.weight_bytes() / 1e6,
             )
         self.membership.announce(serving=layout)
+        self.gossip.nudge()  # origins wait to see every stage serve the new layout
 
     def _build_shard(self, start: int, end: int, previous: Shard | None) -> Shard:
         return Shard(

@@ -133,8 +133,8 @@ class StageServer:
         """The next stage at `url` hung up: its sessions cannot continue; tell their origins."""
         for session, route in list(self.routes.items()):
             if route.next_url == url:
-                self.routes.pop(session, None)
                 await self._to_origin(session, Error(session, "link-broken", f"the stage at {url} closed the link"))
+                self.routes.pop(session, None)
 
     async def _to_origin(self, session: str, frame: Frame) -> None:
         route = self.routes.get(session)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import msgpack
 import pytest
 import torch
+from edgeshard.peer.errors import StageError
 from edgeshard.peer.local import LocalCluster
 from edgeshard.peer.modelfile import GGUFModel
 from edgeshard.peer.sampling import SamplingParams
@@ -72,8 +75,6 @@ async def test_position_out_of_order_is_an_error_not_a_crash(cluster: LocalClust
 
 
 async def test_unreachable_next_stage_reaches_the_origin_as_an_error(default_source: GGUFModel) -> None:
-    from edgeshard.peer.errors import StageError
-
     async with LocalCluster("default", [(0, 32)], source=default_source) as running:
         route = [running.route[0], "http://127.0.0.1:9"]  # a second stage nobody serves
         with pytest.raises(StageError):
@@ -103,3 +104,18 @@ async def test_idle_sessions_are_swept(default_source: GGUFModel, monkeypatch: p
         assert "idle" in server.shard.sessions
         await asyncio.sleep(1.5)
         assert "idle" not in server.shard.sessions and "idle" not in server.routes
+
+
+async def test_a_killed_next_stage_fails_its_sessions_at_once() -> None:
+    """SIGKILL of a stage process closes its sockets; the stage before it tells the origin now,
+    not after the step timeout."""
+    async with LocalCluster("default", [(0, 10), (10, 20), (20, 32)], processes=True) as cluster:
+        tokens = 0
+        with pytest.raises(StageError) as failure:
+            async for _token in cluster.origin.generate(cluster.route, [1, 2, 3, 4], SamplingParams(), 200):
+                tokens += 1
+                if tokens == 5:
+                    cluster._children[1].send_signal(signal.SIGKILL)
+                    killed = time.monotonic()
+        assert failure.value.code == "link-broken"
+        assert time.monotonic() - killed < 10  # the step timeout is 120 s
