@@ -24,6 +24,7 @@ from typing import Any
 from .apiclient import get_status, stream_chunks
 from .localpeers import LocalPeer, start_peers, stop_peers, wait_ready
 
+SETTLE_S = 5.0  # after a rejoin: link probes land and may move the plan once more
 PROMPT = "Write a long story about a dragon who guards a library."
 
 
@@ -85,7 +86,9 @@ def main() -> int:
                 print(f"baseline: {len(baseline)} tokens, plan over {len(stages)} stages", file=sys.stderr)
                 continue
             assert victim is not None
-            failover = run["failovers"][0] if run["failovers"] else {}
+            # The fail-over the kill caused (a re-plan just before it can cause an earlier one).
+            caused = [f for f in run["failovers"] if f["at_token"] >= args.kill_after - 1]
+            failover = caused[0] if caused else {}
             stall = run["stall_s"]
             notice = stall - failover["seconds"] if failover and stall is not None else None
             rows.append(
@@ -102,6 +105,7 @@ def main() -> int:
             )
             victim.start()  # the device comes back (a new incarnation) for the next round
             wait_ready(peers, logs, quiet=True)
+            time.sleep(SETTLE_S)
     finally:
         stop_peers(peers)
 
