@@ -45,10 +45,11 @@ class PeerRecord:
     cluster: str
     model: str  # model fingerprint: peers of different models never share a plan
     memory_bytes: int
-    unit_ms: tuple[float, ...]
+    unit_ms: tuple[float, ...]  # measured decode ms per unit (what the planner uses)
     links: tuple[LinkMeasure, ...] = ()
     serving: str = ""  # plan id this peer's shard is loaded for ("" while loading)
     source: bool = False  # this peer asks to host stage 0 (the requests' source device)
+    prefill_ms: tuple[float, ...] = ()  # measured ms per unit for a 32-token prompt
     version: int = RECORD_VERSION
 
     @property
@@ -102,6 +103,7 @@ def _to_wire(record: PeerRecord) -> dict[str, Any]:
         "links": [[k.peer, k.mbps, k.rtt_ms] for k in record.links],
         "serving": record.serving,
         "src": record.source,
+        "pre": list(record.prefill_ms),
     }
 
 
@@ -192,11 +194,14 @@ def _from_wire(bodies: Any, max_records: int, max_units: int = 4096) -> list[Pee
         if not isinstance(body, dict):
             raise RecordError("a record is a map")
         unit_ms = _field(body, "unit_ms", list)
+        prefill_ms = body.get("pre", [])
         links = _field(body, "links", list)
-        if len(unit_ms) > max_units or len(links) > max_records:
+        if not isinstance(prefill_ms, list):
+            raise RecordError("record field 'pre' of the wrong type")
+        if max(len(unit_ms), len(prefill_ms)) > max_units or len(links) > max_records:
             raise RecordError("record too large")
-        if not all(isinstance(x, int | float) and not isinstance(x, bool) and x >= 0 for x in unit_ms):
-            raise RecordError("unit_ms are non-negative numbers")
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) and x >= 0 for x in unit_ms + prefill_ms):
+            raise RecordError("unit_ms and pre are non-negative numbers")
         measured = []
         for link in links:
             if not (
@@ -223,6 +228,7 @@ def _from_wire(bodies: Any, max_records: int, max_units: int = 4096) -> list[Pee
                 links=tuple(measured),
                 serving=_field(body, "serving", str)[:128],
                 source=body.get("src") is True,
+                prefill_ms=tuple(float(x) for x in prefill_ms),
                 version=_field(body, "v", int),
             )
         )

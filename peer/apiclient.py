@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from .errors import PeerError
@@ -42,16 +42,9 @@ def get_status(api: str, timeout: float = 10.0) -> dict[str, Any]:
         return status
 
 
-def stream_chat(
-    api: str,
-    messages: Sequence[dict[str, str]],
-    max_tokens: int = 256,
-    temperature: float = 0.0,
-    seed: int | None = None,
-    timeout: float = 600.0,
-) -> Iterator[str]:
-    """POST /v1/chat/completions with stream=true; yields the text as it arrives."""
-    for chunk in stream_chunks(api, messages, max_tokens, temperature, seed, timeout):
+def texts(chunks: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """The text pieces of streamed chunks."""
+    for chunk in chunks:
         content = chunk["choices"][0]["delta"].get("content")
         if content:
             yield content

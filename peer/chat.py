@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 
-from .apiclient import stream_chat
+from .apiclient import stream_chunks, texts
 from .local import LocalCluster
 from .modelfile import DEFAULT_MODEL, open_model
 from .sampling import SamplingParams
@@ -44,73 +45,73 @@ async def _read_line(prompt: str) -> str | None:
         return None
 
 
-async def run_chat(args: argparse.Namespace) -> None:
-    """Read messages, stream answers, keep the history."""
-    source = open_model(args.model)
-    tokenizer = source.tokenizer()
-    stop_ids = stop_token_ids(source.config)
-    ranges = even_split(unit_count(source.config), args.stages)
-    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
-    async with LocalCluster(
-        args.model, ranges, processes=args.processes, dtype=args.dtype, device=pick_device(args.device), source=source
-    ) as cluster:
-        print(f"{len(ranges)} stages: {', '.join(f'[{a}, {b})' for a, b in ranges)}. {HELP}", file=sys.stderr)
-        turn = 0
-        while (line := await _read_line("you> ")) is not None:
-            message = line.strip()
-            if message in ("/quit", "/exit"):
-                break
-            if message == "/reset":
-                del history[1 if args.system else 0 :]
-                print("(conversation forgotten)")
-                continue
-            if not message:
-                continue
-            history.append({"role": "user", "content": message})
-            ids = chat_ids(tokenizer, history)
-            sampling = SamplingParams(args.temperature, 0, args.top_p, args.seed + turn)
-            stream = TextStream(tokenizer)
-            print("assistant> ", end="", flush=True)
-            async for token in cluster.origin.generate(cluster.route, ids, sampling, args.max_tokens, stop_ids):
-                print(stream.add(token), end="", flush=True)
-            print()
-            history.append({"role": "assistant", "content": stream.text})
-            turn += 1
+Answer = Callable[[list[dict[str, str]], int], Awaitable[str]]
 
 
-def run_api_chat(args: argparse.Namespace) -> None:
-    """The same REPL, each answer streamed from a peer's /v1/chat/completions."""
-    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
-    print(f"chatting through {args.api}. {HELP}", file=sys.stderr)
+async def repl(system: str | None, answer: Answer) -> None:
+    """Read messages, let `answer` stream each reply (given the history and the turn number),
+    keep the history; /reset forgets it, /quit or Ctrl-D leaves."""
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     turn = 0
-    while True:
-        try:
-            message = input("you> ").strip()
-        except EOFError:
-            break
+    while (line := await _read_line("you> ")) is not None:
+        message = line.strip()
         if message in ("/quit", "/exit"):
             break
         if message == "/reset":
-            del history[1 if args.system else 0 :]
+            del history[1 if system else 0 :]
             print("(conversation forgotten)")
             continue
         if not message:
             continue
         history.append({"role": "user", "content": message})
         print("assistant> ", end="", flush=True)
-        answer = ""
-        for text in stream_chat(args.api, history, args.max_tokens, args.temperature, args.seed + turn):
-            answer += text
-            print(text, end="", flush=True)
+        reply = await answer(history, turn)
         print()
-        history.append({"role": "assistant", "content": answer})
+        history.append({"role": "assistant", "content": reply})
         turn += 1
+
+
+async def run_chat(args: argparse.Namespace) -> None:
+    """The REPL over stage servers started for the session."""
+    source = open_model(args.model)
+    tokenizer = source.tokenizer()
+    stop_ids = stop_token_ids(source.config)
+    ranges = even_split(unit_count(source.config), args.stages)
+    async with LocalCluster(
+        args.model, ranges, processes=args.processes, dtype=args.dtype, device=pick_device(args.device), source=source
+    ) as cluster:
+        print(f"{len(ranges)} stages: {', '.join(f'[{a}, {b})' for a, b in ranges)}. {HELP}", file=sys.stderr)
+
+        async def answer(history: list[dict[str, str]], turn: int) -> str:
+            ids = chat_ids(tokenizer, history)
+            sampling = SamplingParams(args.temperature, 0, args.top_p, args.seed + turn)
+            stream = TextStream(tokenizer)
+            async for token in cluster.origin.generate(cluster.route, ids, sampling, args.max_tokens, stop_ids):
+                print(stream.add(token), end="", flush=True)
+            return stream.text
+
+        await repl(args.system, answer)
+
+
+async def run_api_chat(args: argparse.Namespace) -> None:
+    """The same REPL, each answer streamed from a peer's /v1/chat/completions."""
+    print(f"chatting through {args.api}. {HELP}", file=sys.stderr)
+
+    def stream(history: list[dict[str, str]], turn: int) -> str:
+        reply = ""
+        chunks = stream_chunks(args.api, history, args.max_tokens, args.temperature, args.seed + turn)
+        for text in texts(chunks):
+            reply += text
+            print(text, end="", flush=True)
+        return reply
+
+    async def answer(history: list[dict[str, str]], turn: int) -> str:
+        return await asyncio.to_thread(stream, history, turn)
+
+    await repl(args.system, answer)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run `edgeshard chat`."""
-    if args.api:
-        run_api_chat(args)
-    else:
-        asyncio.run(run_chat(args))
+    asyncio.run(run_api_chat(args) if args.api else run_chat(args))
     return 0

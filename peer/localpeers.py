@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .apiclient import ApiError, describe_status, get_status, stream_chat
+from .apiclient import ApiError, describe_status, get_status, stream_chunks, texts
 from .errors import PeerError
 
 READY_TIMEOUT_S = 600.0
@@ -139,7 +139,8 @@ def main(args: argparse.Namespace) -> int:
         print(describe_status(status))
         if args.chat:
             print(f"user: {args.chat}\nassistant: ", end="", flush=True)
-            for text in stream_chat(peers[0].api, [{"role": "user", "content": args.chat}], args.max_tokens):
+            chunks = stream_chunks(peers[0].api, [{"role": "user", "content": args.chat}], args.max_tokens)
+            for text in texts(chunks):
                 print(text, end="", flush=True)
             print()
             return 0

@@ -156,6 +156,7 @@ class PeerNode:
             memory_bytes=memory,
             unit_ms=self.profile.unit_ms,
             source=config.source,
+            prefill_ms=self.profile.prefill_ms,
         )
         self.membership = Membership(own, FailurePolicy(dead_after_s=config.dead_after))
         bootstrap = [f"http://{address}" if "://" not in address else address for address in config.bootstrap]
@@ -467,6 +468,7 @@ class PeerNode:
                     "serving": record.serving,
                     "memory_bytes": record.memory_bytes,
                     "ms_per_token_alone": round(sum(record.unit_ms), 3),
+                    "prefill_ms_alone": round(sum(record.prefill_ms), 3),
                     "source": record.source,
                     "excluded": excluded.get(record.peer_id),
                     "links": [{"peer": k.peer, "mbps": k.mbps, "rtt_ms": k.rtt_ms} for k in record.links],

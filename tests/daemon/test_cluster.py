@@ -284,3 +284,31 @@ def test_one_command_runs_a_local_cluster_and_answers(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("alive") == 3 and "plan " in run.stdout
     assert run.stdout.split("assistant: ", 1)[1].strip()
+
+
+def test_a_peer_with_another_model_file_stays_out_of_the_plan(
+    mdns_cluster: list[Peer], random_hf_model: Path, tmp_path: Path
+) -> None:
+    before = agreed(mdns_cluster)
+    assert before is not None
+    cluster = mdns_cluster[0].args[mdns_cluster[0].args.index("--cluster") + 1]
+    stranger = make_peers(tmp_path, 1, cluster=cluster, extra=["--model", str(random_hf_model)])[0]
+    stranger.name = "stranger"
+    stranger.args[stranger.args.index("--name") + 1] = "stranger"
+    stranger.start()
+    try:
+
+        def excluded() -> str | None:
+            status = mdns_cluster[0].status() or {"peers": []}
+            return next((p["excluded"] for p in status["peers"] if p["id"] == "stranger" and p["excluded"]), None)
+
+        reason = wait_until(excluded, 180, "the stranger to be seen and left out", [*mdns_cluster, stranger])
+        assert "another model file" in reason
+        assert "peer stranger is left out of the plan: it runs another model file" in mdns_cluster[0].log()
+        time.sleep(2.0)
+        assert agreed(mdns_cluster) == before  # the plan did not change
+        # The stranger plans alone with its own model, and says why the others are not in it.
+        alone = wait_until(lambda: agreed([stranger]), 120, "the stranger's own plan", [stranger])
+        assert [s["device"] for s in alone["stages"]] == ["stranger"]
+    finally:
+        stranger.stop()

@@ -87,7 +87,10 @@ def test_push_pull_converges_in_logarithmic_rounds(peers: int) -> None:
 
 
 def test_codec_round_trips_and_rejects_garbage() -> None:
-    rs = [record("a", links=(LinkMeasure(PeerId("b"), 940.0, 0.4),), serving="plan1", source=True), record("b", 2, 7)]
+    rs = [
+        record("a", links=(LinkMeasure(PeerId("b"), 940.0, 0.4),), serving="plan1", source=True, prefill_ms=(1.0, 9.5)),
+        record("b", 2, 7),
+    ]
     assert decode_records(encode_records(rs)) == rs
     exchange = decode_exchange(encode_exchange(digest({r.peer_id: r for r in rs}), rs, {PeerId("c"): (3, 4)}))
     assert (exchange.records, exchange.obituaries) == (rs, {"c": (3, 4)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -72,3 +73,23 @@ async def test_garbage_gets_400_and_changes_nothing(three: list[tuple[Gossip, we
     async with aiohttp.ClientSession() as session, session.post(address, data=b"\xc1\x00junk") as response:
         assert response.status == 400
     assert list(gossip.membership.records) == ["a"]
+
+
+async def test_two_dozen_peers_over_http_converge_in_logarithmic_rounds() -> None:
+    """24 real gossip servers in this process, each told only of peer 0: every view is complete
+    within a few rounds (push-pull spreads a record in O(log N) rounds)."""
+    first = await _peer("n00", [])
+    address = first[0].membership.own.address
+    peers = [first] + [await _peer(f"n{i:02d}", [address]) for i in range(1, 24)]
+    try:
+        gossips = [g for g, _ in peers]
+        rounds = 0
+        while not all(len(g.membership.records) == 24 for g in gossips):
+            rounds += 1
+            assert rounds <= 2 * math.ceil(math.log2(24)) + 2, f"not converged after {rounds - 1} rounds"
+            await asyncio.gather(*(g.round() for g in gossips))
+        print(f"\n24 peers converged in {rounds} rounds")
+    finally:
+        for gossip, runner in peers:
+            await gossip.close()
+            await runner.cleanup()

@@ -78,3 +78,15 @@ def test_idle_sessions_are_evicted(random_hf_model: Path) -> None:
     shard.run("old", 0, torch.tensor([1]))
     assert shard.evict_idle(now=shard.sessions["old"].used + 11) == ["old"]
     assert "old" not in shard.sessions
+
+
+def test_a_moved_split_point_reuses_the_tensors_held(random_hf_model: Path) -> None:
+    source = open_model(str(random_hf_model))
+    whole = Shard(source, 0, 7)
+    before, after = Shard(source, 0, 4), Shard(source, 4, 7)
+    moved = Shard(source, 0, 5, reuse=before)  # one layer more: only its tensors are loaded
+    assert moved.reused_tensors == len(before.held_tensors())
+    rest = Shard(source, 5, 7, reuse=after)
+    ids = torch.tensor([5, 6, 7, 8])
+    expected = whole.run("s", 0, ids)
+    assert torch.equal(rest.run("s", 0, moved.run("s", 0, ids)), expected)
