@@ -50,6 +50,7 @@ class Gossip:
         self.clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._nudged = asyncio.Event()
+        self._twins: set[str] = set()
 
     def add_routes(self, app: web.Application) -> None:
         """Mount the /gossip endpoint."""
@@ -76,6 +77,16 @@ class Gossip:
         return web.Response(body=reply, content_type="application/msgpack")
 
     def _merge(self, exchange: Exchange) -> None:
+        own = self.membership.own
+        for record in exchange.records:
+            if record.peer_id == own.peer_id and record.address != own.address and record.address not in self._twins:
+                # Two peers with one name would overwrite each other's record in every view.
+                self._twins.add(record.address)
+                log.error(
+                    "another peer at %s also calls itself %r: give each peer its own --name",
+                    record.address,
+                    own.peer_id,
+                )
         joined = self.membership.apply(exchange.records, self.clock())
         buried = self.membership.bury(exchange.obituaries)
         if (joined or buried) and self.on_change is not None:

@@ -93,3 +93,15 @@ async def test_two_dozen_peers_over_http_converge_in_logarithmic_rounds() -> Non
         for gossip, runner in peers:
             await gossip.close()
             await runner.cleanup()
+
+
+async def test_two_peers_with_one_name_are_reported(caplog: pytest.LogCaptureFixture) -> None:
+    a = await _peer("same", [])
+    b = await _peer("same", [a[0].membership.own.address])
+    try:
+        await b[0].round()
+        assert "also calls itself 'same'" in caplog.text
+    finally:
+        for gossip, runner in (a, b):
+            await gossip.close()
+            await runner.cleanup()
