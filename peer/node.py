@@ -44,6 +44,7 @@ from edgeshard.discovery.records import LinkMeasure, PeerId, PeerRecord
 from edgeshard.solver import Cluster, InfeasibleError, Plan, SolverError, plan
 
 from .config import PeerConfig, split_host_port
+from .errors import PeerError
 from .failover import NoRouteError, Route, wait_for
 from .modelfile import ModelSource, default_cache_dir, open_model
 from .origin import Origin
@@ -339,7 +340,7 @@ class PeerNode:
             started = time.perf_counter()
             try:
                 shard = await self.stage.run_on_worker(lambda: self._build_shard(mine.start, mine.end, current))
-            except (MemoryError, RuntimeError, OSError) as error:
+            except (MemoryError, RuntimeError, OSError, ValueError, PeerError) as error:
                 log.error("cannot load units [%d, %d): %s", mine.start, mine.end, error)
                 self.membership.announce(serving="")
                 return
