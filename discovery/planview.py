@@ -68,6 +68,9 @@ def plannable(records: Sequence[PeerRecord], own: PeerRecord) -> tuple[list[Peer
     for record in records:
         if record.model != own.model:
             excluded[record.peer_id] = f"runs another model file ({record.model[:12]}, ours {own.model[:12]})"
+        elif record.settings != own.settings:
+            # Every peer must size units and pick the objective alike, or views give different plans.
+            excluded[record.peer_id] = f"plans with other settings ({record.settings}, ours {own.settings})"
         elif len(record.unit_ms) != len(own.unit_ms):
             excluded[record.peer_id] = "has no profile for this model yet"
         else:

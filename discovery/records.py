@@ -50,6 +50,7 @@ class PeerRecord:
     serving: str = ""  # plan id this peer's shard is loaded for ("" while loading)
     source: bool = False  # this peer asks to host stage 0 (the requests' source device)
     prefill_ms: tuple[float, ...] = ()  # measured ms per unit for a 32-token prompt
+    settings: str = ""  # what shapes the plan beyond the model (dtype, context, sessions, objective)
     version: int = RECORD_VERSION
 
     @property
@@ -104,6 +105,7 @@ def _to_wire(record: PeerRecord) -> dict[str, Any]:
         "serving": record.serving,
         "src": record.source,
         "pre": list(record.prefill_ms),
+        "set": record.settings,
     }
 
 
@@ -229,6 +231,7 @@ def _from_wire(bodies: Any, max_records: int, max_units: int = 4096) -> list[Pee
                 serving=_field(body, "serving", str)[:128],
                 source=body.get("src") is True,
                 prefill_ms=tuple(float(x) for x in prefill_ms),
+                settings=str(body.get("set", ""))[:128],
                 version=_field(body, "v", int),
             )
         )

@@ -130,8 +130,9 @@ def _check(config: PeerConfig) -> None:
         raise ConfigError("context and sessions: must be at least 1")
     if config.emulate_slowdown < 1:
         raise ConfigError("emulate_slowdown: a factor of at least 1")
-    if config.gossip_interval <= 0 or config.dead_after <= 2 * config.gossip_interval:
-        raise ConfigError("dead_after: must exceed two gossip intervals")
+    # A gossip round can take an interval plus a request timeout (3 s) when a target hangs.
+    if config.gossip_interval <= 0 or config.dead_after < 2 * config.gossip_interval + 3:
+        raise ConfigError("dead_after: at least two gossip intervals plus 3 s")
     for key in ("listen", "api_listen"):
         try:
             split_host_port(getattr(config, key), 0)

@@ -10,6 +10,7 @@ undisturbed run would have produced: none lost, none repeated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -23,7 +24,7 @@ from .wire import WireDtype
 log = logging.getLogger(__name__)
 
 # Faults of the request itself: no other route can do better.
-FATAL_CODES = frozenset({"ContextError", "bad-token", "bad-frame", "bad-shape", "oversized"})
+FATAL_CODES = frozenset({"ContextError", "bad-token", "bad-frame", "bad-shape", "too-large"})
 RETRY_PAUSE_S = 0.25
 
 
@@ -76,7 +77,7 @@ async def generate_with_failover(
         route = await routes(max(recovery_timeout - waited, 0.0))
         routed_at = time.monotonic()
         try:
-            async for token in origin.generate(
+            tokens = origin.generate(
                 route.urls,
                 [*prompt_ids, *produced],
                 sampling,
@@ -84,28 +85,30 @@ async def generate_with_failover(
                 stop_ids,
                 plan_id=route.layout_id,
                 wire_dtype=wire_dtype,
-            ):
-                if failed_at is not None:
-                    recovery = Recovery(
-                        len(produced),
-                        time.monotonic() - failed_at,
-                        routed_at - failed_at,
-                        reason,
-                        old_layout,
-                        route.layout_id,
-                    )
-                    log.info(
-                        "fail-over done: resumed at token %d on layout %s after %.2f s (%s)",
-                        recovery.at_token,
-                        route.layout_id,
-                        recovery.seconds,
-                        reason,
-                    )
-                    if recoveries is not None:
-                        recoveries.append(recovery)
-                    failed_at = None
-                produced.append(token)
-                yield token
+            )
+            async with contextlib.aclosing(tokens):  # the session is closed at once, even when we stop early
+                async for token in tokens:
+                    if failed_at is not None:
+                        recovery = Recovery(
+                            len(produced),
+                            time.monotonic() - failed_at,
+                            routed_at - failed_at,
+                            reason,
+                            old_layout,
+                            route.layout_id,
+                        )
+                        log.info(
+                            "fail-over done: resumed at token %d on layout %s after %.2f s (%s)",
+                            recovery.at_token,
+                            route.layout_id,
+                            recovery.seconds,
+                            reason,
+                        )
+                        if recoveries is not None:
+                            recoveries.append(recovery)
+                        failed_at = None
+                    produced.append(token)
+                    yield token
             return  # a stop token, or max_tokens reached
         except StageError as error:
             if error.code in FATAL_CODES:

@@ -103,7 +103,8 @@ class PeerNode:
         self.device = pick_device(config.device)
         self.dtype = DTYPES[config.dtype]
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-        self.stage = StageServer(None, plan_id="", max_sessions=max(64, config.sessions))
+        # As many sessions as each shard's KV caches were sized for (and counted in the plan).
+        self.stage = StageServer(None, plan_id="", max_sessions=config.sessions)
         self.origin = Origin(prefix=ORIGIN_PREFIX)
         self.adopted: Adopted | None = None
         self.plan_problem = "no plan yet"
@@ -158,6 +159,7 @@ class PeerNode:
             unit_ms=self.profile.unit_ms,
             source=config.source,
             prefill_ms=self.profile.prefill_ms,
+            settings=f"{config.dtype}/context={config.context}/sessions={config.sessions}/{config.objective}",
         )
         self.membership = Membership(own, FailurePolicy(dead_after_s=config.dead_after))
         bootstrap = [f"http://{address}" if "://" not in address else address for address in config.bootstrap]
@@ -337,12 +339,17 @@ class PeerNode:
             self.stage.serve(current, layout)
         else:
             self.stage.serve(None, "")  # refuse sessions while loading
+            self.membership.announce(serving="")
+            self.gossip.nudge()
             started = time.perf_counter()
             try:
                 shard = await self.stage.run_on_worker(lambda: self._build_shard(mine.start, mine.end, current))
             except (MemoryError, RuntimeError, OSError, ValueError, PeerError) as error:
-                log.error("cannot load units [%d, %d): %s", mine.start, mine.end, error)
-                self.membership.announce(serving="")
+                # Offer no memory from now on: the next plan leaves this peer out instead of waiting on it.
+                log.error("cannot load units [%d, %d): %s; leaving the plan", mine.start, mine.end, error)
+                self.adopted = None
+                self.membership.announce(serving="", memory_bytes=0)
+                self.gossip.nudge()
                 return
             if self.adopted is None or self.adopted.layout_id != layout:
                 return  # a newer plan arrived while loading; it will load what it needs

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from aiohttp import web
 
@@ -63,7 +63,7 @@ class Origin:
         plan_id: str = "",
         wire_dtype: WireDtype = "float32",
         timeout: float = STEP_TIMEOUT,
-    ) -> AsyncIterator[int]:
+    ) -> AsyncGenerator[int, None]:
         """Stream generated token ids (stop ids are not yielded)."""
         session = secrets.token_hex(8)
         queue: asyncio.Queue[Token | Error] = asyncio.Queue()

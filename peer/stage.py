@@ -17,16 +17,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import psutil
 import torch
 from aiohttp import web
 
-from .errors import PeerError, ProtocolError, StageError
+from .errors import ProtocolError, StageError
 from .links import STAGE_PATH, Links, Reply, frame_endpoint
 from .sampling import SamplingParams, sample
 from .shard import SessionError, Shard
@@ -47,6 +49,7 @@ class Route:
     sampling: SamplingParams
     wire_dtype: WireDtype
     plan_id: str
+    opened: float = 0.0  # time.monotonic() at open
 
 
 class StageServer:
@@ -107,6 +110,13 @@ class StageServer:
             for session in await loop.run_in_executor(self.worker, shard.evict_idle):
                 self.routes.pop(session, None)
                 log.info("session %s evicted after %.0f s idle", session, shard.idle_seconds)
+            # Routes whose session never stepped or lost its cache, and no Close came (its origin
+            # or a stage before this one died): drop them, or they would fill the table.
+            live = set(await loop.run_in_executor(self.worker, list, shard.sessions))
+            now = time.monotonic()
+            for session, route in list(self.routes.items()):
+                if session not in live and now - route.opened > SWEEP_SECONDS:
+                    self.routes.pop(session, None)
 
     def status(self) -> dict[str, Any]:
         """Units, sessions and memory of this stage."""
@@ -154,9 +164,10 @@ class StageServer:
             session = getattr(frame, "session", "")
             log.info("session %s: %s", session, error)
             await reply(Error(session, code, str(error)))
-        except PeerError as error:  # pragma: no cover - any other fault of ours
+        except Exception as error:  # a fault of ours (torch, a closed worker): one session, not the link
             log.exception("stage fault")
-            await reply(Error(getattr(frame, "session", ""), "stage-fault", str(error)))
+            with contextlib.suppress(Exception):
+                await reply(Error(getattr(frame, "session", ""), "stage-fault", str(error)))
 
     async def _dispatch(self, frame: Frame) -> None:
         match frame:
@@ -174,6 +185,7 @@ class StageServer:
                     sampling=frame.sampling,
                     wire_dtype=frame.wire_dtype,
                     plan_id=frame.plan_id,
+                    opened=time.monotonic(),
                 )
                 if not last:
                     await self.links.send(
@@ -207,8 +219,8 @@ class StageServer:
                 await self._step(frame.session, frame.position, frame.tensor())
             case Close():
                 route = self.routes.pop(frame.session, None)
-                if self.shard is not None:
-                    self.shard.close(frame.session)
+                if self.shard is not None:  # on the worker: the caches are only touched there
+                    await self.run_on_worker(partial(self.shard.close, frame.session))
                 if route is not None and route.next_url is not None:
                     await self.links.send(route.next_url, frame)
             case Token() | Error():

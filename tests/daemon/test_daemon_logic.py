@@ -45,6 +45,7 @@ def test_settings_layer_file_then_environment_then_flags(tmp_path: Path) -> None
         ("", {"listen": "host:99999"}, "listen"),
         ("", {"name": "bad name!"}, "name"),
         ("", {"max_memory": "lots"}, "max_memory"),
+        ("", {"dead_after": "4"}, "dead_after"),
         ("[peer\n", {}, "peer.toml"),
     ],
 )
@@ -138,15 +139,18 @@ def test_layout_ids_ignore_costs_but_not_placement() -> None:
     assert same != layout_id("other-model", _plan(stages, 50.0), addresses)
 
 
-def _record(peer: str, model: str = "m", units: int = 4, source: bool = False) -> PeerRecord:
-    return PeerRecord(PeerId(peer), 1, 0, f"http://{peer}", "c", model, 2**30, (1.0,) * units, source=source)
+def _record(peer: str, model: str = "m", units: int = 4, source: bool = False, settings: str = "s") -> PeerRecord:
+    return PeerRecord(
+        PeerId(peer), 1, 0, f"http://{peer}", "c", model, 2**30, (1.0,) * units, source=source, settings=settings
+    )
 
 
 def test_other_models_and_unprofiled_peers_stay_out_of_the_plan() -> None:
     own = _record("a")
-    fit, excluded = plannable([own, _record("b", model="n"), _record("c", units=0), _record("d")], own)
+    others = [_record("b", model="n"), _record("c", units=0), _record("d"), _record("e", settings="float16/...")]
+    fit, excluded = plannable([own, *others], own)
     assert [r.peer_id for r in fit] == ["a", "d"]
-    assert "another model" in excluded["b"] and "no profile" in excluded["c"]
+    assert "another model" in excluded["b"] and "no profile" in excluded["c"] and "other settings" in excluded["e"]
     assert source_of([_record("z", source=True), _record("y", source=True), own]) == "y"
     assert source_of([own]) is None
 
