@@ -48,6 +48,7 @@ class PeerConfig:
     gossip_interval: float = 1.0
     dead_after: float = 10.0  # seconds of silence before a peer is declared dead
     emulate_slowdown: float = 1.0  # testbed only: stretch compute by this factor
+    reprofile: bool = False  # measure the device again instead of using the cached profile
     log_level: str = "info"
 
     @property
@@ -102,7 +103,7 @@ def _coerce(key: str, value: Any) -> Any:
     """One setting from TOML or text into its type (ValueError when it does not fit)."""
     if key in {"bootstrap", "interface"}:
         return _list(value)
-    if key in {"mdns", "source"}:
+    if key in {"mdns", "source", "reprofile"}:
         return _bool(value)
     if key == "max_memory":
         if value is None or value == "":

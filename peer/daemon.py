@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sessions", type=int, help="concurrent sessions per stage (default 4)")
     add("--dead-after", type=float, metavar="S", help="silence before a peer is declared dead (default 10)")
     add("--gossip-interval", type=float, metavar="S", help="seconds between gossip rounds (default 1)")
+    add("--reprofile", action="store_const", const=True, help="measure this device again (ignore the cached profile)")
     add("--emulate-slowdown", type=float, metavar="F", help="testbed only: stretch compute by factor F")
     add("--log-level", choices=["debug", "info", "warning", "error"])
     return parser

@@ -137,7 +137,13 @@ class PeerNode:
         fingerprint: str = await asyncio.to_thread(lambda: source.fingerprint)
         await asyncio.to_thread(self.source.tokenizer)  # converted and cached before the API opens
         self.profile = await asyncio.to_thread(
-            load_or_measure, self.source, self.cache_dir, self.device, self.dtype, config.emulate_slowdown
+            load_or_measure,
+            self.source,
+            self.cache_dir,
+            self.device,
+            self.dtype,
+            config.emulate_slowdown,
+            config.reprofile,
         )
         self.units = unit_sizes(self.source.config, self.dtype, config.context, config.sessions)
         memory = memory_budget(self.device, config.max_memory)

@@ -124,13 +124,16 @@ def measure(source: ModelSource, device: str, dtype: torch.dtype, slowdown: floa
 
 
 def load_or_measure(
-    source: ModelSource, cache_dir: Path, device: str, dtype: torch.dtype, slowdown: float = 1.0
+    source: ModelSource, cache_dir: Path, device: str, dtype: torch.dtype, slowdown: float = 1.0, fresh: bool = False
 ) -> Profile:
-    """The cached profile for this model and device, measured on first use."""
+    """The cached profile for this model and device, measured on first use (or when `fresh`: a
+    profile taken while the device was busy with something else stays slow until re-measured)."""
     name = str(dtype).removeprefix("torch.")
     key = f"v{PROFILE_VERSION}-{device.replace(':', '_')}-{name}-t{torch.get_num_threads()}-x{slowdown:g}"
     path = cache_dir / "profiles" / f"{source.fingerprint[:32]}-{key}.json"
     try:
+        if fresh:
+            raise OSError("re-measuring")
         stored = json.loads(path.read_text())
         profile = Profile(**{**stored, "unit_ms": tuple(stored["unit_ms"]), "prefill_ms": tuple(stored["prefill_ms"])})
         log.info("device profile from %s", path)
