@@ -64,10 +64,9 @@ ORIGIN_PREFIX = "/origin"
 
 @dataclass(frozen=True)
 class Adopted:
-    """The plan this peer follows, with the cluster it was solved from."""
+    """The plan this peer follows and its layout id."""
 
     plan: Plan
-    cluster: Cluster
     layout_id: str
 
 
@@ -152,7 +151,8 @@ class PeerNode:
         runner, bound = await start_server(self._mount_peer, host, port)
         self._runners.append(runner)
         bound_port = int(bound.rsplit(":", 1)[1])
-        self.peer_url = f"http://{advertised_host(config, host)}:{bound_port}"
+        advertised = advertised_host(config, host)
+        self.peer_url = f"http://{advertised}:{bound_port}"
         self.origin.url = self.peer_url + ORIGIN_PREFIX
         own = PeerRecord(
             peer_id=self.peer_id,
@@ -179,7 +179,7 @@ class PeerNode:
         if config.mdns:
             self.mdns = MdnsDiscovery(
                 self.peer_id,
-                advertised_host(config, host),
+                advertised,
                 bound_port,
                 config.cluster,
                 fingerprint,
@@ -281,7 +281,7 @@ class PeerNode:
                 await asyncio.wait_for(self._wake.wait(), PLAN_POLL_S)
             self._wake.clear()
             cluster = self.current_cluster()
-            key = repr((cluster.to_document(), self.config.objective))
+            key = repr(cluster.to_document())  # the objective is fixed for this peer
             if key == planned:
                 continue
             urgent, self._urgent = self._urgent, False
@@ -311,7 +311,7 @@ class PeerNode:
         addresses = {r.peer_id: r.address for r in self.membership.view()}
         layout = layout_id(self.membership.own.model, result, addresses)
         previous = self.adopted
-        self.adopted = Adopted(result, cluster, layout)
+        self.adopted = Adopted(result, layout)
         self.plan_problem, self.infeasible = "", False
         if previous is not None and previous.layout_id == layout:
             log.debug("plan %s: same layout %s (only measured costs moved)", result.plan_id, layout)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
@@ -10,12 +9,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from edgeshard.peer.apiclient import ApiError, get_status
 
 T = TypeVar("T")
 
@@ -66,10 +65,8 @@ class Peer:
 
     def status(self) -> dict[str, Any] | None:
         try:
-            with urllib.request.urlopen(self.api + "/v1/status", timeout=5) as response:
-                result: dict[str, Any] = json.load(response)
-                return result
-        except (OSError, urllib.error.URLError, ValueError):
+            return get_status(self.api, timeout=5)
+        except (ApiError, OSError, ValueError):
             return None
 
     def log(self) -> str:
