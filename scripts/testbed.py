@@ -142,6 +142,8 @@ def up(args: argparse.Namespace) -> None:
         ]  # fmt: skip
         if args.max_memory:
             command += ["--max-memory", args.max_memory]
+        if args.reprofile:
+            command += ["--reprofile"]
         with (STATE / f"{host}.log").open("ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         (STATE / f"{host}.pid").write_text(str(process.pid))
@@ -222,6 +224,7 @@ def main() -> None:
     start.add_argument("--context", type=int, default=512)
     start.add_argument("--objective", choices=["latency", "throughput"], default="latency")
     start.add_argument("--cluster", default="testbed")
+    start.add_argument("--reprofile", action="store_true", help="measure every host afresh (no cached profile)")
     start.add_argument("--wait", type=float, default=0, metavar="S", help="wait up to S seconds for a ready plan")
     commands.add_parser("status", help="each peer's readiness and plan")
     commands.add_parser("down", help="stop everything and remove the hosts")
