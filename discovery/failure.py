@@ -4,7 +4,7 @@ Each peer's heartbeat arrivals are tracked (when we first saw each newer heartbe
 -log10 of the probability that a heartbeat is still this late, under a normal distribution fitted
 to the recent intervals (Hayashibara et al., the detector Cassandra and Akka use). A peer in a
 long forward pass or behind a Wi-Fi blip becomes *suspect* (phi over `suspect_phi`), which
-changes nothing; only a silence past `dead_after` seconds, counted from the last heartbeat,
+changes nothing; only a silence past `dead_after_s` seconds, counted from the last heartbeat,
 declares it *dead*, which removes it from the view and triggers re-planning. All pure: times are
 passed in.
 """

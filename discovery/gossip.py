@@ -25,7 +25,7 @@ from .records import Exchange, PeerId, RecordError, decode_exchange, digest, enc
 log = logging.getLogger(__name__)
 
 GOSSIP_PATH = "/gossip"
-REQUEST_TIMEOUT = 3.0
+REQUEST_TIMEOUT_S = 3.0
 MAX_BODY = 4 * 2**20
 
 
@@ -36,7 +36,7 @@ class Gossip:
         self,
         membership: Membership,
         bootstrap: list[str] | None = None,
-        interval: float = 1.0,
+        interval_s: float = 1.0,
         fanout: int = 2,
         on_change: Callable[[list[PeerId], list[PeerId]], None] | None = None,
         rng: random.Random | None = None,
@@ -44,7 +44,7 @@ class Gossip:
     ) -> None:
         self.membership = membership
         self.candidates: set[str] = set(bootstrap or [])  # addresses to try until they have records
-        self.interval, self.fanout = interval, fanout
+        self.interval_s, self.fanout = interval_s, fanout
         self.on_change = on_change
         self.rng = rng or random.Random()
         self.clock = clock
@@ -110,7 +110,7 @@ class Gossip:
     async def exchange(self, address: str) -> None:
         """One push-pull exchange with the peer at `address`."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
         members = self.membership
         body = encode_exchange(digest(members.records), members.view(), members.obituaries)
         try:
@@ -162,7 +162,7 @@ class Gossip:
                 self._nudged.clear()
                 await self.round()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._nudged.wait(), self.interval)
+                    await asyncio.wait_for(self._nudged.wait(), self.interval_s)
         finally:
             await self.close()
 

@@ -1,17 +1,17 @@
-"""The stage-to-stage wire format: typed frames ⇄ msgpack bytes (sans-I/O, no sockets here).
+"""The stage-to-stage wire format: typed frames ⇄ msgpack bytes (sans-I/O: no sockets, no torch).
 
-Every frame is one msgpack map with a type tag "t" and short keys. Tensors travel as raw
-little-endian bytes with their dtype and shape beside them; encoding hands msgpack a memoryview
-of the tensor (no copy), decoding wraps the received bytes (no copy) until the stage needs them.
+Every frame is one msgpack map with a type tag "t" and short keys. Hidden states travel as raw
+little-endian bytes with their dtype and shape beside them (`pipeline.hidden` converts tensors);
+decoding keeps the received bytes as they are until a stage needs them.
 
 Frames (the session id "s" is a short string chosen by the origin):
-- open:   start a session along a route: route (stage URLs), hop (this receiver's index), origin
-          (URL for the tokens), plan id, sampling parameters.
-- tokens: token ids for stage 0 at positions [position, position + n).
-- hidden: hidden states [n, H] at positions [position, position + n), stage to stage.
-- token:  the sampled token for `position`, last stage to origin.
-- close:  forget the session (forwarded along the route).
-- error:  something about a session (or the link) went wrong; code + message.
+- open:    start a session along a route: route (stage URLs), hop (this receiver's index), origin
+           (URL for the sampled tokens), the layout id the route belongs to, sampling parameters.
+- input:   token ids into stage 0 at positions [position, position + n).
+- hidden:  hidden states [n, H] at positions [position, position + n), stage to stage.
+- sampled: the token sampled for `position`, last stage to origin.
+- close:   forget the session (forwarded along the route).
+- error:   something about a session (or the link) went wrong; code + message.
 `decode` validates structure, types and sizes and raises ProtocolError; a stage answers that with
 an error frame and keeps serving.
 """
@@ -23,21 +23,28 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgpack
-import numpy as np
-import torch
 
 from .errors import ProtocolError
-from .sampling import SamplingParams
 
 MAX_FRAME_BYTES = 64 * 2**20
 MAX_TOKENS = 1 << 16
 MAX_ROUTE = 64
 WireDtype = Literal["float32", "float16", "bfloat16"]
-WIRE_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+WIRE_ITEMSIZE: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the last stage picks the next token (carried by `Open`). temperature 0 means greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0 and self.top_k >= 0 and 0 < self.top_p <= 1):
+            raise ValueError(f"bad sampling parameters {self}")
 
 
 @dataclass(frozen=True)
@@ -48,13 +55,13 @@ class Open:
     route: tuple[str, ...]
     hop: int
     origin: str
-    plan_id: str
+    layout_id: str  # the layout the route belongs to: a stage serving another one refuses it
     sampling: SamplingParams
     wire_dtype: WireDtype = "float32"
 
 
 @dataclass(frozen=True)
-class Tokens:
+class InputIds:
     """Token ids into stage 0."""
 
     session: str
@@ -72,27 +79,10 @@ class Hidden:
     shape: tuple[int, int]
     data: bytes | memoryview
 
-    @classmethod
-    def from_tensor(cls, session: str, position: int, tensor: torch.Tensor, dtype: WireDtype) -> Hidden:
-        """Wrap a [n, H] tensor, converted to the wire dtype (no copy when it already is)."""
-        wire = tensor.detach().to("cpu", WIRE_DTYPES[dtype]).contiguous()
-        # bfloat16 has no numpy dtype: view its bytes as int16 to hand them over.
-        array = wire.view(torch.int16).numpy() if dtype == "bfloat16" else wire.numpy()
-        return cls(session, position, dtype, (int(wire.shape[0]), int(wire.shape[1])), array.data.cast("B"))
-
-    def tensor(self) -> torch.Tensor:
-        """The hidden states as a [n, H] tensor (one copy: the frame bytes are read-only)."""
-        if self.dtype == "bfloat16":
-            array = np.frombuffer(self.data, dtype=np.int16)
-            return torch.from_numpy(array.copy()).view(torch.bfloat16).reshape(self.shape)
-        array = np.frombuffer(self.data, dtype=np.dtype(self.dtype).newbyteorder("<"))
-        # np.frombuffer over bytes is read-only; torch wants writable memory, so copy once here.
-        return torch.from_numpy(array.copy()).reshape(self.shape)
-
 
 @dataclass(frozen=True)
-class Token:
-    """A sampled token for `position`, last stage to origin."""
+class Sampled:
+    """The token sampled for `position`, last stage to origin."""
 
     session: str
     position: int
@@ -115,7 +105,7 @@ class Error:
     message: str
 
 
-Frame = Open | Tokens | Hidden | Token | Close | Error
+Frame = Open | InputIds | Hidden | Sampled | Close | Error
 
 
 def encode(frame: Frame) -> bytes:
@@ -128,15 +118,15 @@ def encode(frame: Frame) -> bytes:
                 "route": list(frame.route),
                 "hop": frame.hop,
                 "origin": frame.origin,
-                "plan": frame.plan_id,
+                "layout": frame.layout_id,
                 "temp": frame.sampling.temperature,
                 "top_k": frame.sampling.top_k,
                 "top_p": frame.sampling.top_p,
                 "seed": frame.sampling.seed,
                 "wire": frame.wire_dtype,
             }
-        case Tokens():
-            body = {"t": "tokens", "s": frame.session, "pos": frame.position, "ids": list(frame.token_ids)}
+        case InputIds():
+            body = {"t": "input", "s": frame.session, "pos": frame.position, "ids": list(frame.token_ids)}
         case Hidden():
             body = {
                 "t": "hidden",
@@ -146,8 +136,8 @@ def encode(frame: Frame) -> bytes:
                 "shape": list(frame.shape),
                 "data": frame.data,
             }
-        case Token():
-            body = {"t": "token", "s": frame.session, "pos": frame.position, "id": frame.token_id}
+        case Sampled():
+            body = {"t": "sampled", "s": frame.session, "pos": frame.position, "id": frame.token_id}
         case Close():
             body = {"t": "close", "s": frame.session}
         case Error():
@@ -210,8 +200,8 @@ def decode(data: bytes) -> Frame:
         if hop >= len(route):
             raise ProtocolError("bad-frame", "hop beyond the route")
         wire = _get(body, "wire", str)
-        if wire not in WIRE_DTYPES:
-            raise ProtocolError("bad-dtype", f"wire dtype {wire!r} is not one of {sorted(WIRE_DTYPES)}")
+        if wire not in WIRE_ITEMSIZE:
+            raise ProtocolError("bad-dtype", f"wire dtype {wire!r} is not one of {sorted(WIRE_ITEMSIZE)}")
         try:
             sampling = SamplingParams(
                 temperature=float(_get(body, "temp", (int, float))),
@@ -228,31 +218,31 @@ def decode(data: bytes) -> Frame:
             route=tuple(route),
             hop=hop,
             origin=_text(body, "origin"),
-            plan_id=_text(body, "plan", 128),
+            layout_id=_text(body, "layout", 128),
             sampling=sampling,
             wire_dtype=wire,
         )
-    if kind == "tokens":
+    if kind == "input":
         ids = _get(body, "ids", list)
         if not 1 <= len(ids) <= MAX_TOKENS:
             raise ProtocolError("bad-frame", f"1..{MAX_TOKENS} token ids per frame")
         if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 31 for i in ids):
             raise ProtocolError("bad-frame", "token ids are non-negative integers")
-        return Tokens(_session(body), _index(body, "pos"), tuple(ids))
+        return InputIds(_session(body), _index(body, "pos"), tuple(ids))
     if kind == "hidden":
         dtype = _get(body, "dtype", str)
-        if dtype not in WIRE_DTYPES:
-            raise ProtocolError("bad-dtype", f"dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}")
+        if dtype not in WIRE_ITEMSIZE:
+            raise ProtocolError("bad-dtype", f"dtype {dtype!r} is not one of {sorted(WIRE_ITEMSIZE)}")
         shape = _get(body, "shape", list)
         if len(shape) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
             raise ProtocolError("bad-shape", "shape is [tokens, hidden], both positive")
         data = _get(body, "data", bytes)
-        expected = shape[0] * shape[1] * WIRE_DTYPES[dtype].itemsize
+        expected = shape[0] * shape[1] * WIRE_ITEMSIZE[dtype]
         if len(data) != expected:
             raise ProtocolError("bad-shape", f"{len(data)} bytes for shape {shape} in {dtype} ({expected} expected)")
         return Hidden(_session(body), _index(body, "pos"), dtype, (shape[0], shape[1]), data)
-    if kind == "token":
-        return Token(_session(body), _index(body, "pos"), _index(body, "id"))
+    if kind == "sampled":
+        return Sampled(_session(body), _index(body, "pos"), _index(body, "id"))
     if kind == "close":
         return Close(_session(body))
     if kind == "error":

@@ -28,6 +28,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 STATE = Path(os.environ.get("EDGESHARD_TESTBED_STATE", "/run/edgeshard-testbed"))
 BRIDGE = "es-br0"
@@ -152,8 +153,8 @@ def up(args: argparse.Namespace) -> None:
         wait_ready(hosts, args.wait)
 
 
-def statuses(hosts: list[str]) -> dict[str, dict[str, object] | None]:
-    result: dict[str, dict[str, object] | None] = {}
+def statuses(hosts: list[str]) -> dict[str, dict[str, Any] | None]:
+    result: dict[str, dict[str, Any] | None] = {}
     for host in hosts:
         try:
             with urllib.request.urlopen(f"http://{address(host)}:{API_PORT}/v1/status", timeout=3) as response:
@@ -163,16 +164,16 @@ def statuses(hosts: list[str]) -> dict[str, dict[str, object] | None]:
     return result
 
 
-def wait_ready(hosts: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+def wait_ready(hosts: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         seen = statuses(hosts)
-        layouts = {json.dumps((s.get("plan") or {}).get("layout_id")) for s in seen.values() if s}  # type: ignore[attr-defined]
+        layouts = {json.dumps((s.get("plan") or {}).get("layout_id")) for s in seen.values() if s}
         if all(s and s["ready"] for s in seen.values()) and len(layouts) == 1:
             print("testbed ready: every peer serves one plan")
             return
         time.sleep(1)
-    raise SystemExit(f"testbed: not ready within {timeout:.0f} s (logs in {STATE})")
+    raise SystemExit(f"testbed: not ready within {timeout_s:.0f} s (logs in {STATE})")
 
 
 def status(_args: argparse.Namespace) -> None:
@@ -182,8 +183,8 @@ def status(_args: argparse.Namespace) -> None:
             print(f"{host}: no answer")
             continue
         plan = state.get("plan") or {}
-        stages = " → ".join(f"{s['device']}[{s['start']}:{s['end']})" for s in plan.get("stages", []))  # type: ignore[attr-defined]
-        print(f"{host}: ready={state['ready']} plan={plan.get('plan_id')} {stages}")  # type: ignore[union-attr]
+        stages = " → ".join(f"{s['device']}[{s['start']}:{s['end']})" for s in plan.get("stages", []))
+        print(f"{host}: ready={state['ready']} plan={plan.get('plan_id')} {stages}")
 
 
 def down(_args: argparse.Namespace) -> None:

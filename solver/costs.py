@@ -1,4 +1,4 @@
-"""The cost model of DESIGN.md compiled into integer tables.
+"""The cost model of docs/ARCHITECTURE.md compiled into integer tables.
 
 Every time is held in whole nanoseconds: sums and maxima are then exact, ties are real ties, and
 every peer (whatever its CPU or Python build) computes bit-identical costs and so the same plan.

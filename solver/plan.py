@@ -101,7 +101,7 @@ def check_stages(costs: CostModel, stages: Sequence[Stage]) -> None:
 
 
 def evaluate(costs: CostModel, stages: Sequence[Stage]) -> Cost:
-    """Latency and bottleneck of a valid plan, exactly as DESIGN.md defines them."""
+    """Latency and bottleneck of a valid plan, exactly as docs/ARCHITECTURE.md defines them."""
     check_stages(costs, stages)
     devices = [costs.index[stage.device] for stage in stages]
     times = [costs.compute(d, s.start, s.end) for d, s in zip(devices, stages, strict=True)]

@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Pr
 # One cache for the whole run (subprocesses inherit it), never the user's own cache.
 os.environ.setdefault("EDGESHARD_CACHE", tempfile.mkdtemp(prefix="edgeshard-test-cache-"))
 
-from edgeshard.peer.generate import prompt_ids
-from edgeshard.peer.modelfile import GGUFModel, HuggingFaceModel, default_model_path, open_model
+from edgeshard.peer.model.files import GGUFModel, HuggingFaceModel, default_model_path, open_model
+from edgeshard.peer.model.text import prompt_ids
 
 PROMPTS = [
     "Write a short story about a robot who learns to paint.",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edgeshard.peer.apiclient import ApiError, get_status
+from edgeshard.peer.api.client import ApiError, get_status
 
 T = TypeVar("T")
 
@@ -65,7 +65,7 @@ class Peer:
 
     def status(self) -> dict[str, Any] | None:
         try:
-            return get_status(self.api, timeout=5)
+            return get_status(self.api, timeout_s=5)
         except (ApiError, OSError, ValueError):
             return None
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from edgeshard.discovery.planview import plannable, source_of
 from edgeshard.discovery.probe import settle
 from edgeshard.discovery.records import PeerId, PeerRecord
-from edgeshard.peer.api import RequestError, parse_chat_request
-from edgeshard.peer.config import ConfigError, PeerConfig, load_config, parse_bytes
-from edgeshard.peer.modelfile import GGUFModel
-from edgeshard.peer.node import layout_id
-from edgeshard.peer.profile import unit_sizes
-from edgeshard.peer.shard import Shard
+from edgeshard.peer.api.schemas import RequestError, parse_chat_request
+from edgeshard.peer.daemon.config import ConfigError, PeerConfig, load_config, parse_bytes
+from edgeshard.peer.daemon.lifecycle import layout_id
+from edgeshard.peer.daemon.planview import plannable, source_of
+from edgeshard.peer.model.files import GGUFModel
+from edgeshard.peer.model.profile import unit_sizes
+from edgeshard.peer.model.shard import Shard
 from edgeshard.solver import Cost, DeviceId, Plan, PlanId, Stage
 
 
@@ -45,7 +45,8 @@ def test_settings_layer_file_then_environment_then_flags(tmp_path: Path) -> None
         ("", {"listen": "host:99999"}, "listen"),
         ("", {"name": "bad name!"}, "name"),
         ("", {"max_memory": "lots"}, "max_memory"),
-        ("", {"dead_after": "4"}, "dead_after"),
+        ("", {"dead_after_s": "4"}, "dead_after_s"),
+        ("dead_after = 12\n", {}, "renamed 'dead_after_s'"),
         ("[peer\n", {}, "peer.toml"),
     ],
 )

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edgeshard.peer.modelfile import GGUFModel
+from edgeshard.peer.model.files import GGUFModel
 from openai import OpenAI
 from transformers import PreTrainedModel
 

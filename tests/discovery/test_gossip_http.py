@@ -13,7 +13,7 @@ from edgeshard.discovery.failure import FailurePolicy
 from edgeshard.discovery.gossip import GOSSIP_PATH, Gossip
 from edgeshard.discovery.membership import Membership
 from edgeshard.discovery.records import PeerId, PeerRecord
-from edgeshard.peer.serving import start_server
+from edgeshard.peer.pipeline.servers import start_server
 
 
 async def _peer(name: str, bootstrap: list[str]) -> tuple[Gossip, web.AppRunner]:
@@ -28,7 +28,7 @@ async def _peer(name: str, bootstrap: list[str]) -> tuple[Gossip, web.AppRunner]
 
     runner, url = await start_server(mount)
     record = PeerRecord(PeerId(name), 1, 0, url, "home", "m", 2**30, (1.0, 1.0))
-    gossip = Gossip(Membership(record, FailurePolicy(dead_after_s=2.0)), bootstrap, interval=0.1)
+    gossip = Gossip(Membership(record, FailurePolicy(dead_after_s=2.0)), bootstrap, interval_s=0.1)
     holder.append(gossip)
     return gossip, runner
 

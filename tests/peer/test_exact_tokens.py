@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from edgeshard.peer.local import LocalCluster
-from edgeshard.peer.modelfile import GGUFModel, ModelSource, open_model
-from edgeshard.peer.sampling import SamplingParams
-from edgeshard.peer.shard import even_split, unit_count
+from edgeshard.peer.model.files import GGUFModel, ModelSource, open_model
+from edgeshard.peer.model.shard import even_split, unit_count
+from edgeshard.peer.pipeline.local import LocalCluster
+from edgeshard.peer.wire import SamplingParams
 from transformers import AutoModelForCausalLM
 
 from tests.engine_fixtures import NEW_TOKENS, PROMPTS, chat_ids, reference_tokens

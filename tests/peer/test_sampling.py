@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from edgeshard.peer.sampling import SamplingParams, sample
+from edgeshard.peer.model.sampling import sample
+from edgeshard.peer.wire import SamplingParams
 
 
 def _logits() -> torch.Tensor:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from edgeshard.peer.modelfile import GGUFModel, open_model, unit_tensor_names
-from edgeshard.peer.shard import SessionError, Shard, even_split, unit_count
+from edgeshard.peer.model.files import GGUFModel, open_model, unit_tensor_names
+from edgeshard.peer.model.shard import SessionError, Shard, even_split, unit_count
 
 
 def test_even_split() -> None:
@@ -74,7 +74,7 @@ def test_decode_with_cache_equals_full_prefill(random_hf_model: Path) -> None:
 
 
 def test_idle_sessions_are_evicted(random_hf_model: Path) -> None:
-    shard = _shard(random_hf_model, idle_seconds=10)
+    shard = _shard(random_hf_model, idle_s=10)
     shard.run("old", 0, torch.tensor([1]))
     assert shard.evict_idle(now=shard.sessions["old"].used + 11) == ["old"]
     assert "old" not in shard.sessions

@@ -11,11 +11,11 @@ import msgpack
 import pytest
 import torch
 from edgeshard.peer.errors import StageError
-from edgeshard.peer.local import LocalCluster
-from edgeshard.peer.modelfile import GGUFModel
-from edgeshard.peer.sampling import SamplingParams
-from edgeshard.peer.shard import even_split, unit_count
-from edgeshard.peer.wire import Close, Error, Frame, Hidden, Open, Tokens, decode, encode
+from edgeshard.peer.model.files import GGUFModel
+from edgeshard.peer.model.shard import even_split, unit_count
+from edgeshard.peer.pipeline.hidden import hidden_frame
+from edgeshard.peer.pipeline.local import LocalCluster
+from edgeshard.peer.wire import Close, Error, Frame, InputIds, Open, SamplingParams, decode, encode
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +44,8 @@ async def test_bad_frames_get_error_frames_and_the_stage_lives(cluster: LocalClu
         b"\xc1garbage",  # not msgpack
         msgpack.packb([1, 2, 3]),  # not a map
         msgpack.packb({"t": "hidden", "s": "x", "pos": 0, "dtype": "int4", "shape": [1, 1], "data": b"\0"}),
-        encode(Tokens("nobody", 0, (1, 2, 3))),  # unknown session
-        encode(Hidden.from_tensor("x", 0, torch.zeros(1, 7), "float32")),  # wrong width
+        encode(InputIds("nobody", 0, (1, 2, 3))),  # unknown session
+        encode(hidden_frame("x", 0, torch.zeros(1, 7), "float32")),  # wrong width
     ]
     replies = await _exchange(stage1, bad)
     assert all(isinstance(r, Error) for r in replies)
@@ -54,7 +54,7 @@ async def test_bad_frames_get_error_frames_and_the_stage_lives(cluster: LocalClu
     assert codes[3] == "wrong-stage"  # token ids sent to a stage without the embedding
     assert codes[4] == "bad-shape"
     # stage 0: unknown session, out-of-vocabulary token
-    replies = await _exchange(stage0, [encode(Tokens("ghost", 0, (1,))), encode(Tokens("ghost", 0, (10**9,)))])
+    replies = await _exchange(stage0, [encode(InputIds("ghost", 0, (1,))), encode(InputIds("ghost", 0, (10**9,)))])
     assert [r.code for r in replies if isinstance(r, Error)] == ["SessionError", "bad-token"]
     # ... and generation still works on both stages.
     tokens = [t async for t in cluster.origin.generate(cluster.route, [1, 9690, 30], SamplingParams(), 5)]
@@ -66,7 +66,7 @@ async def test_position_out_of_order_is_an_error_not_a_crash(cluster: LocalClust
     open_frame = Open("s1", tuple(cluster.route), 0, "http://127.0.0.1:9", "", SamplingParams())
     async with aiohttp.ClientSession() as session, session.ws_connect(stage0 + "/stage") as socket:
         await socket.send_bytes(encode(open_frame))
-        await socket.send_bytes(encode(Tokens("s1", 5, (1, 2))))  # position 5 on an empty cache
+        await socket.send_bytes(encode(InputIds("s1", 5, (1, 2))))  # position 5 on an empty cache
         reply = decode((await socket.receive(timeout=30)).data)
         assert isinstance(reply, Error) and reply.session == "s1" and reply.code == "SessionError"
         await socket.send_bytes(encode(Close("s1")))
@@ -78,25 +78,25 @@ async def test_unreachable_next_stage_reaches_the_origin_as_an_error(default_sou
     async with LocalCluster("default", [(0, 32)], source=default_source) as running:
         route = [running.route[0], "http://127.0.0.1:9"]  # a second stage nobody serves
         with pytest.raises(StageError):
-            _ = [t async for t in running.origin.generate(route, [1, 2, 3], SamplingParams(), 3, timeout=20)]
+            _ = [t async for t in running.origin.generate(route, [1, 2, 3], SamplingParams(), 3, timeout_s=20)]
 
 
 async def test_idle_sessions_are_swept(default_source: GGUFModel, monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    from edgeshard.peer import stage
+    from edgeshard.peer.pipeline import stage
 
-    monkeypatch.setattr(stage, "SWEEP_SECONDS", 0.2)
+    monkeypatch.setattr(stage, "SWEEP_INTERVAL_S", 0.2)
     async with LocalCluster("default", [(0, 32)], source=default_source) as running:
         server = running._stages[0]
-        server.shard.idle_seconds = 0.5
+        server.shard.idle_s = 0.5
         tokens = [t async for t in running.origin.generate(running.route, [1, 2, 3], SamplingParams(), 2)]
         assert len(tokens) == 2
         # The origin closed its session; open one by hand that nobody closes.
         await running.origin.links.send(
             running.route[0], Open("idle", tuple(running.route), 0, running.origin.url, "", SamplingParams())
         )
-        await running.origin.links.send(running.route[0], Tokens("idle", 0, (1, 2)))
+        await running.origin.links.send(running.route[0], InputIds("idle", 0, (1, 2)))
         for _ in range(50):
             await asyncio.sleep(0.1)
             if "idle" in server.shard.sessions:

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from edgeshard.peer.modelfile import GGUFModel
-from edgeshard.peer.text import TextStream, chat_ids, stop_token_ids
+from edgeshard.peer.model.files import GGUFModel
+from edgeshard.peer.model.text import TextStream, chat_ids, stop_token_ids
 
 
 def test_stream_releases_text_once_and_cuts_at_stop_strings(default_source: GGUFModel) -> None:

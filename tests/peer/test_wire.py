@@ -8,8 +8,8 @@ import msgpack
 import pytest
 import torch
 from edgeshard.peer.errors import ProtocolError
-from edgeshard.peer.sampling import SamplingParams
-from edgeshard.peer.wire import Close, Error, Hidden, Open, Token, Tokens, decode, encode
+from edgeshard.peer.pipeline.hidden import hidden_frame, hidden_tensor
+from edgeshard.peer.wire import Close, Error, Hidden, InputIds, Open, Sampled, SamplingParams, decode, encode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,19 +29,21 @@ positions = st.integers(0, 2**31)
 )
 def test_open_round_trips(session, route, data, temperature, top_k, top_p, seed, wire) -> None:  # type: ignore[no-untyped-def]
     hop = data.draw(st.integers(0, len(route) - 1))
-    frame = Open(session, tuple(route), hop, "http://o", "plan", SamplingParams(temperature, top_k, top_p, seed), wire)
+    frame = Open(
+        session, tuple(route), hop, "http://o", "layout", SamplingParams(temperature, top_k, top_p, seed), wire
+    )
     assert decode(encode(frame)) == frame
 
 
 @given(sessions, positions, st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=300))
-def test_tokens_round_trip(session: str, position: int, ids: list[int]) -> None:
-    frame = Tokens(session, position, tuple(ids))
+def test_input_ids_round_trip(session: str, position: int, ids: list[int]) -> None:
+    frame = InputIds(session, position, tuple(ids))
     assert decode(encode(frame)) == frame
 
 
 @given(sessions, positions, st.integers(0, 2**31))
 def test_small_frames_round_trip(session: str, position: int, number: int) -> None:
-    for frame in (Token(session, position, number), Close(session), Error(session, "code", "message")):
+    for frame in (Sampled(session, position, number), Close(session), Error(session, "code", "message")):
         assert decode(encode(frame)) == frame
 
 
@@ -50,16 +52,16 @@ def test_small_frames_round_trip(session: str, position: int, number: int) -> No
 def test_hidden_round_trips_exactly_in_its_dtype(dtype: str, rows: int, width: int) -> None:
     torch.manual_seed(rows * 100 + width)
     tensor = torch.randn(rows, width)
-    frame = Hidden.from_tensor("s", 5, tensor, dtype)  # type: ignore[arg-type]
+    frame = hidden_frame("s", 5, tensor, dtype)  # type: ignore[arg-type]
     back = decode(encode(frame))
     assert isinstance(back, Hidden) and back.shape == (rows, width) and back.dtype == dtype
     expected = tensor.to(getattr(torch, dtype))
-    assert torch.equal(back.tensor(), expected)
+    assert torch.equal(hidden_tensor(back), expected)
 
 
 def test_float32_hidden_is_bit_exact() -> None:
     tensor = torch.tensor([[1.0, -0.0, float("inf"), 3.14159274101257324]])
-    assert torch.equal(Hidden.from_tensor("s", 0, tensor, "float32").tensor(), tensor)
+    assert torch.equal(hidden_tensor(hidden_frame("s", 0, tensor, "float32")), tensor)
 
 
 @settings(max_examples=400)
@@ -83,7 +85,7 @@ json_like = st.recursive(
 
 @settings(max_examples=400)
 @given(
-    st.sampled_from(["open", "tokens", "hidden", "token", "close", "error", "x"]),
+    st.sampled_from(["open", "input", "hidden", "sampled", "close", "error", "x"]),
     st.dictionaries(
         st.sampled_from(
             [
@@ -91,7 +93,7 @@ json_like = st.recursive(
                 "route",
                 "hop",
                 "origin",
-                "plan",
+                "layout",
                 "temp",
                 "top_k",
                 "top_p",
@@ -125,9 +127,9 @@ def test_structured_garbage_fails_cleanly(kind: str, body: dict[str, object]) ->
             "bad-shape",
         ),
         ({"t": "hidden", "s": "a", "pos": 0, "dtype": "float32", "shape": [2], "data": b""}, "bad-shape"),
-        ({"t": "tokens", "s": "a", "pos": 0, "ids": []}, "bad-frame"),
-        ({"t": "tokens", "s": "a", "pos": -1, "ids": [1]}, "bad-frame"),
-        ({"t": "tokens", "s": "a" * 100, "pos": 0, "ids": [1]}, "bad-frame"),
+        ({"t": "input", "s": "a", "pos": 0, "ids": []}, "bad-frame"),
+        ({"t": "input", "s": "a", "pos": -1, "ids": [1]}, "bad-frame"),
+        ({"t": "input", "s": "a" * 100, "pos": 0, "ids": [1]}, "bad-frame"),
         ({"t": "nope"}, "bad-frame"),
     ],
 )

@@ -8,8 +8,8 @@ import pytest
 from edgeshard.solver import STRATEGIES, InfeasibleError, plan
 from edgeshard.solver.clusterfile import load_cluster
 from edgeshard.solver.costs import CostModel
-from edgeshard.solver.generate import random_cluster
 from edgeshard.solver.plan import evaluate
+from edgeshard.solver.random_clusters import random_cluster
 
 BASELINES = [s for s in STRATEGIES if s != "edgeshard"]
 

@@ -1,4 +1,4 @@
-"""The cost model of DESIGN.md on hand-computed examples."""
+"""The cost model of docs/ARCHITECTURE.md on hand-computed examples."""
 
 from __future__ import annotations
 

@@ -6,10 +6,10 @@ import random
 
 import pytest
 from edgeshard.solver import InfeasibleError, plan
+from edgeshard.solver.brute_force import all_plans
 from edgeshard.solver.costs import CostModel
-from edgeshard.solver.exhaustive import all_plans
-from edgeshard.solver.generate import random_cluster
 from edgeshard.solver.plan import evaluate
+from edgeshard.solver.random_clusters import random_cluster
 
 INSTANCES = 240
 

@@ -1,0 +1,202 @@
+"""The user API on `--api-listen`: OpenAI-compatible chat completions, models, and /v1/status.
+
+`POST /v1/chat/completions` takes messages, `max_tokens` (or `max_completion_tokens`),
+`temperature`, `top_p`, `seed`, `stop` and `stream`; with `stream` the answer is server-sent
+events in OpenAI's chunk format ending in `data: [DONE]`. The request's seed is fixed at
+arrival (a random one when absent), so a fail-over replay continues the same sample. Every
+response carries an `edgeshard` object (layout id, token ids, fail-overs) beside OpenAI's fields;
+clients that do not know it ignore it.
+
+The handlers serve any `Backend`: the daemon's node is one; a test can bring another.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, Protocol
+
+from aiohttp import web
+from transformers import PreTrainedTokenizerBase
+
+from ..errors import PeerError
+from ..model.text import TextStream, chat_ids
+from ..pipeline.failover import NoRouteError, ReadyLayout, generate_with_failover
+from ..pipeline.origin import Origin
+from .schemas import DEFAULT_MAX_TOKENS, ChatRequest, Completion, RequestError, error_body, parse_chat_request
+
+log = logging.getLogger(__name__)
+
+ROUTE_WAIT_S = 30.0  # how long a request waits for a ready plan before answering 503
+
+
+class Backend(Protocol):
+    """What the API needs from a peer."""
+
+    @property
+    def model_name(self) -> str:
+        """The model id shown to clients."""
+
+    @property
+    def context(self) -> int:
+        """Positions a session may hold (prompt + answer)."""
+
+    @property
+    def origin(self) -> Origin:
+        """Where sessions start from."""
+
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The model's tokenizer (loaded once)."""
+
+    def stop_ids(self) -> Sequence[int]:
+        """The model's end-of-sequence ids."""
+
+    async def wait_ready_layout(self, timeout_s: float) -> ReadyLayout:
+        """A layout every stage serves, waiting up to `timeout_s` (NoRouteError says why not)."""
+
+    def status(self) -> dict[str, Any]:
+        """The peer's status document."""
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None) -> web.Response:
+    return web.json_response(error_body(message, kind, code), status=status)
+
+
+class Api:
+    """The HTTP handlers, bound to one backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def add_routes(self, app: web.Application) -> None:
+        """Mount /v1/models, /v1/chat/completions and /v1/status."""
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_get("/v1/status", self.status)
+
+    async def models(self, _request: web.Request) -> web.Response:
+        """GET /v1/models."""
+        entry = {"id": self.backend.model_name, "object": "model", "created": 0, "owned_by": "edgeshard"}
+        return web.json_response({"object": "list", "data": [entry]})
+
+    async def status(self, _request: web.Request) -> web.Response:
+        """GET /v1/status."""
+        return web.json_response(self.backend.status())
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/chat/completions."""
+        try:
+            chat = parse_chat_request(await request.json(), self.backend.model_name)
+        except (RequestError, ValueError) as error:
+            return _error(400, str(error), "invalid_request_error")
+        tokenizer = self.backend.tokenizer()
+        ids = chat_ids(tokenizer, chat.messages)
+        context = self.backend.context
+        room = context - len(ids)
+        if room < 1:
+            message = f"the prompt has {len(ids)} tokens; the context holds {context}"
+            return _error(400, message, "invalid_request_error", "context_length_exceeded")
+        max_tokens = min(chat.max_tokens or DEFAULT_MAX_TOKENS, room)
+        try:
+            route = await self.backend.wait_ready_layout(ROUTE_WAIT_S)
+        except NoRouteError as error:
+            return _error(503, f"the cluster is not ready: {error}", "service_unavailable", "not_ready")
+        completion = Completion(prompt_tokens=len(ids), layout_id=route.layout_id)
+        text = TextStream(tokenizer, chat.stops)
+        tokens = self._tokens(ids, chat, max_tokens, completion)
+        if chat.stream:
+            return await self._stream(request, chat, completion, text, tokens)
+        try:
+            async for token in tokens:
+                text.add(token)
+                if text.stopped:
+                    completion.finish_reason = "stop"
+                    break
+        except PeerError as error:
+            log.warning("chat completion failed: %s", error)
+            return _error(502, f"generation failed: {error}", "server_error", "generation_failed")
+        finally:
+            await tokens.aclose()
+        body = {
+            "id": completion.id,
+            "object": "chat.completion",
+            "created": completion.created,
+            "model": chat.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text.text},
+                    "finish_reason": completion.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": completion.usage(),
+            "edgeshard": completion.extra(),
+        }
+        return web.json_response(body)
+
+    async def _tokens(
+        self, ids: list[int], chat: ChatRequest, max_tokens: int, completion: Completion
+    ) -> AsyncGenerator[int, None]:
+        """Token ids, recorded in `completion`; an end-of-sequence token sets finish "stop"."""
+        backend = self.backend
+        async for token in generate_with_failover(
+            backend.origin,
+            backend.wait_ready_layout,
+            ids,
+            chat.sampling,
+            max_tokens,
+            backend.stop_ids(),
+            recoveries=completion.recoveries,
+        ):
+            completion.token_ids.append(token)
+            yield token
+        if len(completion.token_ids) < max_tokens:
+            completion.finish_reason = "stop"
+
+    async def _stream(
+        self,
+        request: web.Request,
+        chat: ChatRequest,
+        completion: Completion,
+        text: TextStream,
+        tokens: AsyncGenerator[int, None],
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+
+        async def send(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> None:
+            chunk = {
+                "id": completion.id,
+                "object": "chat.completion.chunk",
+                "created": completion.created,
+                "model": chat.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                **extra,
+            }
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        await send({"role": "assistant", "content": ""})
+        try:
+            async for token in tokens:
+                new = text.add(token)
+                if new:
+                    await send({"content": new})
+                if text.stopped:
+                    completion.finish_reason = "stop"
+                    break
+        except PeerError as error:
+            log.warning("streamed chat completion failed: %s", error)
+            failure = {"error": {"message": f"generation failed: {error}", "type": "server_error"}}
+            await response.write(f"data: {json.dumps(failure)}\n\n".encode())
+            await response.write(b"data: [DONE]\n\n")
+            return response
+        finally:
+            await tokens.aclose()
+        tail = text.text[len(text.shown) :]  # text held back while it could still become a stop string
+        if tail and not text.stopped:
+            await send({"content": tail})
+        await send({}, completion.finish_reason, usage=completion.usage(), edgeshard=completion.extra())
+        await response.write(b"data: [DONE]\n\n")
+        return response

@@ -1,0 +1,62 @@
+"""Who this peer is to the others: its address, its first gossip record, its fixed identity."""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+
+import psutil
+from edgeshard.discovery.records import PeerId, PeerRecord
+
+from ..model.profile import Profile
+from .config import PeerConfig
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a peer is, fixed at start."""
+
+    config: PeerConfig
+    peer_id: PeerId
+    address: str  # peer traffic URL
+    device: str
+
+
+def advertised_host(config: PeerConfig, listen_host: str) -> str:
+    """The address other peers reach us at: --advertise, --interface, the listen address, or
+    this host's first non-loopback IPv4 address."""
+    if config.advertise:
+        return config.advertise
+    if config.interface:
+        return config.interface[0]
+    if listen_host not in {"0.0.0.0", "", "::"}:
+        return listen_host
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith("127."):
+                return str(address.address)
+    return "127.0.0.1"
+
+
+def planning_settings(config: PeerConfig) -> str:
+    """What shapes a plan beyond the model: peers that differ here cannot share one."""
+    return f"{config.dtype}/context={config.context}/sessions={config.sessions}/{config.objective}"
+
+
+def first_record(identity: Identity, fingerprint: str, memory_bytes: int, profile: Profile) -> PeerRecord:
+    """Our gossip record at start."""
+    config = identity.config
+    return PeerRecord(
+        peer_id=identity.peer_id,
+        incarnation=time.time_ns() // 1_000_000,  # a restart always starts higher
+        heartbeat=0,
+        address=identity.address,
+        cluster=config.cluster,
+        model=fingerprint,
+        memory_bytes=memory_bytes,
+        unit_ms=profile.unit_ms,
+        source=config.source,
+        prefill_ms=profile.prefill_ms,
+        settings=planning_settings(config),
+    )

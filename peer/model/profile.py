@@ -1,0 +1,153 @@
+"""What this device can do for this model: per-unit times (measured), unit sizes, memory budget.
+
+The planner needs, per device, the decode time of every unit and the memory it may use
+(docs/ARCHITECTURE.md, "The cost model"). Times are measured here, not declared: a short profile at start runs
+the embedding, one decoder layer and the head through a real `Shard` (all decoder layers of a
+Llama have one shape, so one stands for all) and keeps the fastest of a few decode steps (the
+device's own cost; slower steps are other processes competing for it at that moment). The
+result is cached per (model, device, dtype, threads, slowdown), so a restart costs nothing and
+a peer republishes the same figures, which keeps the cluster's plan stable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+import torch
+from edgeshard.solver import Unit
+from transformers import LlamaConfig
+
+from .files import ModelSource, atomic_write
+from .shard import Shard, unit_count
+
+log = logging.getLogger(__name__)
+
+PROFILE_VERSION = 2
+PROMPT_TOKENS = 32
+DECODE_STEPS = 8
+RUNTIME_RESERVE_BYTES = 768 * 2**20  # the interpreter, torch and transformers themselves
+WIRE_OVERHEAD_BYTES = 64  # frame header around a hidden state
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Measured milliseconds per unit: one decode step, and a PROMPT_TOKENS-token prefill."""
+
+    unit_ms: tuple[float, ...]
+    prefill_ms: tuple[float, ...]
+    device: str
+    dtype: str
+    threads: int
+    slowdown: float
+
+
+def unit_sizes(config: LlamaConfig, dtype: torch.dtype, context: int, sessions: int) -> list[Unit]:
+    """The model's units with their memory (weights + KV cache at `context` × `sessions`) and
+    the bytes each sends on per decoded token (float32 hidden state; the head sends a token id)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    hidden, inter = int(config.hidden_size), int(config.intermediate_size)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(config.num_key_value_heads or heads)
+    head_dim = int(getattr(config, "head_dim", 0) or hidden // heads)
+    matrix = int(config.vocab_size) * hidden * size
+    layer = (hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * inter + 2 * hidden) * size
+    kv_cache = 2 * kv_heads * head_dim * context * sessions * size
+    hop = hidden * 4 + WIRE_OVERHEAD_BYTES
+    # A tied head still needs the embedding matrix on the head's stage (counted in both units;
+    # only a one-stage plan holds it once, so this errs on the safe side).
+    units = [Unit("embed", matrix, hop)]
+    units += [Unit(f"layer{i}", layer + kv_cache, hop) for i in range(int(config.num_hidden_layers))]
+    units.append(Unit("head", matrix + hidden * size, 16))
+    return units
+
+
+def memory_budget(device: str, max_memory: int | None) -> int:
+    """Bytes this peer may give to units: free memory now (GPU memory on a GPU) less a reserve
+    for the runtime, capped by --max-memory. Taken once at start, so the figure is stable."""
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        budget = int(free * 0.9)
+    else:
+        budget = int(psutil.virtual_memory().available * 0.9) - RUNTIME_RESERVE_BYTES
+    budget = max(budget, 0)
+    return min(budget, max_memory) if max_memory is not None else budget
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
+def _time_unit(shard: Shard, first: torch.Tensor, steps: torch.Tensor, device: str) -> tuple[float, float]:
+    """(fastest decode ms, prefill ms) of one shard."""
+    started = time.perf_counter()
+    shard.run("profile", 0, first)
+    _synchronize(device)
+    prefill = (time.perf_counter() - started) * 1000
+    timings = []
+    for index in range(steps.shape[0]):
+        started = time.perf_counter()
+        shard.run("profile", PROMPT_TOKENS + index, steps[index : index + 1])
+        _synchronize(device)
+        timings.append((time.perf_counter() - started) * 1000)
+    shard.close("profile")
+    return min(timings[1:]), prefill  # the first step warms up
+
+
+def measure(source: ModelSource, device: str, dtype: torch.dtype, slowdown: float = 1.0) -> Profile:
+    """Time the embedding, one decoder layer and the head on this device."""
+    config = source.config
+    total = unit_count(config)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, int(config.vocab_size), (PROMPT_TOKENS + DECODE_STEPS,), generator=generator)
+    hidden = torch.randn(PROMPT_TOKENS + DECODE_STEPS, int(config.hidden_size), generator=generator) * 0.1
+    measured = []
+    for start, inputs in ((0, ids), (1, hidden), (total - 1, hidden)):
+        shard = Shard(source, start, start + 1, device=device, dtype=dtype, max_sessions=1, slowdown=slowdown)
+        measured.append(_time_unit(shard, inputs[:PROMPT_TOKENS], inputs[PROMPT_TOKENS:], device))
+        del shard
+    (embed, embed_p), (layer, layer_p), (head, head_p) = measured
+    layers = total - 2
+    return Profile(
+        unit_ms=(embed, *[layer] * layers, head),
+        prefill_ms=(embed_p, *[layer_p] * layers, head_p),
+        device=device,
+        dtype=str(dtype).removeprefix("torch."),
+        threads=torch.get_num_threads(),
+        slowdown=slowdown,
+    )
+
+
+def load_or_measure(
+    source: ModelSource, cache_dir: Path, device: str, dtype: torch.dtype, slowdown: float = 1.0, fresh: bool = False
+) -> Profile:
+    """The cached profile for this model and device, measured on first use (or when `fresh`: a
+    profile taken while the device was busy with something else stays slow until re-measured)."""
+    name = str(dtype).removeprefix("torch.")
+    key = f"v{PROFILE_VERSION}-{device.replace(':', '_')}-{name}-t{torch.get_num_threads()}-x{slowdown:g}"
+    path = cache_dir / "profiles" / f"{source.fingerprint[:32]}-{key}.json"
+    try:
+        if fresh:
+            raise OSError("re-measuring")
+        stored = json.loads(path.read_text())
+        profile = Profile(**{**stored, "unit_ms": tuple(stored["unit_ms"]), "prefill_ms": tuple(stored["prefill_ms"])})
+        log.info("device profile from %s", path)
+        return profile
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    started = time.perf_counter()
+    profile = measure(source, device, dtype, slowdown)
+    atomic_write(path, json.dumps(asdict(profile)).encode())
+    log.info(
+        "profiled this device in %.1f s: embed %.3f ms, decoder layer %.3f ms, head %.3f ms per token",
+        time.perf_counter() - started,
+        profile.unit_ms[0],
+        profile.unit_ms[1],
+        profile.unit_ms[-1],
+    )
+    return profile

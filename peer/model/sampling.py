@@ -1,0 +1,37 @@
+"""Sampling on the last stage: greedy, temperature, top-k, top-p; randomness keyed by (seed, position).
+
+Keying the random draw by the position (not by a generator's running state) makes a replay after
+fail-over draw exactly the same tokens: a new last stage, asked for position p, samples what the
+old one would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from ..wire import SamplingParams
+
+
+def _generator(seed: int, position: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{position}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, position: int) -> int:
+    """The token for `position` from the logits [V] of the position before it."""
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    scores = logits.double() / params.temperature
+    if params.top_k:
+        kth = torch.topk(scores, min(params.top_k, scores.numel())).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    probabilities = torch.softmax(scores, dim=-1)
+    if params.top_p < 1:
+        ordered, order = torch.sort(probabilities, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        drop = torch.cumsum(ordered, dim=-1) - ordered >= params.top_p
+        ordered[drop] = 0
+        probabilities = torch.zeros_like(probabilities).scatter(0, order, ordered)
+    return int(torch.multinomial(probabilities, 1, generator=_generator(params.seed, position)))

@@ -1,0 +1,251 @@
+"""A shard: the contiguous units one stage runs, with a KV cache per session.
+
+Units (docs/ARCHITECTURE.md): 0 = token embedding, 1..L = decoder layers, L+1 = final norm + LM head.
+The maths is transformers' own Llama modules (decoder layer, rotary embedding, RMSNorm); this
+module is the glue: which units, which cache, which device and dtype. Each decoder layer gets a
+*local* layer index, so a session's DynamicCache holds exactly this stage's layers.
+
+`Shard.run` is synchronous torch code: callers run it off the event loop (see `worker`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+from transformers import DynamicCache, LlamaConfig
+from transformers.models.llama.modeling_llama import (
+    LlamaDecoderLayer,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+)
+
+from ..errors import PeerError
+from .files import ModelSource, iter_unit_tensors, unit_tensor_names
+
+
+class SessionError(PeerError):
+    """A request names an unknown session or a wrong position (e.g. its cache was evicted)."""
+
+
+class ContextError(SessionError):
+    """A request exceeds the configured context length: replaying it elsewhere cannot help."""
+
+
+def unit_count(config: LlamaConfig) -> int:
+    """Units in the chain: embedding, the decoder layers, norm + head."""
+    return int(config.num_hidden_layers) + 2
+
+
+def even_split(units: int, stages: int) -> list[tuple[int, int]]:
+    """[start, end) unit ranges for `stages` stages of (nearly) equal size."""
+    if not 1 <= stages <= units:
+        raise ValueError(f"cannot split {units} units into {stages} stages")
+    bounds = [round(i * units / stages) for i in range(stages + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+@dataclass
+class _Session:
+    cache: DynamicCache
+    length: int = 0  # positions already in the cache
+    used: float = field(default_factory=time.monotonic)
+
+
+class Shard(nn.Module):
+    """Units [start, end) of a Llama model on one device."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        start: int,
+        end: int,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_sessions: int = 16,
+        max_context: int | None = None,
+        idle_s: float = 600.0,
+        slowdown: float = 1.0,
+        reuse: Shard | None = None,
+    ) -> None:
+        super().__init__()
+        config = source.config
+        total = unit_count(config)
+        if not 0 <= start < end <= total:
+            raise ValueError(f"units [{start}, {end}) outside 0..{total}")
+        self.config, self.start, self.end = config, start, end
+        self.device, self.dtype = torch.device(device), dtype
+        self.max_sessions = max_sessions
+        self.max_context = max_context or int(config.max_position_embeddings)
+        self.idle_s = idle_s
+        if slowdown < 1.0:
+            raise ValueError("slowdown is a factor >= 1")
+        self.slowdown = slowdown  # testbed only: emulate a slower device by stretching compute
+        self.has_embedding = start == 0
+        self.has_head = end == total
+        first_layer, last_layer = max(start, 1) - 1, min(end, total - 1) - 1
+        self.layer_ids = list(range(first_layer, last_layer))
+
+        names = {n for unit in range(start, end) for n in unit_tensor_names(config, unit)}
+        # Tensors the previous shard of this peer already holds are taken over, not reloaded:
+        # a re-plan that moves a split point by a few layers loads only those layers.
+        reused = {n: t for n, t in reuse.held_tensors().items() if n in names} if reuse is not None else {}
+        self.reused_tensors = len(reused)
+        # A progress bar on a terminal (tqdm stays quiet when stderr is not one).
+        progress = tqdm(
+            iter_unit_tensors(source, range(start, end), skip=reused),
+            total=len(names) - len(reused),
+            desc=f"loading units [{start}, {end})",
+            unit="tensor",
+            disable=None,
+            leave=False,
+        )
+        tensors = {**reused, **dict(progress)}
+        with torch.device("meta"):
+            self.layers = nn.ModuleList(
+                LlamaDecoderLayer(config, layer_idx=local) for local in range(len(self.layer_ids))
+            )
+            self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps) if self.has_head else None
+        state: dict[str, torch.Tensor] = {}
+        for local, global_id in enumerate(self.layer_ids):
+            prefix = f"model.layers.{global_id}."
+            for name, tensor in tensors.items():
+                if name.startswith(prefix):
+                    state[f"layers.{local}.{name.removeprefix(prefix)}"] = tensor
+        if self.norm is not None:
+            state["norm.weight"] = tensors["model.norm.weight"]
+        self.load_state_dict(state, strict=True, assign=True)
+        # Embedding and (tied) head share one matrix when a stage holds both.
+        self.embedding: torch.Tensor | None = None
+        self.head: torch.Tensor | None = None
+        if self.has_embedding:
+            self.embedding = tensors["model.embed_tokens.weight"]
+        if self.has_head:
+            head_name = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
+            self.head = tensors[head_name]
+        # The rotary tables stay float32 (transformers computes cos/sin in float32, then casts).
+        self.rotary = LlamaRotaryEmbedding(config).to(self.device)
+        self.layers.to(device=self.device, dtype=dtype)
+        if self.norm is not None:
+            self.norm.to(device=self.device, dtype=dtype)
+        if self.embedding is not None:
+            self.embedding = self.embedding.to(self.device, dtype)
+        if self.head is not None:
+            self.head = (
+                self.embedding
+                if self.embedding is not None and config.tie_word_embeddings
+                else self.head.to(self.device, dtype)
+            )
+        self.eval()
+        self.sessions: OrderedDict[str, _Session] = OrderedDict()
+
+    def held_tensors(self) -> dict[str, torch.Tensor]:
+        """This shard's tensors under their model names (what `unit_tensor_names` lists)."""
+        held: dict[str, torch.Tensor] = {}
+        for local, global_id in enumerate(self.layer_ids):
+            for name, tensor in self.layers[local].state_dict().items():
+                held[f"model.layers.{global_id}.{name}"] = tensor
+        if self.embedding is not None:
+            held["model.embed_tokens.weight"] = self.embedding
+        if self.norm is not None and self.head is not None:
+            held["model.norm.weight"] = self.norm.weight.data
+            held["model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"] = self.head
+        return held
+
+    # --- sessions -------------------------------------------------------------------------
+
+    def weight_bytes(self) -> int:
+        """Bytes of the weights this shard holds (shared tensors once)."""
+        seen: dict[int, int] = {}
+        tensors = [*self.parameters(), *self.buffers()]
+        tensors += [t for t in (self.embedding, self.head) if t is not None]
+        for tensor in tensors:
+            seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+        return sum(seen.values())
+
+    def evict_idle(self, now: float | None = None) -> list[str]:
+        """Drop sessions idle longer than idle_s; returns their ids."""
+        now = time.monotonic() if now is None else now
+        idle = [sid for sid, s in self.sessions.items() if now - s.used > self.idle_s]
+        for sid in idle:
+            del self.sessions[sid]
+        return idle
+
+    def close(self, session: str) -> None:
+        """Forget a session's cache."""
+        self.sessions.pop(session, None)
+
+    def _session(self, session: str, position: int, length: int) -> _Session:
+        state = self.sessions.get(session)
+        if position == 0:
+            # A new session, or a replay from scratch (fail-over): start with an empty cache.
+            if state is None and len(self.sessions) >= self.max_sessions:
+                self.evict_idle()
+                if len(self.sessions) >= self.max_sessions:
+                    self.sessions.popitem(last=False)  # the least recently used
+            state = _Session(DynamicCache())
+            self.sessions[session] = state
+        elif state is None:
+            raise SessionError(f"unknown session {session} (closed or evicted)")
+        if position != state.length:
+            raise SessionError(f"session {session}: position {position}, cache holds {state.length}")
+        if position + length > self.max_context:
+            raise ContextError(f"session {session}: {position + length} positions exceed {self.max_context}")
+        self.sessions.move_to_end(session)
+        state.used = time.monotonic()
+        return state
+
+    # --- compute --------------------------------------------------------------------------
+
+    def run(self, session: str, position: int, inputs: torch.Tensor) -> torch.Tensor:
+        """Run this shard for `inputs` at positions [position, position + T).
+
+        inputs: token ids [T] (int64) on the embedding stage, else hidden states [T, H].
+        Returns hidden states [T, H], or on the head stage the logits of the last position [V].
+        """
+        started = time.perf_counter()
+        output = self._compute(session, position, inputs)
+        if self.slowdown > 1.0:
+            # Blocks the stage's worker thread exactly as slower hardware would.
+            time.sleep((self.slowdown - 1.0) * (time.perf_counter() - started))
+        return output
+
+    @torch.inference_mode()
+    def _compute(self, session: str, position: int, inputs: torch.Tensor) -> torch.Tensor:
+        length = int(inputs.shape[0])
+        if length < 1:
+            raise SessionError("empty input")
+        state = self._session(session, position, length)
+        if self.has_embedding:
+            assert self.embedding is not None
+            hidden = nn.functional.embedding(inputs.to(self.device), self.embedding)[None]  # [1, T, H]
+        else:
+            hidden = inputs.to(self.device, self.dtype)[None]  # [1, T, H]
+        position_ids = torch.arange(position, position + length, device=self.device)[None]  # [1, T]
+        mask = None
+        if length > 1 and position > 0:
+            # sdpa's implicit causal mask assumes an empty cache; here queries sit after it.
+            keys = torch.arange(position + length, device=self.device)
+            mask = (keys[None, :] <= position_ids[0][:, None])[None, None]  # [1, 1, T, S]
+        if self.layers:
+            cos_sin = self.rotary(hidden, position_ids)
+            for layer in self.layers:
+                hidden = layer(
+                    hidden,
+                    attention_mask=mask,
+                    position_ids=position_ids,
+                    cache=state.cache,
+                    use_cache=True,
+                    position_embeddings=cos_sin,
+                )
+        state.length = position + length
+        if self.has_head:
+            assert self.norm is not None and self.head is not None
+            last = self.norm(hidden[:, -1])  # [1, H]
+            return nn.functional.linear(last, self.head)[0].float().cpu()  # [V], sampled on the CPU
+        return hidden[0]

@@ -1,0 +1,63 @@
+"""Text around the token stream: chat templates, stop tokens and strings, incremental decoding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import LlamaConfig, PreTrainedTokenizerBase
+
+
+def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> list[int]:
+    """Token ids of a conversation with the model's chat template, ready for the answer."""
+    ids: Any = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True)
+    return [int(i) for i in (ids if isinstance(ids, list) else ids["input_ids"])]
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | None, chat: str | None) -> list[int]:
+    """Token ids of the raw prompt, or of the chat message with the model's template."""
+    if prompt is not None:
+        return list(tokenizer.encode(prompt))
+    message = chat if chat is not None else "Tell me about the moon in three sentences."
+    return chat_ids(tokenizer, [{"role": "user", "content": message}])
+
+
+def stop_token_ids(config: LlamaConfig) -> list[int]:
+    """The model's end-of-sequence id(s)."""
+    eos = config.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos or [])
+
+
+@dataclass
+class TextStream:
+    """Decodes a growing token list; yields only text that is final, cut at a stop string.
+
+    Decoding the whole list each time (not token by token) keeps multi-byte characters and
+    merges right; text is released once a later decode still starts with it.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    stops: Sequence[str] = ()
+    tokens: list[int] = field(default_factory=list)
+    shown: str = ""
+    stopped: bool = False
+
+    @property
+    def text(self) -> str:
+        """All text so far, up to the first stop string."""
+        text = str(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
+        hits = [text.index(s) for s in self.stops if s and s in text]
+        if hits:
+            self.stopped = True
+            return text[: min(hits)]
+        return text
+
+    def add(self, token: int) -> str:
+        """Take one token; return the newly visible text (sets `stopped` at a stop string)."""
+        self.tokens.append(token)
+        visible = self.text
+        if not visible.startswith(self.shown):
+            return ""
+        new, self.shown = visible[len(self.shown) :], visible
+        return new

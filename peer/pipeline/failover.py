@@ -1,0 +1,135 @@
+"""Generation that survives a stage dying: wait for the new plan, replay, continue the stream.
+
+The origin keeps the prompt and every token it has yielded. When the route breaks (a link
+closes, a stage answers with an error, a peer is declared dead), it waits, bounded, for a plan
+whose stages all serve it, opens a new session there, and sends prompt + generated tokens as
+one prefill. Sampling is keyed by (seed, position), so the tokens that follow are the ones the
+undisturbed run would have produced: none lost, none repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from ..errors import PeerError, StageError
+from ..wire import SamplingParams, WireDtype
+from .origin import Origin
+
+log = logging.getLogger(__name__)
+
+# Faults of the request itself: no other route can do better.
+FATAL_CODES = frozenset({"ContextError", "bad-token", "bad-frame", "bad-shape", "too-large"})
+RETRY_PAUSE_S = 0.25
+
+
+class NoRouteError(PeerError):
+    """No plan whose stages all serve it appeared in time (the cluster cannot hold the model)."""
+
+
+@dataclass(frozen=True)
+class ReadyLayout:
+    """A layout whose stages all serve it: its id and the stages' peer addresses in order."""
+
+    layout_id: str
+    urls: tuple[str, ...]
+
+
+LayoutSource = Callable[[float], Awaitable[ReadyLayout]]  # wait up to N seconds for a ready layout
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """One fail-over: at which generated token, how long the stream stood still (from the
+    failure's notice to the next token; `route_wait_s` of it waiting for a ready plan, the rest
+    replaying), and why."""
+
+    at_token: int
+    seconds: float
+    route_wait_s: float
+    reason: str
+    old_layout: str
+    new_layout: str
+
+
+async def generate_with_failover(
+    origin: Origin,
+    layouts: LayoutSource,
+    prompt_ids: Sequence[int],
+    sampling: SamplingParams,
+    max_tokens: int,
+    stop_ids: Sequence[int] = (),
+    wire_dtype: WireDtype = "float32",
+    recovery_timeout_s: float = 60.0,
+    recoveries: list[Recovery] | None = None,
+) -> AsyncIterator[int]:
+    """Stream token ids like `Origin.generate`, replaying on another route after a failure."""
+    produced: list[int] = []
+    failed_at: float | None = None
+    reason, old_layout = "", ""
+    while len(produced) < max_tokens:
+        waited = time.monotonic() - failed_at if failed_at is not None else 0.0
+        route = await layouts(max(recovery_timeout_s - waited, 0.0))
+        routed_at = time.monotonic()
+        try:
+            tokens = origin.generate(
+                route.urls,
+                [*prompt_ids, *produced],
+                sampling,
+                max_tokens - len(produced),
+                stop_ids,
+                layout_id=route.layout_id,
+                wire_dtype=wire_dtype,
+            )
+            async with contextlib.aclosing(tokens):  # the session is closed at once, even when we stop early
+                async for token in tokens:
+                    if failed_at is not None:
+                        recovery = Recovery(
+                            len(produced),
+                            time.monotonic() - failed_at,
+                            routed_at - failed_at,
+                            reason,
+                            old_layout,
+                            route.layout_id,
+                        )
+                        log.info(
+                            "fail-over done: resumed at token %d on layout %s after %.2f s (%s)",
+                            recovery.at_token,
+                            route.layout_id,
+                            recovery.seconds,
+                            reason,
+                        )
+                        if recoveries is not None:
+                            recoveries.append(recovery)
+                        failed_at = None
+                    produced.append(token)
+                    yield token
+            return  # a stop token, or max_tokens reached
+        except StageError as error:
+            if error.code in FATAL_CODES:
+                raise
+            now = time.monotonic()
+            if failed_at is None:
+                failed_at, reason, old_layout = now, str(error), route.layout_id
+                log.warning(
+                    "route of layout %s broke at token %d: %s; failing over", route.layout_id, len(produced), error
+                )
+            if now - failed_at > recovery_timeout_s:
+                raise NoRouteError(f"no working route within {recovery_timeout_s:.0f} s after: {reason}") from error
+            await asyncio.sleep(RETRY_PAUSE_S)
+
+
+async def wait_for(condition: Callable[[], ReadyLayout | str], timeout_s: float, poll_s: float = 0.1) -> ReadyLayout:
+    """Poll `condition` (a ReadyLayout when ready, else the reason it is not) until ready or timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = condition()
+        if isinstance(state, ReadyLayout):
+            return state
+        if time.monotonic() >= deadline:
+            raise NoRouteError(state)
+        await asyncio.sleep(poll_s)

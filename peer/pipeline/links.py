@@ -1,0 +1,137 @@
+"""Persistent WebSocket links: one outbound socket per target URL, many sessions on it.
+
+`Links.send` connects on first use, serialises writers per link, and bounds every wait with a
+timeout. aiohttp's `send_bytes` waits for the socket to drain, which is the back-pressure: a slow
+next stage slows its sender instead of growing a queue. Frames that come back on an outbound
+socket (error reports from the receiver) go to `on_frame`.
+`frame_endpoint` is the inbound side: an aiohttp handler that decodes each binary message and hands
+it to a callback; a malformed frame is answered with an error frame and the link stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from ..errors import ProtocolError, StageError
+from ..wire import MAX_FRAME_BYTES, Error, Frame, decode, encode
+from .servers import SOCKETS
+
+log = logging.getLogger(__name__)
+
+Reply = Callable[[Frame], Awaitable[None]]
+FrameHandler = Callable[[Frame, Reply], Awaitable[None]]
+CloseHandler = Callable[[str], Awaitable[None]]
+
+CONNECT_TIMEOUT_S = 10.0
+SEND_TIMEOUT_S = 30.0
+STAGE_PATH = "/stage"
+
+
+class Links:
+    """Outbound links by URL."""
+
+    def __init__(self, on_frame: FrameHandler | None = None, on_close: CloseHandler | None = None) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._sockets: dict[str, aiohttp.ClientWebSocketResponse] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._on_frame = on_frame
+        self._on_close = on_close  # the receiver closed the link (e.g. its process died)
+        self._closing = False
+
+    async def _socket(self, url: str) -> aiohttp.ClientWebSocketResponse:
+        socket = self._sockets.get(url)
+        if socket is not None and not socket.closed:
+            return socket
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S))
+        try:
+            socket = await asyncio.wait_for(
+                self._session.ws_connect(url + STAGE_PATH, max_msg_size=MAX_FRAME_BYTES, compress=0),
+                CONNECT_TIMEOUT_S,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise StageError(f"cannot reach {url}: {error or type(error).__name__}") from error
+        self._sockets[url] = socket
+        # The reader is owned by this object and cancelled in close(): not fire-and-forget.
+        self._readers[url] = asyncio.get_running_loop().create_task(self._read(url, socket))
+        return socket
+
+    async def _read(self, url: str, socket: aiohttp.ClientWebSocketResponse) -> None:
+        async for message in socket:
+            if message.type != aiohttp.WSMsgType.BINARY:
+                continue
+            try:
+                frame = decode(message.data)
+            except ProtocolError as error:
+                log.warning("bad frame back from %s: %s", url, error)
+                continue
+            if self._on_frame is not None:
+                await self._on_frame(frame, lambda reply: self.send(url, reply))
+        # The socket ended without us closing it: tell the owner now rather than at the next send.
+        if not self._closing and self._on_close is not None:
+            await self._on_close(url)
+
+    async def send(self, url: str, frame: Frame) -> None:
+        """Send one frame to the stage at `url` (connecting if needed)."""
+        lock = self._locks.setdefault(url, asyncio.Lock())
+        async with lock:
+            socket = await self._socket(url)
+            try:
+                await asyncio.wait_for(socket.send_bytes(encode(frame)), SEND_TIMEOUT_S)
+            except (ConnectionError, aiohttp.ClientError, TimeoutError, RuntimeError) as error:
+                await socket.close()
+                raise StageError(f"link to {url} broke: {error or type(error).__name__}") from error
+
+    async def close(self) -> None:
+        """Close every link."""
+        self._closing = True
+        for task in self._readers.values():
+            task.cancel()
+        for task in self._readers.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for socket in self._sockets.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(socket.close(), 1.0)
+        if self._session is not None:
+            await self._session.close()
+        self._sockets.clear()
+        self._readers.clear()
+
+
+def frame_endpoint(handler: FrameHandler) -> Callable[[web.Request], Awaitable[web.WebSocketResponse]]:
+    """An aiohttp handler for inbound links: decode, dispatch, answer bad frames."""
+
+    async def endpoint(request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, compress=False)
+        await socket.prepare(request)
+        if SOCKETS in request.app:
+            request.app[SOCKETS].add(socket)
+        send_lock = asyncio.Lock()
+
+        async def reply(frame: Frame) -> None:
+            async with send_lock:
+                if not socket.closed:
+                    await asyncio.wait_for(socket.send_bytes(encode(frame)), SEND_TIMEOUT_S)
+
+        async for message in socket:
+            if message.type == aiohttp.WSMsgType.BINARY:
+                try:
+                    frame = decode(message.data)
+                except ProtocolError as error:
+                    log.warning("bad frame from %s: %s", request.remote, error)
+                    await reply(Error("", error.code, error.message))
+                    continue
+                await handler(frame, reply)
+            elif message.type == aiohttp.WSMsgType.TEXT:
+                await reply(Error("", "bad-frame", "frames are binary msgpack"))
+        return socket
+
+    return endpoint

@@ -1,0 +1,98 @@
+"""The origin: opens a session along a route, feeds tokens to stage 0, yields the sampled ones.
+
+The origin owns the stop decision (end-of-sequence ids, max tokens; stop strings are checked
+by the caller that holds the tokenizer), so stages stay simple. Tokens arrive on the origin's own
+endpoint (the last stage connects to it); error frames arrive either there or back on the link
+to stage 0. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncGenerator, Sequence
+
+from aiohttp import web
+
+from ..errors import StageError
+from ..wire import Close, Error, Frame, InputIds, Open, Sampled, SamplingParams, WireDtype
+from .links import STAGE_PATH, Links, Reply, frame_endpoint
+
+STEP_TIMEOUT_S = 120.0
+
+
+class Origin:
+    """Generation sessions started from this process."""
+
+    def __init__(self, url: str = "", prefix: str = "") -> None:
+        # Where the last stage reaches this origin (base URL + prefix); set once the server listens.
+        self.url = url
+        self.prefix = prefix  # "/origin" when the origin shares an app with a stage server
+        self.links = Links(on_frame=self._receive, on_close=self._link_closed)
+        self._queues: dict[str, asyncio.Queue[Sampled | Error]] = {}
+        self._routes: dict[str, tuple[str, ...]] = {}
+
+    def add_routes(self, app: web.Application) -> None:
+        """Mount the endpoint the last stage sends tokens to."""
+        app.router.add_get(self.prefix + STAGE_PATH, frame_endpoint(self._receive))
+
+    def abort_route(self, url: str, code: str, message: str) -> None:
+        """Fail every session whose route passes `url` (its peer was declared dead)."""
+        for session, route in self._routes.items():
+            if url in route:
+                self._queues[session].put_nowait(Error(session, code, message))
+
+    async def _link_closed(self, url: str) -> None:
+        self.abort_route(url, "link-broken", f"the stage at {url} closed the link")
+
+    async def _receive(self, frame: Frame, _reply: Reply) -> None:
+        if isinstance(frame, Sampled | Error):
+            queue = self._queues.get(frame.session)
+            if queue is not None:
+                queue.put_nowait(frame)
+
+    async def generate(
+        self,
+        route: Sequence[str],
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams,
+        max_tokens: int,
+        stop_ids: Sequence[int] = (),
+        layout_id: str = "",
+        wire_dtype: WireDtype = "float32",
+        timeout_s: float = STEP_TIMEOUT_S,
+    ) -> AsyncGenerator[int, None]:
+        """Stream generated token ids (stop ids are not yielded)."""
+        session = secrets.token_hex(8)
+        queue: asyncio.Queue[Sampled | Error] = asyncio.Queue()
+        self._queues[session] = queue
+        self._routes[session] = tuple(route)
+        stage0 = route[0]
+        try:
+            await self.links.send(stage0, Open(session, tuple(route), 0, self.url, layout_id, sampling, wire_dtype))
+            position, feed = 0, list(prompt_ids)
+            for _ in range(max_tokens):
+                await self.links.send(stage0, InputIds(session, position, tuple(feed)))
+                try:
+                    reply = await asyncio.wait_for(queue.get(), timeout_s)
+                except TimeoutError:
+                    raise StageError(f"no token within {timeout_s:.0f}s (session {session})", "timeout") from None
+                if isinstance(reply, Error):
+                    raise StageError(f"{reply.code}: {reply.message}", reply.code)
+                position += len(feed)
+                if reply.position != position:
+                    raise StageError(f"token for position {reply.position}, expected {position}", "out-of-order")
+                if reply.token_id in stop_ids:
+                    return
+                yield reply.token_id
+                feed = [reply.token_id]
+        finally:
+            del self._queues[session]
+            del self._routes[session]
+            with contextlib.suppress(StageError):  # a stage that is gone took its sessions along
+                await self.links.send(stage0, Close(session))
+
+    async def close(self) -> None:
+        """Close the links."""
+        await self.links.close()

@@ -1,0 +1,40 @@
+"""Start and stop aiohttp servers on a host and port (port 0: any free one)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import Callable
+
+from aiohttp import WSCloseCode, web
+
+SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("sockets")
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """Close inbound WebSockets at shutdown instead of waiting for their peers to."""
+    sockets: weakref.WeakSet[web.WebSocketResponse] = app[SOCKETS]
+    for socket in list(sockets):
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(socket.close(code=WSCloseCode.GOING_AWAY), 1.0)
+
+
+SHUTDOWN_TIMEOUT_S = 2.0
+
+
+async def start_server(
+    mount: Callable[[web.Application], None], host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, str]:
+    """Serve an app with the routes `mount` adds; returns the runner and the base URL."""
+    app = web.Application()
+    app[SOCKETS] = weakref.WeakSet()
+    app.on_shutdown.append(_close_sockets)
+    mount(app)
+    # Open WebSockets would hold a graceful shutdown for the default 60 s; links reconnect anyway.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_host, bound_port = runner.addresses[0][:2]
+    return runner, f"http://{bound_host}:{bound_port}"
