@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from dataclasses import dataclass
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+log = logging.getLogger(__name__)
+
 SERVICE_TYPE = "_edgeshard._tcp.local."
-PROTOCOL_VERSION = "1"
+PROTOCOL_VERSION = "2"  # the peer wire (frames) changed in 2
 RESOLVE_TIMEOUT_MS = 3000
 
 
@@ -32,6 +35,11 @@ class Found:
     cluster: str
     model: str
     version: str
+
+
+def peer_of(instance: str) -> str:
+    """The peer id in an instance name "ID@CLUSTER._edgeshard._tcp.local." (or "ID@CLUSTER-2...")."""
+    return instance.removesuffix("." + SERVICE_TYPE).rpartition("@")[0] or instance.removesuffix("." + SERVICE_TYPE)
 
 
 def _text(properties: dict[bytes, bytes | None], key: str) -> str:
@@ -62,8 +70,9 @@ class MdnsDiscovery:
         self._info: AsyncServiceInfo | None = None
         self._resolving: set[asyncio.Task[None]] = set()
 
-    def _instance(self, peer_id: str) -> str:
-        return f"{peer_id}.{SERVICE_TYPE}"
+    def _instance(self) -> str:
+        # The cluster is part of the name: two clusters on one LAN may both have a peer "p1".
+        return f"{self.peer_id}@{self.cluster}.{SERVICE_TYPE}"
 
     async def start(self) -> None:
         """Register our service and start browsing."""
@@ -73,22 +82,27 @@ class MdnsDiscovery:
             self._zeroconf = AsyncZeroconf(ip_version=IPVersion.V4Only)
         self._info = AsyncServiceInfo(
             SERVICE_TYPE,
-            self._instance(self.peer_id),
+            self._instance(),
             addresses=[socket.inet_aton(self.host)],
             port=self.port,
             properties={"id": self.peer_id, "v": PROTOCOL_VERSION, "cluster": self.cluster, "model": self.model},
             server=f"{self.peer_id}.local.",
         )
-        # The async API returns a task that finishes once the announcements are sent.
-        await (await self._zeroconf.async_register_service(self._info))
+        # The async API returns a task that finishes once the announcements are sent. A peer that
+        # restarts right after a crash (no goodbye sent) can find its old record still cached on
+        # the LAN: then it takes "name-2" (RFC 6762 conflict resolution); peers are identified by
+        # the TXT id, not by the instance name.
+        await (await self._zeroconf.async_register_service(self._info, allow_name_change=True))
+        if self._info.name != self._instance():
+            log.warning("mDNS: %s is still announced on the network; announcing as %s", self.peer_id, self._info.name)
         self._browser = AsyncServiceBrowser(self._zeroconf.zeroconf, [SERVICE_TYPE], handlers=[self._on_change])
 
     def _on_change(self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange) -> None:
-        if name == self._instance(self.peer_id):
+        if self._info is not None and name == self._info.name:
             return
         if state_change is ServiceStateChange.Removed:
             if self.on_lost is not None:
-                self.on_lost(name.removesuffix("." + SERVICE_TYPE))
+                self.on_lost(peer_of(name))
             return
         # Resolving is async; the browser calls us synchronously on the loop. The task is kept
         # in a set owned by this object and cancelled in stop().
@@ -106,7 +120,7 @@ class MdnsDiscovery:
         properties = info.properties
         self.on_found(
             Found(
-                peer_id=_text(properties, "id") or name.removesuffix("." + SERVICE_TYPE),
+                peer_id=_text(properties, "id") or peer_of(name),
                 address=f"http://{addresses[0]}:{info.port}",
                 cluster=_text(properties, "cluster"),
                 model=_text(properties, "model"),

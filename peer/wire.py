@@ -26,6 +26,7 @@ import msgpack
 
 from .errors import ProtocolError
 
+WIRE_VERSION = 2  # 2: frames "input"/"sampled", Open carries "layout"; peers of another version never share a plan
 MAX_FRAME_BYTES = 64 * 2**20
 MAX_TOKENS = 1 << 16
 MAX_ROUTE = 64

@@ -22,7 +22,8 @@ from transformers import PreTrainedTokenizerBase
 
 from ..errors import PeerError
 from ..model.text import TextStream, chat_ids
-from ..pipeline.failover import NoRouteError, ReadyLayout, generate_with_failover
+from ..pipeline.failover import NoRouteError, generate_with_failover
+from ..pipeline.layouts import ReadyLayout
 from ..pipeline.origin import Origin
 from .schemas import DEFAULT_MAX_TOKENS, ChatRequest, Completion, RequestError, error_body, parse_chat_request
 

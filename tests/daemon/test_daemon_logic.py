@@ -12,11 +12,13 @@ from edgeshard.discovery.probe import settle
 from edgeshard.discovery.records import PeerId, PeerRecord
 from edgeshard.peer.api.schemas import RequestError, parse_chat_request
 from edgeshard.peer.daemon.config import ConfigError, PeerConfig, load_config, parse_bytes
+from edgeshard.peer.daemon.identity import planning_settings
 from edgeshard.peer.daemon.lifecycle import layout_id
 from edgeshard.peer.daemon.planview import plannable, source_of
 from edgeshard.peer.model.files import GGUFModel
 from edgeshard.peer.model.profile import unit_sizes
 from edgeshard.peer.model.shard import Shard
+from edgeshard.peer.wire import WIRE_VERSION
 from edgeshard.solver import Cost, DeviceId, Plan, PlanId, Stage
 
 
@@ -70,6 +72,14 @@ def test_the_command_exits_2_with_one_line_on_bad_settings(tmp_path: Path) -> No
 def test_the_shipped_example_settings_parse_to_the_defaults() -> None:
     example = Path(__file__).resolve().parents[2] / "systemd" / "peer.toml"
     assert load_config({}, {}, str(example)) == PeerConfig()
+
+
+def test_peers_of_another_wire_version_plan_apart() -> None:
+    settings = planning_settings(PeerConfig())
+    assert settings.startswith(f"wire{WIRE_VERSION}/") and "context=2048" in settings
+    own, old = _record("a", settings=settings), _record("b", settings=settings.split("/", 1)[1])
+    fit, excluded = plannable([own, old], own)
+    assert [r.peer_id for r in fit] == ["a"] and "other settings" in excluded["b"]
 
 
 def test_sizes_parse_binary_and_decimal() -> None:

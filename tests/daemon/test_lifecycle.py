@@ -27,7 +27,7 @@ from edgeshard.peer.daemon.lifecycle import (
     stage_of,
 )
 from edgeshard.peer.daemon.planview import cluster_from_view
-from edgeshard.peer.pipeline.failover import ReadyLayout
+from edgeshard.peer.pipeline.layouts import ReadyLayout
 from edgeshard.solver import InfeasibleError, Plan, Unit, plan
 
 GiB = 2**30
@@ -194,6 +194,37 @@ def test_a_peer_that_cannot_load_withdraws_and_the_next_plan_leaves_it_out() -> 
     assert state.phase == "standby" and state.adopted is not None
     assert failing not in [s.device for s in state.adopted.plan.stages]
     assert holding.announced == state.adopted.layout_id
+
+
+def test_a_failed_peer_withdraws_before_even_an_urgent_re_plan() -> None:
+    records = [record(A), record(B), record(C)]
+    view = view_of(records)
+    state = planned(State(), view, solve(view))
+    assert state.adopted is not None
+    failing = next(PeerId(s.device) for s in state.adopted.plan.stages)
+    mine = stage_of(state.adopted.plan, failing)
+    assert mine is not None
+    state = load_failed(state, mine.start, mine.end, "out of memory")
+    others = [r for r in records if r.peer_id != failing]
+    died = view_of([record(failing), others[0]], departures=1)  # a peer left while we loaded
+    state, action = decide(died, state, Holding(), failing, now=1.0)
+    assert action == Announce("", withdraw=True)  # first: a plan now would give us our units again
+    state, action = decide(died, state, Holding(withdrawn=True), failing, now=1.0)
+    assert action == Solve(died)
+
+
+def test_the_phase_says_serving_as_soon_as_the_stage_serves_even_while_a_view_settles() -> None:
+    records = [record(A, memory=GiB), record(B, memory=GiB), record(C, memory=GiB)]
+    view = view_of(records)
+    state = planned(State(), view, solve(view))
+    assert state.adopted is not None
+    mine = stage_of(state.adopted.plan, A)
+    assert mine is not None
+    layout = state.adopted.layout_id
+    done = Holding(units=(mine.start, mine.end), serving=layout, announced=layout)
+    joined = view_of([*records, record(PeerId("d"), memory=GiB)])
+    state, action = decide(joined, state, done, A, now=1.0)
+    assert action == Wait(1.0 + SETTLE_S) and state.phase == "serving"
 
 
 def test_a_half_loaded_stage_finishes_before_a_new_view_is_planned_but_not_before_a_death() -> None:

@@ -16,7 +16,8 @@ from edgeshard.peer.api.handlers import Api, Backend
 from edgeshard.peer.model.files import GGUFModel
 from edgeshard.peer.model.shard import even_split, unit_count
 from edgeshard.peer.model.text import stop_token_ids
-from edgeshard.peer.pipeline.failover import NoRouteError, ReadyLayout
+from edgeshard.peer.pipeline.failover import NoRouteError
+from edgeshard.peer.pipeline.layouts import ReadyLayout
 from edgeshard.peer.pipeline.local import LocalCluster
 from edgeshard.peer.pipeline.origin import Origin
 from edgeshard.peer.pipeline.servers import start_server
