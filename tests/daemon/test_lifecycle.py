@@ -173,15 +173,20 @@ def test_an_infeasible_view_refuses_sessions_and_says_why() -> None:
     assert ready_layout(state, records) == state.problem
 
 
+def failed_load(view: View) -> tuple[State, PeerId]:
+    """The state of a peer of the plan for `view` whose units failed to load, and which peer."""
+    state = planned(State(), view, solve(view))
+    assert state.adopted is not None
+    failing = PeerId(state.adopted.plan.stages[0].device)
+    mine = stage_of(state.adopted.plan, failing)
+    assert mine is not None
+    return load_failed(state, mine.start, mine.end, "out of memory"), failing
+
+
 def test_a_peer_that_cannot_load_withdraws_and_the_next_plan_leaves_it_out() -> None:
     records = [record(A), record(B), record(C)]
     view = view_of(records)
-    state = planned(State(), view, solve(view))
-    assert state.adopted is not None
-    failing = next(PeerId(s.device) for s in state.adopted.plan.stages)
-    mine = stage_of(state.adopted.plan, failing)
-    assert mine is not None
-    state = load_failed(state, mine.start, mine.end, "out of memory")
+    state, failing = failed_load(view)
     assert state.phase == "failed" and "cannot load" in state.problem and state.adopted is None
     state, action = decide(view, state, Holding(), failing, now=1.0)
     assert action == Announce("", withdraw=True)
@@ -199,12 +204,7 @@ def test_a_peer_that_cannot_load_withdraws_and_the_next_plan_leaves_it_out() -> 
 def test_a_failed_peer_withdraws_before_even_an_urgent_re_plan() -> None:
     records = [record(A), record(B), record(C)]
     view = view_of(records)
-    state = planned(State(), view, solve(view))
-    assert state.adopted is not None
-    failing = next(PeerId(s.device) for s in state.adopted.plan.stages)
-    mine = stage_of(state.adopted.plan, failing)
-    assert mine is not None
-    state = load_failed(state, mine.start, mine.end, "out of memory")
+    state, failing = failed_load(view)
     others = [r for r in records if r.peer_id != failing]
     died = view_of([record(failing), others[0]], departures=1)  # a peer left while we loaded
     state, action = decide(died, state, Holding(), failing, now=1.0)
