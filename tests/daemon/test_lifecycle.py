@@ -28,7 +28,7 @@ from edgeshard.peer.daemon.lifecycle import (
 )
 from edgeshard.peer.daemon.planview import cluster_from_view
 from edgeshard.peer.pipeline.layouts import ReadyLayout
-from edgeshard.solver import InfeasibleError, Plan, Unit, plan
+from edgeshard.solver import InfeasibleError, Plan, Stage, Unit, plan
 
 GiB = 2**30
 UNITS = [
@@ -41,6 +41,9 @@ A, B, C = PeerId("a"), PeerId("b"), PeerId("c")
 
 def record(peer: PeerId, memory: int = 2 * GiB, serving: str = "") -> PeerRecord:
     return PeerRecord(peer, 1, 0, f"http://{peer}:7420", "c", "model", memory, (1.0,) * len(UNITS), serving=serving)
+
+
+THREE_PEERS = [record(A, memory=GiB), record(B, memory=GiB), record(C, memory=GiB)]  # all three needed
 
 
 def view_of(records: list[PeerRecord], departures: int = 0) -> View:
@@ -100,7 +103,7 @@ def test_a_departure_re_plans_at_once() -> None:
 
 
 def test_a_peer_loads_its_units_serves_then_announces() -> None:
-    view = view_of([record(A, memory=GiB), record(B, memory=GiB), record(C, memory=GiB)])
+    view = view_of(THREE_PEERS)
     state = planned(State(pending_key=view.key, pending_since=0.0), view, solve(view))
     assert state.phase == "loading" and state.adopted is not None
     mine = stage_of(state.adopted.plan, A)
@@ -116,7 +119,7 @@ def test_a_peer_loads_its_units_serves_then_announces() -> None:
 
 
 def test_every_peer_reaches_the_same_layout_and_its_own_stage() -> None:
-    records = [record(A, memory=GiB), record(B, memory=GiB), record(C, memory=GiB)]
+    records = THREE_PEERS
     states = {}
     for peer in (A, B, C):
         state, _ = converge(State(), view_of(records), peer, Holding(), now=0.0)
@@ -140,7 +143,7 @@ def test_a_peer_without_a_stage_drops_its_units_and_stands_by() -> None:
 
 
 def test_costs_that_move_without_moving_a_split_point_change_nothing() -> None:
-    records = [record(A, memory=GiB), record(B, memory=GiB), record(C, memory=GiB)]
+    records = THREE_PEERS
     state, _ = converge(State(), view_of(records), A, Holding(), now=0.0)
     state, holding = converge(state, view_of(records), A, Holding(), now=SETTLE_S)
     slower = [replace(r, unit_ms=(1.2,) * len(UNITS)) for r in records]
@@ -157,7 +160,7 @@ def test_costs_that_move_without_moving_a_split_point_change_nothing() -> None:
 
 
 def test_an_infeasible_view_refuses_sessions_and_says_why() -> None:
-    records = [record(A, memory=GiB), record(B, memory=GiB), record(C, memory=GiB)]
+    records = THREE_PEERS
     state, holding = converge(State(), view_of(records), A, Holding(), now=0.0)
     state, holding = converge(state, view_of(records), A, holding, now=SETTLE_S)
     assert state.phase == "serving" and holding.serving
@@ -171,6 +174,15 @@ def test_an_infeasible_view_refuses_sessions_and_says_why() -> None:
     state, after = converge(state, two, A, holding, now=5.1)
     assert after.units == holding.units and after.serving == "" and after.announced == ""
     assert ready_layout(state, records) == state.problem
+
+
+def adopted_by(peer: PeerId, view: View) -> tuple[State, Stage]:
+    """The state of `peer` once it adopted the plan for `view`, and its stage in it."""
+    state = planned(State(), view, solve(view))
+    assert state.adopted is not None
+    mine = stage_of(state.adopted.plan, peer)
+    assert mine is not None
+    return state, mine
 
 
 def failed_load(view: View) -> tuple[State, PeerId]:
@@ -214,12 +226,9 @@ def test_a_failed_peer_withdraws_before_even_an_urgent_re_plan() -> None:
 
 
 def test_the_phase_says_serving_as_soon_as_the_stage_serves_even_while_a_view_settles() -> None:
-    records = [record(A, memory=GiB), record(B, memory=GiB), record(C, memory=GiB)]
-    view = view_of(records)
-    state = planned(State(), view, solve(view))
+    records = THREE_PEERS
+    state, mine = adopted_by(A, view_of(records))
     assert state.adopted is not None
-    mine = stage_of(state.adopted.plan, A)
-    assert mine is not None
     layout = state.adopted.layout_id
     done = Holding(units=(mine.start, mine.end), serving=layout, announced=layout)
     joined = view_of([*records, record(PeerId("d"), memory=GiB)])
@@ -228,12 +237,9 @@ def test_the_phase_says_serving_as_soon_as_the_stage_serves_even_while_a_view_se
 
 
 def test_a_half_loaded_stage_finishes_before_a_new_view_is_planned_but_not_before_a_death() -> None:
-    records = [record(A, memory=GiB), record(B, memory=GiB), record(C, memory=GiB)]
-    view = view_of(records)
-    state = planned(State(), view, solve(view))
+    records = THREE_PEERS
+    state, mine = adopted_by(A, view_of(records))
     assert state.adopted is not None
-    mine = stage_of(state.adopted.plan, A)
-    assert mine is not None
     loaded = Holding(units=(mine.start, mine.end), serving=state.adopted.layout_id)
     joined = view_of([*records, record(PeerId("d"), memory=GiB)])
     _, action = decide(joined, state, loaded, A, now=1.0)
@@ -245,7 +251,7 @@ def test_a_half_loaded_stage_finishes_before_a_new_view_is_planned_but_not_befor
 
 @pytest.mark.parametrize("serving", ["", "other"])
 def test_ready_only_when_every_stage_serves_the_layout(serving: str) -> None:
-    records = [record(A, memory=GiB), record(B, memory=GiB), record(C, memory=GiB)]
+    records = THREE_PEERS
     view = view_of(records)
     state = planned(State(), view, solve(view))
     assert state.adopted is not None

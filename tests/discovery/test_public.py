@@ -10,6 +10,7 @@ import pytest
 
 
 def test_every_public_name_resolves_to_its_module() -> None:
+    assert sorted(discovery.__all__) == sorted(discovery._MODULE_OF)  # the two lists agree
     for name in discovery.__all__:
         value = getattr(discovery, name)
         assert value is getattr(sys.modules[f"edgeshard.discovery.{discovery._MODULE_OF[name]}"], name)
