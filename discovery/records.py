@@ -51,6 +51,8 @@ class PeerRecord:
     source: bool = False  # this peer asks to host stage 0 (the requests' source device)
     prefill_ms: tuple[float, ...] = ()  # measured ms per unit for a 32-token prompt
     settings: str = ""  # what shapes the plan beyond the model (dtype, context, sessions, objective)
+    units: tuple[int, ...] = ()  # (start, end) of the units held for `serving`, or ()
+    batch_scale: tuple[float, ...] = ()  # a decode pass of 1, 2, 4, 8, 16 sessions over one's
     version: int = RECORD_VERSION
 
     @property
@@ -106,6 +108,8 @@ def _to_wire(record: PeerRecord) -> dict[str, Any]:
         "src": record.source,
         "pre": list(record.prefill_ms),
         "set": record.settings,
+        "units": list(record.units),
+        "bs": list(record.batch_scale),
     }
 
 
@@ -197,9 +201,16 @@ def _from_wire(bodies: Any, max_records: int, max_units: int = 4096) -> list[Pee
             raise RecordError("a record is a map")
         unit_ms = _field(body, "unit_ms", list)
         prefill_ms = body.get("pre", [])
+        batch_scale = body.get("bs", [])
         links = _field(body, "links", list)
         if not isinstance(prefill_ms, list):
             raise RecordError("record field 'pre' of the wrong type")
+        if not (
+            isinstance(batch_scale, list)
+            and len(batch_scale) <= 16
+            and all(isinstance(x, int | float) and not isinstance(x, bool) and 0 < x < 1e6 for x in batch_scale)
+        ):
+            raise RecordError("bs: up to 16 positive numbers")
         if max(len(unit_ms), len(prefill_ms)) > max_units or len(links) > max_records:
             raise RecordError("record too large")
         if not all(isinstance(x, int | float) and not isinstance(x, bool) and x >= 0 for x in unit_ms + prefill_ms):
@@ -214,6 +225,14 @@ def _from_wire(bodies: Any, max_records: int, max_units: int = 4096) -> list[Pee
             ):
                 raise RecordError("a link is [peer, mbps, rtt_ms]")
             measured.append(LinkMeasure(PeerId(link[0]), float(link[1]), float(link[2])))
+        units = body.get("units", [])
+        if not (
+            isinstance(units, list)
+            and len(units) in (0, 2)
+            and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= max_units for x in units)
+            and (not units or units[0] < units[1])
+        ):
+            raise RecordError("units: [] or [start, end]")
         numbers = [_field(body, k, int) for k in ("inc", "hb", "mem")]
         if min(numbers) < 0:
             raise RecordError("counters and memory are non-negative")
@@ -232,6 +251,8 @@ def _from_wire(bodies: Any, max_records: int, max_units: int = 4096) -> list[Pee
                 source=body.get("src") is True,
                 prefill_ms=tuple(float(x) for x in prefill_ms),
                 settings=str(body.get("set", ""))[:128],
+                units=tuple(units),
+                batch_scale=tuple(float(x) for x in batch_scale),
                 version=_field(body, "v", int),
             )
         )

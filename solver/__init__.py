@@ -3,7 +3,7 @@
 from .cluster import Cluster, Device, DeviceId, Link, Model, Network, Unit, parse_cluster
 from .errors import ClusterFileError, InfeasibleError, InvalidPlanError, SolverError
 from .plan import OBJECTIVES, Cost, Objective, Plan, PlanId, Stage, evaluate
-from .planner import EXACT, STRATEGIES, plan
+from .planner import EXACT, STRATEGIES, assess, plan
 
 __all__ = [
     "EXACT",
@@ -25,6 +25,7 @@ __all__ = [
     "SolverError",
     "Stage",
     "Unit",
+    "assess",
     "evaluate",
     "parse_cluster",
     "plan",

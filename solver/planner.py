@@ -8,7 +8,7 @@ pruned first (see `prune`); the plan is then exact on the kept devices.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from . import baselines
 from .classes import device_classes
@@ -121,3 +121,9 @@ def plan(
             raise InfeasibleError(f"no plan fits: {infeasibility_reason(costs)}")
         raise InfeasibleError(f"{strategy} has no plan that fits this cluster")
     return make_plan(costs, objective, strategy, stages, optimal)
+
+
+def assess(cluster: Cluster, objective: Objective, stages: Sequence[Stage], strategy: str = "kept") -> Plan:
+    """A plan for stages chosen elsewhere, costed on this cluster (InvalidPlanError when they do
+    not form a valid plan here: a device is gone, or no longer holds its units)."""
+    return make_plan(CostModel(cluster), objective, strategy, stages)

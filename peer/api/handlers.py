@@ -12,6 +12,7 @@ The handlers serve any `Backend`: the daemon's node is one; a test can bring ano
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator, Sequence
@@ -25,6 +26,7 @@ from ..model.text import TextStream, chat_ids
 from ..pipeline.failover import NoRouteError, generate_with_failover
 from ..pipeline.layouts import ReadyLayout
 from ..pipeline.origin import Origin
+from .admission import Admission, QueueFull, TokenMeter
 from .schemas import DEFAULT_MAX_TOKENS, ChatRequest, Completion, RequestError, error_body, parse_chat_request
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,23 @@ def _error(status: int, message: str, kind: str, code: str | None = None) -> web
 class Api:
     """The HTTP handlers, bound to one backend."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, admission: Admission | None = None) -> None:
         self.backend = backend
+        self.admission = admission or Admission(capacity=8, queue_bound=32)
+        self.meter = TokenMeter()
+
+    def load(self) -> dict[str, Any]:
+        """What this API carries now: sessions generating and waiting, refusals, tokens/s."""
+        admission = self.admission
+        return {
+            "generating": admission.active,
+            "queued": admission.queued,
+            "capacity": admission.capacity,
+            "queue_bound": admission.queue_bound,
+            "refused": admission.refused,
+            "measured_tps": round(self.meter.rate(), 2),
+            "tokens": self.meter.total,
+        }
 
     def add_routes(self, app: web.Application) -> None:
         """Mount /v1/models, /v1/chat/completions and /v1/status."""
@@ -92,7 +109,8 @@ class Api:
         except (RequestError, ValueError) as error:
             return _error(400, str(error), "invalid_request_error")
         tokenizer = self.backend.tokenizer()
-        ids = chat_ids(tokenizer, chat.messages)
+        # Templating and tokenising a long conversation takes milliseconds: not on the loop.
+        ids = await asyncio.to_thread(chat_ids, tokenizer, chat.messages)
         context = self.backend.context
         room = context - len(ids)
         if room < 1:
@@ -100,14 +118,25 @@ class Api:
             return _error(400, message, "invalid_request_error", "context_length_exceeded")
         max_tokens = min(chat.max_tokens or DEFAULT_MAX_TOKENS, room)
         try:
-            route = await self.backend.wait_ready_layout(ROUTE_WAIT_S)
-        except NoRouteError as error:
-            return _error(503, f"the cluster is not ready: {error}", "service_unavailable", "not_ready")
-        completion = Completion(prompt_tokens=len(ids), layout_id=route.layout_id)
-        text = TextStream(tokenizer, chat.stops)
-        tokens = self._tokens(ids, chat, max_tokens, completion)
-        if chat.stream:
-            return await self._stream(request, chat, completion, text, tokens)
+            async with self.admission.slot() as queued_s:
+                try:
+                    route = await self.backend.wait_ready_layout(ROUTE_WAIT_S)
+                except NoRouteError as error:
+                    return _error(503, f"the cluster is not ready: {error}", "service_unavailable", "not_ready")
+                completion = Completion(prompt_tokens=len(ids), layout_id=route.layout_id, queued_s=queued_s)
+                text = TextStream(tokenizer, chat.stops)
+                tokens = self._tokens(ids, chat, max_tokens, completion)
+                if chat.stream:
+                    return await self._stream(request, chat, completion, text, tokens)
+                return await self._whole(chat, completion, text, tokens)
+        except QueueFull as full:
+            response = _error(429, f"the cluster is busy: {full}", "rate_limit_exceeded", "queue_full")
+            response.headers["Retry-After"] = str(full.retry_after_s)
+            return response
+
+    async def _whole(
+        self, chat: ChatRequest, completion: Completion, text: TextStream, tokens: AsyncGenerator[int, None]
+    ) -> web.Response:
         try:
             async for token in tokens:
                 text.add(token)
@@ -118,7 +147,7 @@ class Api:
             log.warning("chat completion failed: %s", error)
             return _error(502, f"generation failed: {error}", "server_error", "generation_failed")
         finally:
-            await tokens.aclose()
+            await tokens.aclose()  # also when the client went away: the stages free the session now
         body = {
             "id": completion.id,
             "object": "chat.completion",
@@ -152,6 +181,7 @@ class Api:
             recoveries=completion.recoveries,
         ):
             completion.token_ids.append(token)
+            self.meter.add()
             yield token
         if len(completion.token_ids) < max_tokens:
             completion.finish_reason = "stop"

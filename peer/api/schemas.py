@@ -108,10 +108,12 @@ class Completion:
     finish_reason: str = "length"
     layout_id: str = ""
     recoveries: list[Recovery] = field(default_factory=list)
+    queued_s: float = 0.0  # waited for a session slot (admission)
 
     def extra(self) -> dict[str, Any]:
         return {
             "layout_id": self.layout_id,
+            "queued_s": round(self.queued_s, 3),
             "token_ids": self.token_ids,
             "failovers": [asdict(r) for r in self.recoveries],
         }

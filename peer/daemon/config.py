@@ -50,7 +50,8 @@ class PeerConfig:
     max_memory: int | None = None
     cache_dir: str = ""
     context: int = 2048  # KV cache positions per session, counted in the plan's memory
-    sessions: int = 4  # concurrent sessions per stage, counted in the plan's memory
+    sessions: int = 8  # concurrent sessions per stage, counted in the plan's memory
+    queue: int = 32  # requests that wait for a session at this peer's API; more get 429
     gossip_interval_s: float = 1.0
     dead_after_s: float = 10.0  # seconds of silence before a peer is declared dead
     emulate_slowdown: float = 1.0  # testbed only: stretch compute by this factor
@@ -115,7 +116,7 @@ def _coerce(key: str, value: Any) -> Any:
         if value is None or value == "":
             return None
         return value if isinstance(value, int) and not isinstance(value, bool) else parse_bytes(str(value))
-    if key in {"context", "sessions"}:
+    if key in {"context", "sessions", "queue"}:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise ValueError("an integer")
         return int(value)
@@ -135,6 +136,8 @@ def _check(config: PeerConfig) -> None:
         raise ConfigError(f"dtype: {config.dtype!r} is not {', '.join(DTYPE_NAMES)}")
     if config.context < 1 or config.sessions < 1:
         raise ConfigError("context and sessions: must be at least 1")
+    if config.queue < 0:
+        raise ConfigError("queue: must be at least 0")
     if config.emulate_slowdown < 1:
         raise ConfigError("emulate_slowdown: a factor of at least 1")
     # A gossip round can take an interval plus a request timeout (3 s) when a target hangs.

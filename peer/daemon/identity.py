@@ -62,4 +62,15 @@ def first_record(identity: Identity, fingerprint: str, memory_bytes: int, profil
         source=config.source,
         prefill_ms=profile.prefill_ms,
         settings=planning_settings(config),
+        batch_scale=profile.batch_scale,
+    )
+
+
+def startup_line(identity: Identity, api_url: str, fingerprint: str, memory: int, ms_per_token: float) -> str:
+    """The log line of a peer that is up."""
+    config = identity.config
+    return (
+        f"peer {identity.peer_id} up: peers on {identity.address}, API on {api_url}, cluster {config.cluster!r}, "
+        f"model {config.model} ({fingerprint[:12]}), {identity.device} {config.dtype}, "
+        f"memory budget {memory / 2**30:.2f} GiB, {ms_per_token:.2f} ms/token on this device alone"
     )

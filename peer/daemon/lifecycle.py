@@ -56,6 +56,7 @@ class View:
     addresses: Mapping[PeerId, str]  # peer traffic addresses, for the layout id
     model: str  # the model fingerprint, for the layout id
     departures: int = 0  # peers that have left so far (a count that only grows)
+    incumbent: tuple[Stage, ...] | None = None  # the layout the records show served (stability.py)
     key: str = field(init=False)  # what identifies the view: same key, same plan
 
     def __post_init__(self) -> None:

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-memory", metavar="BYTES", help="cap on the memory for units, e.g. 6GiB")
     add("--cache-dir", metavar="DIR", help="converted tensors, tokenizer, device profile")
     add("--context", type=int, help="KV cache positions per session (default 2048)")
-    add("--sessions", type=int, help="concurrent sessions per stage (default 4)")
+    add("--sessions", type=int, help="concurrent sessions per stage, batched together (default 8)")
+    add("--queue", type=int, help="requests that wait for a session here; more get 429 (default 32)")
     # The flags without "-s" are the names before durations carried their unit; they still work.
     add("--dead-after-s", "--dead-after", type=float, metavar="S", help="silence before a peer is declared dead (10)")
     add("--gossip-interval-s", "--gossip-interval", type=float, metavar="S", help="seconds between gossip rounds (1)")

@@ -29,6 +29,7 @@ from edgeshard.discovery.records import PeerId
 from edgeshard.solver import InfeasibleError, Plan, SolverError, Unit, plan
 from transformers import PreTrainedTokenizerBase
 
+from ..api.admission import Admission
 from ..api.handlers import Api
 from ..api.schemas import served_model_name
 from ..errors import PeerError
@@ -43,7 +44,7 @@ from ..pipeline.origin import Origin
 from ..pipeline.servers import start_server
 from ..pipeline.stage import StageServer
 from .config import API_PORT, PEER_PORT, PeerConfig, split_host_port
-from .identity import Identity, advertised_host, first_record
+from .identity import Identity, advertised_host, first_record, startup_line
 from .lifecycle import (
     Announce,
     Holding,
@@ -60,8 +61,9 @@ from .lifecycle import (
     planned,
     ready_layout,
 )
-from .planview import cluster_from_view, plannable, source_of
+from .planview import describe_plan, plannable, predicted_tps, view_of
 from .probing import LinkFigures, probe_forever
+from .stability import hold_still
 from .status import status_document
 
 log = logging.getLogger("edgeshard.peer")
@@ -96,6 +98,7 @@ class PeerNode:
         self.gossip: Gossip
         self.identity: Identity
         self._tokenizer: PreTrainedTokenizerBase
+        self.api: Api
         self.mdns: MdnsDiscovery | None = None
 
     # --- start and stop --------------------------------------------------------------------
@@ -105,6 +108,7 @@ class PeerNode:
         config = self.config
         self.source = await asyncio.to_thread(open_model, config.model, self.cache_dir)
         source = self.source
+        self.origin.hidden_size = int(source.config.hidden_size)
         fingerprint: str = await asyncio.to_thread(lambda: source.fingerprint)
         self._tokenizer = await asyncio.to_thread(source.tokenizer)  # converted once, before the API opens
         dtype = DTYPES[config.dtype]
@@ -128,7 +132,8 @@ class PeerNode:
         self.gossip = Gossip(self.membership, bootstrap, config.gossip_interval_s, on_change=self._on_change)
 
         api_host, api_port = split_host_port(config.api_listen, API_PORT)
-        runner, api_url = await start_server(Api(self).add_routes, api_host, api_port)
+        self.api = Api(self, Admission(config.sessions, config.queue))
+        runner, api_url = await start_server(self.api.add_routes, api_host, api_port, cancel_on_disconnect=True)
         self._runners.append(runner)
         if config.mdns:
             self.mdns = MdnsDiscovery(
@@ -141,20 +146,7 @@ class PeerNode:
                 interfaces=config.interface or None,
             )
             await self.mdns.start()
-        log.info(
-            "peer %s up: peers on %s, API on %s, cluster %r, model %s (%s), %s %s, memory budget %.2f GiB, "
-            "%.2f ms/token on this device alone",
-            self.peer_id,
-            peer_url,
-            api_url,
-            config.cluster,
-            config.model,
-            fingerprint[:12],
-            self.device,
-            config.dtype,
-            memory / 2**30,
-            sum(profile.unit_ms),
-        )
+        log.info("%s", startup_line(self.identity, api_url, fingerprint, memory, sum(profile.unit_ms)))
 
     def _mount_peer(self, app: web.Application) -> None:
         self.stage.add_routes(app)
@@ -173,7 +165,9 @@ class PeerNode:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.gossip.run())
             tasks.create_task(self._plan_loop())
-            tasks.create_task(probe_forever(self.peer_id, self.membership.view, self._on_link_measured))
+            tasks.create_task(
+                probe_forever(self.peer_id, self.membership.view, self._on_link_measured, self.stage.busy)
+            )
 
     async def close(self) -> None:
         """Say goodbye over mDNS, stop serving, free the shard."""
@@ -223,7 +217,7 @@ class PeerNode:
         """This peer's view, plan and readiness (GET /v1/status)."""
         records = self.membership.view()
         _fit, excluded = plannable(records, self.membership.own)
-        return status_document(
+        document = status_document(
             self.identity,
             time.monotonic() - self.started,
             self.lifecycle,
@@ -233,6 +227,14 @@ class PeerNode:
             excluded,
             self.stage.status(),
         )
+        load = self.api.load()
+        if (adopted := self.lifecycle.adopted) is not None:  # measured beside predicted, at this load
+            figures = (records, self.membership.own, self.units, adopted.plan.stages)
+            load["predicted_tps"] = predicted_tps(*figures, load["generating"])
+            load["predicted_tps_full"] = predicted_tps(*figures, self.config.sessions)
+            document["plan"]["sessions_per_pass"] = self._batch()  # what its costs are per token of
+        document["api"] = load
+        return document
 
     # --- membership events -----------------------------------------------------------------
 
@@ -274,16 +276,14 @@ class PeerNode:
 
     def current_view(self) -> View:
         """The view this peer would plan now (compatible live peers only)."""
-        own = self.membership.own
-        records = self.membership.view()
-        fit, excluded = plannable(records, own)
+        view, excluded = view_of(
+            self.membership.view(), self.membership.own, self.units, self._departures, self._batch()
+        )
         for peer, why in excluded.items():
             if self._excluded_logged.get(peer) != why:
                 self._excluded_logged[peer] = why
                 log.warning("peer %s is left out of the plan: it %s", peer, why)
-        cluster = cluster_from_view(fit, own.model[:16], self.units, source_of(fit))
-        addresses = {record.peer_id: record.address for record in records}
-        return View(cluster, addresses, own.model, self._departures)
+        return view
 
     def _holding(self) -> Holding:
         shard = self.stage.shard
@@ -309,14 +309,19 @@ class PeerNode:
                 case Load(start, end, layout):
                     await self._load(start, end, layout)
                 case Serve(layout, unload):
-                    self._serve(layout, unload)
+                    await self._serve(layout, unload)
                 case Announce(serving, withdraw):
                     self._announce(serving, withdraw)
 
     async def _solve(self, view: View) -> None:
         outcome: Plan | Infeasible | SolverFault
+        objective = self.config.objective
+
+        def solve() -> Plan:
+            return hold_still(view.cluster, objective, plan(view.cluster, objective), view.incumbent)
+
         try:
-            outcome = await asyncio.to_thread(plan, view.cluster, self.config.objective)
+            outcome = await asyncio.to_thread(solve)
         except InfeasibleError as error:
             outcome = Infeasible(str(error))
         except SolverError as error:  # pragma: no cover - a bug in the view-to-cluster step
@@ -332,21 +337,15 @@ class PeerNode:
         if before is not None and before.layout_id == adopted.layout_id:
             log.debug("plan %s: same layout %s (only measured costs moved)", adopted.plan.plan_id, adopted.layout_id)
             return
-        result = adopted.plan
-        log.info(
-            "plan %s, layout %s (%s, %d peers): %s; predicted %.1f ms/token, %.1f tokens/s pipelined",
-            result.plan_id,
-            adopted.layout_id,
-            result.objective,
-            len(view.cluster.devices),
-            " → ".join(f"{s.device}[{s.start}:{s.end})" for s in result.stages),
-            result.latency_ms,
-            result.throughput_tps,
-        )
+        log.info("%s", describe_plan(adopted.plan, adopted.layout_id, len(view.cluster.devices), self._batch()))
+
+    def _batch(self) -> int:
+        """Sessions per pass the plan is costed for: the admitted sessions, for throughput."""
+        return self.config.sessions if self.config.objective == "throughput" else 1
 
     async def _load(self, start: int, end: int, layout: str) -> None:
         current = self.stage.shard
-        self.stage.serve(None, "")  # refuse sessions while loading
+        await self.stage.serve(None, "")  # refuse sessions while loading
         self._announce("")
         started = time.perf_counter()
         try:
@@ -355,7 +354,7 @@ class PeerNode:
             log.error("cannot load units [%d, %d): %s; leaving the plan", start, end, error)
             self.lifecycle = load_failed(self.lifecycle, start, end, str(error))
             return
-        self.stage.serve(shard, layout)
+        await self.stage.serve(shard, layout)
         log.info(
             "loaded units [%d, %d) in %.2f s (%d tensors taken over from the previous shard), %.0f MB",
             start,
@@ -378,15 +377,17 @@ class PeerNode:
             reuse=previous,
         )
 
-    def _serve(self, layout: str, unload: bool) -> None:
+    async def _serve(self, layout: str, unload: bool) -> None:
         current = self.stage.shard
         if unload and current is not None:
             log.info("unloaded units [%d, %d): this peer has no stage in layout %s", current.start, current.end, layout)
-        self.stage.serve(None if unload else current, layout)
+        await self.stage.serve(None if unload else current, layout)
 
     def _announce(self, serving: str, withdraw: bool = False) -> None:
+        shard = self.stage.shard
+        units = (shard.start, shard.end) if serving and shard is not None else ()
         if withdraw:  # offer no memory: the next plan leaves this peer out instead of waiting on it
-            self.membership.announce(serving=serving, memory_bytes=0)
+            self.membership.announce(serving=serving, units=units, memory_bytes=0)
         else:
-            self.membership.announce(serving=serving)
+            self.membership.announce(serving=serving, units=units)
         self.gossip.nudge()  # origins wait to see every stage serve the new layout

@@ -4,6 +4,13 @@ Measured figures are noisy, and two identical devices never measure exactly alik
 keep the planner from treating them as one class (see solver.classes). So per-unit times are
 rounded to `TIME_DIGITS` significant digits and memory down to `MEMORY_STEP`, and the devices
 are sorted by peer id; a link's figures are the worse of the two directions' measurements.
+
+Batch-aware costs (beyond the paper): a stage runs every ready session in one pass, and a pass of
+b sessions takes `batch_factor(b)` times one session's (each peer measures its own curve). With
+`batch` b, a device's per-unit times become the time per token inside a pass of b, t·f(b)/b, and a
+link's latency is paid once per pass, so the planner's throughput objective balances the stages
+as they really run, and a latency "plan" of that cluster costs one token of a b-session pass:
+b sessions in step make 1/that tokens per second.
 """
 
 from __future__ import annotations
@@ -12,7 +19,23 @@ import math
 from collections.abc import Sequence
 
 from edgeshard.discovery.records import PeerId, PeerRecord
-from edgeshard.solver import Cluster, Device, DeviceId, Link, Model, Network, Unit
+from edgeshard.solver import (
+    Cluster,
+    Device,
+    DeviceId,
+    InvalidPlanError,
+    Link,
+    Model,
+    Network,
+    Plan,
+    Stage,
+    Unit,
+    assess,
+)
+
+from ..model.batches import batch_factor
+from .lifecycle import View
+from .stability import served_stages
 
 TIME_DIGITS = 2
 MEMORY_STEP = 256 * 2**20
@@ -28,22 +51,24 @@ def round_significant(value: float, digits: int = TIME_DIGITS) -> float:
 
 
 def cluster_from_view(
-    records: Sequence[PeerRecord], model_name: str, units: Sequence[Unit], source: PeerId | None = None
+    records: Sequence[PeerRecord],
+    model_name: str,
+    units: Sequence[Unit],
+    source: PeerId | None = None,
+    batch: int = 1,
 ) -> Cluster:
-    """The solver's cluster for the peers in the view (callers pass only compatible peers)."""
+    """The solver's cluster for the peers in the view (callers pass only compatible peers), with
+    costs per token of a `batch`-session pass."""
     ordered = sorted(records, key=lambda r: r.peer_id)
-    devices = tuple(
-        Device(
-            DeviceId(r.peer_id),
-            r.memory_bytes // MEMORY_STEP * MEMORY_STEP,
-            tuple(round_significant(ms) for ms in r.unit_ms),
-        )
-        for r in ordered
-    )
+    devices = []
+    for r in ordered:
+        per_token = batch_factor(r.batch_scale, batch) / batch
+        times = tuple(round_significant(round_significant(ms) * per_token) for ms in r.unit_ms)
+        devices.append(Device(DeviceId(r.peer_id), r.memory_bytes // MEMORY_STEP * MEMORY_STEP, times))
     measured: dict[tuple[str, str], tuple[float, float]] = {}
     for record in ordered:
         for link in record.links:
-            measured[(record.peer_id, link.peer)] = (link.mbps, link.rtt_ms / 2)
+            measured[(record.peer_id, link.peer)] = (link.mbps, link.rtt_ms / 2 / batch)
     links = []
     ids = [r.peer_id for r in ordered]
     for i, a in enumerate(ids):
@@ -55,7 +80,7 @@ def cluster_from_view(
                 links.append(Link(DeviceId(a), DeviceId(b), mbps, latency))
     return Cluster(
         model=Model(model_name, tuple(units)),
-        devices=devices,
+        devices=tuple(devices),
         network=Network(DEFAULT_MBPS, DEFAULT_LATENCY_MS, tuple(links)),
         source=DeviceId(source) if source is not None else None,
     )
@@ -81,3 +106,39 @@ def source_of(records: Sequence[PeerRecord]) -> PeerId | None:
     """The peer that hosts stage 0: the smallest id among those asking to (None: any)."""
     asking = sorted(r.peer_id for r in records if r.source)
     return asking[0] if asking else None
+
+
+def view_of(
+    records: Sequence[PeerRecord], own: PeerRecord, units: Sequence[Unit], departures: int, batch: int = 1
+) -> tuple[View, dict[PeerId, str]]:
+    """What this peer plans: the compatible peers' cluster (costs at `batch`), the layout they
+    serve now; and why each other peer is left out."""
+    fit, excluded = plannable(records, own)
+    cluster = cluster_from_view(fit, own.model[:16], units, source_of(fit), batch)
+    addresses = {record.peer_id: record.address for record in records}
+    return View(cluster, addresses, own.model, departures, served_stages(fit, len(units))), excluded
+
+
+def predicted_tps(
+    records: Sequence[PeerRecord], own: PeerRecord, units: Sequence[Unit], stages: Sequence[Stage], sessions: int
+) -> float | None:
+    """Tokens per second that `sessions` sessions generating in step through `stages` should
+    make, from the measured costs (None when the stages are not a valid plan of this view)."""
+    fit, _excluded = plannable(records, own)
+    sessions = max(1, sessions)
+    cluster = cluster_from_view(fit, own.model[:16], units, source_of(fit), sessions)
+    try:
+        per_token_ns = assess(cluster, "latency", stages).cost.latency_ns
+    except InvalidPlanError:
+        return None
+    return 1e9 / per_token_ns if per_token_ns else None
+
+
+def describe_plan(plan: Plan, layout_id: str, peers: int, batch: int) -> str:
+    """The log line of an adopted plan."""
+    stages = " → ".join(f"{s.device}[{s.start}:{s.end})" for s in plan.stages)
+    if batch > 1:  # costs per token of a `batch`-session pass
+        figures = f"predicted {plan.throughput_tps:.1f} tokens/s pipelined, {batch} sessions per pass"
+    else:
+        figures = f"predicted {plan.latency_ms:.1f} ms/token, {plan.throughput_tps:.1f} tokens/s pipelined"
+    return f"plan {plan.plan_id}, layout {layout_id} ({plan.objective}, {peers} peers): {stages}; {figures}"

@@ -1,8 +1,11 @@
 """Link probes from this peer to every other, and which figures it publishes.
 
-Each link is probed at join and every `PROBE_INTERVAL_S` (`discovery.probe.measure_link`).
-`LinkFigures` (pure) keeps the published figures: a new measurement is published only when it
-leaves a factor-of-two band around the published one (`discovery.probe.settle`), because every
+Each link is probed at join and every `PROBE_INTERVAL_S` (`discovery.probe.measure_link`), but
+not while this peer's stage is computing: a probe that competes with a forward pass for the
+CPU measures the load, not the link (the same loopback link read 1 to 8 Gbps under load). Once
+a link has a figure, probes wait until the stage is idle. `LinkFigures` (pure) smooths what is
+published: the median of the last `WINDOW` measurements, published only when it leaves a
+factor-of-two band around the published figure (`discovery.probe.settle`), because every
 published change re-plans the cluster.
 """
 
@@ -10,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Sequence
 
 import aiohttp
@@ -22,6 +27,7 @@ log = logging.getLogger("edgeshard.peer")
 PROBE_INTERVAL_S = 60.0
 PROBE_POLL_S = 1.0
 PROBE_TIMEOUT_S = 10.0
+WINDOW = 5  # measurements per link the published figure is the median of
 
 
 class LinkFigures:
@@ -29,9 +35,14 @@ class LinkFigures:
 
     def __init__(self) -> None:
         self.published: dict[PeerId, tuple[float, float]] = {}
+        self._recent: dict[PeerId, deque[tuple[float, float]]] = {}
 
     def measured(self, peer: PeerId, mbps: float, rtt_ms: float) -> tuple[float, float] | None:
         """Take a measurement; the new published (mbps, rtt_ms), or None when it stays."""
+        recent = self._recent.setdefault(peer, deque(maxlen=WINDOW))
+        recent.append((mbps, rtt_ms))
+        mbps = statistics.median(m for m, _ in recent)
+        rtt_ms = statistics.median(r for _, r in recent)
         old = self.published.get(peer)
         new = (settle(old[0] if old else None, mbps), settle(old[1] if old else None, rtt_ms))
         if new == old:
@@ -42,6 +53,7 @@ class LinkFigures:
     def forget(self, peer: PeerId) -> None:
         """The peer left: its link is no longer published."""
         self.published.pop(peer, None)
+        self._recent.pop(peer, None)
 
     def links(self, live: Collection[PeerId]) -> tuple[LinkMeasure, ...]:
         """What our record carries: the published figures to live peers, sorted by peer."""
@@ -52,8 +64,10 @@ async def probe_forever(
     own: PeerId,
     view: Callable[[], Sequence[PeerRecord]],
     on_measured: Callable[[PeerId, float, float], None],
+    busy: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Probe every peer in `view()` at join and then every PROBE_INTERVAL_S, until cancelled."""
+    """Probe every peer in `view()` at join and then every PROBE_INTERVAL_S, until cancelled;
+    a link already measured waits while `busy()` (the stage is computing)."""
     probed: dict[PeerId, float] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)) as session:
         while True:
@@ -62,6 +76,8 @@ async def probe_forever(
             for record in view():
                 peer = record.peer_id
                 if peer == own or now - probed.get(peer, -1e9) < PROBE_INTERVAL_S:
+                    continue
+                if peer in probed and busy():
                     continue
                 probed[peer] = now
                 try:

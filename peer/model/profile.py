@@ -22,12 +22,13 @@ import torch
 from edgeshard.solver import Unit
 from transformers import LlamaConfig
 
+from .batches import BATCHES
 from .files import ModelSource, atomic_write
-from .shard import Shard, unit_count
+from .shard import Shard, Step, unit_count
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3
 PROMPT_TOKENS = 32
 DECODE_STEPS = 8
 RUNTIME_RESERVE_BYTES = 768 * 2**20  # the interpreter, torch and transformers themselves
@@ -36,7 +37,9 @@ WIRE_OVERHEAD_BYTES = 64  # frame header around a hidden state
 
 @dataclass(frozen=True)
 class Profile:
-    """Measured milliseconds per unit: one decode step, and a PROMPT_TOKENS-token prefill."""
+    """Measured milliseconds per unit: one decode step, and a PROMPT_TOKENS-token prefill;
+    and how a decode pass's time grows with the sessions in it (`batch_scale[i]`: time of a
+    pass of BATCHES[i] sessions over that of one, for a decoder layer)."""
 
     unit_ms: tuple[float, ...]
     prefill_ms: tuple[float, ...]
@@ -44,6 +47,7 @@ class Profile:
     dtype: str
     threads: int
     slowdown: float
+    batch_scale: tuple[float, ...] = ()
 
 
 def unit_sizes(config: LlamaConfig, dtype: torch.dtype, context: int, sessions: int) -> list[Unit]:
@@ -120,7 +124,36 @@ def measure(source: ModelSource, device: str, dtype: torch.dtype, slowdown: floa
         dtype=str(dtype).removeprefix("torch."),
         threads=torch.get_num_threads(),
         slowdown=slowdown,
+        batch_scale=_batch_scale(source, device, dtype, slowdown, hidden),
     )
+
+
+def _batch_scale(
+    source: ModelSource, device: str, dtype: torch.dtype, slowdown: float, hidden: torch.Tensor
+) -> tuple[float, ...]:
+    """Decode-pass time of one decoder layer for each of BATCHES sessions, over one session's.
+
+    The batch sizes take turns, round after round, and each keeps its fastest pass, so a burst
+    of competing load (peers profiling side by side at start) cannot favour one size; a bigger
+    batch never counts as cheaper than a smaller one."""
+    shard = Shard(source, 1, 2, device=device, dtype=dtype, max_sessions=sum(BATCHES), slowdown=slowdown)
+    sessions = {batch: [f"b{batch}-{i}" for i in range(batch)] for batch in BATCHES}
+    for names in sessions.values():
+        shard.run_batch([Step(s, 0, hidden[:PROMPT_TOKENS]) for s in names])
+    best = dict.fromkeys(BATCHES, float("inf"))
+    for index in range(DECODE_STEPS):
+        row = hidden[PROMPT_TOKENS + index : PROMPT_TOKENS + index + 1]
+        for batch, names in sessions.items():
+            started = time.perf_counter()
+            shard.run_batch([Step(s, PROMPT_TOKENS + index, row) for s in names])
+            _synchronize(device)
+            if index > 0:  # the first round warms up
+                best[batch] = min(best[batch], time.perf_counter() - started)
+    scale, floor = [], 1.0
+    for batch in BATCHES:
+        floor = max(floor, best[batch] / best[1])
+        scale.append(round(floor, 3))
+    return tuple(scale)
 
 
 def load_or_measure(
@@ -135,7 +168,14 @@ def load_or_measure(
         if fresh:
             raise OSError("re-measuring")
         stored = json.loads(path.read_text())
-        profile = Profile(**{**stored, "unit_ms": tuple(stored["unit_ms"]), "prefill_ms": tuple(stored["prefill_ms"])})
+        profile = Profile(
+            **{
+                **stored,
+                "unit_ms": tuple(stored["unit_ms"]),
+                "prefill_ms": tuple(stored["prefill_ms"]),
+                "batch_scale": tuple(stored["batch_scale"]),
+            }
+        )
         log.info("device profile from %s", path)
         return profile
     except (OSError, ValueError, TypeError, KeyError):
@@ -144,10 +184,13 @@ def load_or_measure(
     profile = measure(source, device, dtype, slowdown)
     atomic_write(path, json.dumps(asdict(profile)).encode())
     log.info(
-        "profiled this device in %.1f s: embed %.3f ms, decoder layer %.3f ms, head %.3f ms per token",
+        "profiled this device in %.1f s: embed %.3f ms, decoder layer %.3f ms, head %.3f ms per token; "
+        "a pass of %s sessions takes %s× one session's",
         time.perf_counter() - started,
         profile.unit_ms[0],
         profile.unit_ms[1],
         profile.unit_ms[-1],
+        "/".join(map(str, BATCHES)),
+        "/".join(f"{f:g}" for f in profile.batch_scale),
     )
     return profile

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +27,7 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from ..errors import PeerError
+from .batch import Slice, causal_mask, layer_forward
 from .files import ModelSource, iter_unit_tensors, unit_tensor_names
 
 
@@ -48,6 +50,18 @@ def even_split(units: int, stages: int) -> list[tuple[int, int]]:
         raise ValueError(f"cannot split {units} units into {stages} stages")
     bounds = [round(i * units / stages) for i in range(stages + 1)]
     return list(itertools.pairwise(bounds))
+
+
+_PENDING = SessionError("not computed")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One session's next inputs: token ids [T] on the embedding stage, else hidden states [T, H]."""
+
+    session: str
+    position: int
+    inputs: torch.Tensor
 
 
 @dataclass
@@ -203,49 +217,75 @@ class Shard(nn.Module):
     # --- compute --------------------------------------------------------------------------
 
     def run(self, session: str, position: int, inputs: torch.Tensor) -> torch.Tensor:
-        """Run this shard for `inputs` at positions [position, position + T).
+        """Run this shard for one session's `inputs` at positions [position, position + T).
 
         inputs: token ids [T] (int64) on the embedding stage, else hidden states [T, H].
         Returns hidden states [T, H], or on the head stage the logits of the last position [V].
         """
+        (output,) = self.run_batch([Step(session, position, inputs)])
+        if isinstance(output, SessionError):
+            raise output
+        return output
+
+    def run_batch(self, steps: Sequence[Step]) -> list[torch.Tensor | SessionError]:
+        """Run every step in one pass (selective batching); per step, its output or the error
+        that kept it out of the batch (an unknown session, a wrong position, a full context)."""
         started = time.perf_counter()
-        output = self._compute(session, position, inputs)
+        outputs = self._compute(steps)
         if self.slowdown > 1.0:
             # Blocks the stage's worker thread exactly as slower hardware would.
             time.sleep((self.slowdown - 1.0) * (time.perf_counter() - started))
-        return output
+        return outputs
 
     @torch.inference_mode()
-    def _compute(self, session: str, position: int, inputs: torch.Tensor) -> torch.Tensor:
-        length = int(inputs.shape[0])
-        if length < 1:
-            raise SessionError("empty input")
-        state = self._session(session, position, length)
+    def _compute(self, steps: Sequence[Step]) -> list[torch.Tensor | SessionError]:
+        results: list[torch.Tensor | SessionError] = []
+        admitted: list[tuple[int, Step, _Session]] = []
+        seen: set[str] = set()
+        for index, step in enumerate(steps):
+            try:
+                if step.session in seen:
+                    raise SessionError(f"session {step.session}: two steps in one batch")
+                if int(step.inputs.shape[0]) < 1:
+                    raise SessionError("empty input")
+                seen.add(step.session)
+                state = self._session(step.session, step.position, int(step.inputs.shape[0]))
+            except SessionError as error:
+                results.append(error)
+                continue
+            results.append(_PENDING)  # the output replaces it below
+            admitted.append((index, step, state))
+        if not admitted:
+            return results
+        slices, offset = [], 0
+        for _index, step, state in admitted:
+            length = int(step.inputs.shape[0])
+            slices.append(Slice(offset, length, step.position, state.cache))
+            offset += length
+        stacked = torch.cat([step.inputs for _i, step, _s in admitted]).to(self.device)
         if self.has_embedding:
             assert self.embedding is not None
-            hidden = nn.functional.embedding(inputs.to(self.device), self.embedding)[None]  # [1, T, H]
+            hidden = nn.functional.embedding(stacked, self.embedding)[None]  # [1, N, H]
         else:
-            hidden = inputs.to(self.device, self.dtype)[None]  # [1, T, H]
-        position_ids = torch.arange(position, position + length, device=self.device)[None]  # [1, T]
-        mask = None
-        if length > 1 and position > 0:
-            # sdpa's implicit causal mask assumes an empty cache; here queries sit after it.
-            keys = torch.arange(position + length, device=self.device)
-            mask = (keys[None, :] <= position_ids[0][:, None])[None, None]  # [1, 1, T, S]
+            hidden = stacked.to(self.dtype)[None]  # [1, N, H]
+        position_ids = torch.cat([torch.arange(s.position, s.position + s.length, device=self.device) for s in slices])[
+            None
+        ]  # [1, N]
         if self.layers:
+            masks = [causal_mask(s.position, s.length, self.device) for s in slices]
             cos_sin = self.rotary(hidden, position_ids)
-            for layer in self.layers:
-                hidden = layer(
-                    hidden,
-                    attention_mask=mask,
-                    position_ids=position_ids,
-                    cache=state.cache,
-                    use_cache=True,
-                    position_embeddings=cos_sin,
-                )
-        state.length = position + length
+            for local, layer in enumerate(self.layers):
+                assert isinstance(layer, LlamaDecoderLayer)
+                hidden = layer_forward(layer, local, hidden, cos_sin, slices, masks)
+        for (_index, step, state), part in zip(admitted, slices, strict=True):
+            state.length = step.position + part.length
         if self.has_head:
             assert self.norm is not None and self.head is not None
-            last = self.norm(hidden[:, -1])  # [1, H]
-            return nn.functional.linear(last, self.head)[0].float().cpu()  # [V], sampled on the CPU
-        return hidden[0]
+            last = torch.tensor([s.offset + s.length - 1 for s in slices], device=self.device)
+            logits = nn.functional.linear(self.norm(hidden[0, last]), self.head).float().cpu()  # [B, V]
+            per_step = list(logits)  # sampled on the CPU
+        else:
+            per_step = [hidden[0, s.rows] for s in slices]
+        for (index, _step, _state), output in zip(admitted, per_step, strict=True):
+            results[index] = output
+        return results

@@ -25,7 +25,12 @@ log = logging.getLogger(__name__)
 
 # Faults of the request itself: no other route can do better.
 FATAL_CODES = frozenset({"ContextError", "bad-token", "bad-frame", "bad-shape", "too-large"})
+# A stage that holds all the sessions it was sized for (other origins fill it too): back-pressure,
+# not a fault. The request waits its turn, then opens again on the same route.
+BACK_PRESSURE_CODES = frozenset({"busy"})
 RETRY_PAUSE_S = 0.25
+BUSY_PAUSE_MAX_S = 2.0
+BUSY_WAIT_S = 300.0
 
 
 class NoRouteError(PeerError):
@@ -61,6 +66,8 @@ async def generate_with_failover(
     produced: list[int] = []
     failed_at: float | None = None
     reason, old_layout = "", ""
+    busy_since: float | None = None
+    busy_pause = RETRY_PAUSE_S
     while len(produced) < max_tokens:
         waited = time.monotonic() - failed_at if failed_at is not None else 0.0
         route = await layouts(max(recovery_timeout_s - waited, 0.0))
@@ -103,6 +110,14 @@ async def generate_with_failover(
             if error.code in FATAL_CODES:
                 raise
             now = time.monotonic()
+            if error.code in BACK_PRESSURE_CODES:
+                busy_since = now if busy_since is None else busy_since
+                if now - busy_since > BUSY_WAIT_S:
+                    raise NoRouteError(f"the stages stayed full for {BUSY_WAIT_S:.0f} s") from error
+                await asyncio.sleep(busy_pause)
+                busy_pause = min(busy_pause * 2, BUSY_PAUSE_MAX_S)
+                continue
+            busy_since, busy_pause = None, RETRY_PAUSE_S
             if failed_at is None:
                 failed_at, reason, old_layout = now, str(error), route.layout_id
                 log.warning(

@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
+from .. import wire
 from ..errors import ProtocolError, StageError
-from ..wire import MAX_FRAME_BYTES, Error, Frame, decode, encode
+from ..wire import Error, Frame, decode, encode
 from .servers import SOCKETS
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class Links:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S))
         try:
             socket = await asyncio.wait_for(
-                self._session.ws_connect(url + STAGE_PATH, max_msg_size=MAX_FRAME_BYTES, compress=0),
+                self._session.ws_connect(url + STAGE_PATH, max_msg_size=wire.MAX_FRAME_BYTES, compress=0),
                 CONNECT_TIMEOUT_S,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
@@ -78,13 +79,14 @@ class Links:
         if not self._closing and self._on_close is not None:
             await self._on_close(url)
 
-    async def send(self, url: str, frame: Frame) -> None:
-        """Send one frame to the stage at `url` (connecting if needed)."""
+    async def send(self, url: str, frame: Frame | bytes) -> None:
+        """Send one frame (or its encoded bytes) to the stage at `url` (connecting if needed)."""
+        data = frame if isinstance(frame, bytes) else encode(frame)
         lock = self._locks.setdefault(url, asyncio.Lock())
         async with lock:
             socket = await self._socket(url)
             try:
-                await asyncio.wait_for(socket.send_bytes(encode(frame)), SEND_TIMEOUT_S)
+                await asyncio.wait_for(socket.send_bytes(data), SEND_TIMEOUT_S)
             except (ConnectionError, aiohttp.ClientError, TimeoutError, RuntimeError) as error:
                 await socket.close()
                 raise StageError(f"link to {url} broke: {error or type(error).__name__}") from error
@@ -106,11 +108,14 @@ class Links:
         self._readers.clear()
 
 
-def frame_endpoint(handler: FrameHandler) -> Callable[[web.Request], Awaitable[web.WebSocketResponse]]:
-    """An aiohttp handler for inbound links: decode, dispatch, answer bad frames."""
+def frame_endpoint(
+    handler: FrameHandler, on_close: Callable[[Reply], Awaitable[None]] | None = None
+) -> Callable[[web.Request], Awaitable[web.WebSocketResponse]]:
+    """An aiohttp handler for inbound links: decode, dispatch, answer bad frames. Each link's
+    `reply` callable is its identity: `on_close(reply)` runs when that link ends."""
 
     async def endpoint(request: web.Request) -> web.WebSocketResponse:
-        socket = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, compress=False)
+        socket = web.WebSocketResponse(max_msg_size=wire.MAX_FRAME_BYTES, compress=False)
         await socket.prepare(request)
         if SOCKETS in request.app:
             request.app[SOCKETS].add(socket)
@@ -121,17 +126,21 @@ def frame_endpoint(handler: FrameHandler) -> Callable[[web.Request], Awaitable[w
                 if not socket.closed:
                     await asyncio.wait_for(socket.send_bytes(encode(frame)), SEND_TIMEOUT_S)
 
-        async for message in socket:
-            if message.type == aiohttp.WSMsgType.BINARY:
-                try:
-                    frame = decode(message.data)
-                except ProtocolError as error:
-                    log.warning("bad frame from %s: %s", request.remote, error)
-                    await reply(Error("", error.code, error.message))
-                    continue
-                await handler(frame, reply)
-            elif message.type == aiohttp.WSMsgType.TEXT:
-                await reply(Error("", "bad-frame", "frames are binary msgpack"))
+        try:
+            async for message in socket:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    try:
+                        frame = decode(message.data)
+                    except ProtocolError as error:
+                        log.warning("bad frame from %s: %s", request.remote, error)
+                        await reply(Error("", error.code, error.message))
+                        continue
+                    await handler(frame, reply)
+                elif message.type == aiohttp.WSMsgType.TEXT:
+                    await reply(Error("", "bad-frame", "frames are binary msgpack"))
+        finally:
+            if on_close is not None:
+                await on_close(reply)
         return socket
 
     return endpoint

@@ -63,6 +63,7 @@ class LocalCluster:
 
     async def _start_threads(self) -> None:
         source = self.source or open_model(self.model)
+        self.origin.hidden_size = int(source.config.hidden_size)
         for start, end in self.ranges:
             shard = Shard(source, start, end, device=self.device, dtype=DTYPES[self.dtype])
             stage = StageServer(shard)

@@ -1,7 +1,10 @@
 """The origin: opens a session along a route, feeds tokens to stage 0, yields the sampled ones.
 
 The origin owns the stop decision (end-of-sequence ids, max tokens; stop strings are checked
-by the caller that holds the tokenizer), so stages stay simple. Tokens arrive on the origin's own
+by the caller that holds the tokenizer), so stages stay simple. A prompt goes in chunks of at
+most `PREFILL_CHUNK_TOKENS` (fewer when the model's hidden states would not fit a frame), each
+acknowledged by the token sampled after it, so a long prefill never fills a frame and the decode
+steps of other sessions run between its chunks (Sarathi-Serve's chunked prefill). Tokens arrive on the origin's own
 endpoint (the last stage connects to it); error frames arrive either there or back on the link
 to stage 0. Every wait is bounded.
 """
@@ -15,20 +18,33 @@ from collections.abc import AsyncGenerator, Sequence
 
 from aiohttp import web
 
+from .. import wire
 from ..errors import StageError
 from ..wire import Close, Error, Frame, InputIds, Open, Sampled, SamplingParams, WireDtype
 from .links import STAGE_PATH, Links, Reply, frame_endpoint
 
 STEP_TIMEOUT_S = 120.0
+PREFILL_CHUNK_TOKENS = 256
+FRAME_HEADROOM_BYTES = 4096  # a Hidden frame's fields beside its data
+
+
+def prefill_chunk(hidden_size: int | None, wire_dtype: WireDtype) -> int:
+    """Prompt tokens per chunk: PREFILL_CHUNK_TOKENS, fewer when their hidden states would
+    exceed the frame limit."""
+    if not hidden_size:
+        return PREFILL_CHUNK_TOKENS
+    fits = (wire.MAX_FRAME_BYTES - FRAME_HEADROOM_BYTES) // (hidden_size * wire.WIRE_ITEMSIZE[wire_dtype])
+    return max(1, min(PREFILL_CHUNK_TOKENS, fits))
 
 
 class Origin:
     """Generation sessions started from this process."""
 
-    def __init__(self, url: str = "", prefix: str = "") -> None:
+    def __init__(self, url: str = "", prefix: str = "", hidden_size: int | None = None) -> None:
         # Where the last stage reaches this origin (base URL + prefix); set once the server listens.
         self.url = url
         self.prefix = prefix  # "/origin" when the origin shares an app with a stage server
+        self.hidden_size = hidden_size  # sizes prefill chunks to the frame limit
         self.links = Links(on_frame=self._receive, on_close=self._link_closed)
         self._queues: dict[str, asyncio.Queue[Sampled | Error]] = {}
         self._routes: dict[str, tuple[str, ...]] = {}
@@ -69,24 +85,34 @@ class Origin:
         self._queues[session] = queue
         self._routes[session] = tuple(route)
         stage0 = route[0]
+
+        async def step(position: int, feed: Sequence[int]) -> int:
+            await self.links.send(stage0, InputIds(session, position, tuple(feed)))
+            try:
+                reply = await asyncio.wait_for(queue.get(), timeout_s)
+            except TimeoutError:
+                raise StageError(f"no token within {timeout_s:.0f}s (session {session})", "timeout") from None
+            if isinstance(reply, Error):
+                raise StageError(f"{reply.code}: {reply.message}", reply.code)
+            expected = position + len(feed)
+            if reply.position != expected:
+                raise StageError(f"token for position {reply.position}, expected {expected}", "out-of-order")
+            return reply.token_id
+
         try:
             await self.links.send(stage0, Open(session, tuple(route), 0, self.url, layout_id, sampling, wire_dtype))
+            chunk = prefill_chunk(self.hidden_size, wire_dtype)
             position, feed = 0, list(prompt_ids)
+            while len(feed) > chunk:  # the prompt's leading chunks: their sampled tokens are acks
+                await step(position, feed[:chunk])
+                position, feed = position + chunk, feed[chunk:]
             for _ in range(max_tokens):
-                await self.links.send(stage0, InputIds(session, position, tuple(feed)))
-                try:
-                    reply = await asyncio.wait_for(queue.get(), timeout_s)
-                except TimeoutError:
-                    raise StageError(f"no token within {timeout_s:.0f}s (session {session})", "timeout") from None
-                if isinstance(reply, Error):
-                    raise StageError(f"{reply.code}: {reply.message}", reply.code)
+                token = await step(position, feed)
                 position += len(feed)
-                if reply.position != position:
-                    raise StageError(f"token for position {reply.position}, expected {position}", "out-of-order")
-                if reply.token_id in stop_ids:
+                if token in stop_ids:
                     return
-                yield reply.token_id
-                feed = [reply.token_id]
+                yield token
+                feed = [token]
         finally:
             del self._queues[session]
             del self._routes[session]

@@ -24,15 +24,23 @@ SHUTDOWN_TIMEOUT_S = 2.0
 
 
 async def start_server(
-    mount: Callable[[web.Application], None], host: str = "127.0.0.1", port: int = 0
+    mount: Callable[[web.Application], None],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    cancel_on_disconnect: bool = False,
 ) -> tuple[web.AppRunner, str]:
-    """Serve an app with the routes `mount` adds; returns the runner and the base URL."""
+    """Serve an app with the routes `mount` adds; returns the runner and the base URL.
+
+    `cancel_on_disconnect`: a handler whose client goes away is cancelled (the API: a client
+    that hangs up mid-answer frees its session at once)."""
     app = web.Application()
     app[SOCKETS] = weakref.WeakSet()
     app.on_shutdown.append(_close_sockets)
     mount(app)
     # Open WebSockets would hold a graceful shutdown for the default 60 s; links reconnect anyway.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S, handler_cancellation=cancel_on_disconnect
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

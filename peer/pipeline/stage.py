@@ -3,12 +3,14 @@
 Theory of operation. A session is opened by an `Open` frame that carries the route (every
 stage's URL), this stage's hop index and the origin's URL; each stage remembers where the
 session goes next (its `SessionRoute`) and forwards the `Open` down the route. Stage 0 then
-receives `InputIds`, every other stage `Hidden`; each runs its units on the single worker thread
-(torch never runs on the event loop, so heartbeats and other links stay on time) and sends
-`Hidden` on, or, on the last stage, samples and sends `Sampled` to the origin. Frames of one
-link are handled in order, and a session has at most one step in flight (the origin waits for
-each token), so per-session order holds. Any fault in a frame is answered with an `Error` frame
-naming the session; the stage keeps serving.
+receives `InputIds`, every other stage `Hidden`. A step does not run when its frame arrives: it
+joins the `Batcher`, which runs every ready session's step in one pass on the single worker
+thread (torch, the device-to-host copy and the encoding of the outgoing frame never run on the
+event loop, so heartbeats and other links stay on time). The pass's outputs go on as `Hidden`,
+or, on the last stage, are sampled per session and sent to the origin as `Sampled`. A session has
+at most one step in flight (the origin waits for each token), so per-session order holds. Any
+fault in a frame is answered with an `Error` frame naming the session; the stage keeps serving.
+A session ends with its `Close`, with the link it came over, or with the shard it ran on.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -28,10 +30,12 @@ import psutil
 import torch
 from aiohttp import web
 
+from .. import wire
 from ..errors import ProtocolError, StageError
 from ..model.sampling import sample
-from ..model.shard import SessionError, Shard
-from ..wire import Close, Error, Frame, Hidden, InputIds, Open, Sampled, SamplingParams, WireDtype
+from ..model.shard import SessionError, Shard, Step
+from ..wire import Close, Error, Frame, Hidden, InputIds, Open, Sampled, SamplingParams, WireDtype, encode
+from .batcher import Batcher
 from .hidden import hidden_frame, hidden_tensor
 from .links import STAGE_PATH, Links, Reply, frame_endpoint
 
@@ -43,7 +47,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class SessionRoute:
-    """Where a session's output goes from this stage."""
+    """Where a session's output goes from this stage, and the link it came over."""
 
     next_url: str | None  # None on the last stage
     origin: str
@@ -51,6 +55,17 @@ class SessionRoute:
     wire_dtype: WireDtype
     layout_id: str
     opened: float = 0.0  # time.monotonic() at open
+    inbound: Reply | None = None  # the link the session came over: when it closes, so does the session
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """One step's result, encoded on the worker: where it goes and the frame's bytes."""
+
+    session: str
+    url: str
+    data: bytes
+    to_origin: bool
 
 
 class StageServer:
@@ -74,13 +89,24 @@ class StageServer:
         self.routes: dict[str, SessionRoute] = {}
         self.max_sessions = max_sessions
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard")
+        self.batcher: Batcher[list[Outbound | None]] = Batcher(self._compute, self._deliver, max_batch=max_sessions)
+        self._sending: set[asyncio.Task[None]] = set()
 
-    def serve(self, shard: Shard | None, layout_id: str) -> None:
-        """Serve another shard for `layout_id`; sessions of the old shard are dropped (their
-        caches hold other layers, so continuing them would compute garbage)."""
+    async def serve(self, shard: Shard | None, layout_id: str) -> None:
+        """Serve another shard for `layout_id`. Sessions of the old shard end (their caches hold
+        other layers, so continuing them would compute garbage) and their origins hear it at
+        once; with the same shard, sessions go on (a layout change that keeps these units)."""
         if shard is not self.shard:
-            self.routes.clear()
+            dropped = list(self.routes)
+            for session in dropped:
+                self.batcher.drop(session)
+                await self._to_origin(session, Error(session, "stale-plan", "this stage now holds other units"))
+                self.routes.pop(session, None)
         self.shard, self.layout_id = shard, layout_id
+
+    def busy(self) -> bool:
+        """Whether sessions are open here (their steps compete with anything else on the CPU)."""
+        return bool(self.routes)
 
     async def run_on_worker(self, call: Callable[[], T]) -> T:
         """Run torch work on the stage's single worker thread (caches are only touched there)."""
@@ -88,7 +114,7 @@ class StageServer:
 
     def add_routes(self, app: web.Application) -> None:
         """Mount the stage endpoint, a status page, and the idle-session sweeper."""
-        app.router.add_get(STAGE_PATH, frame_endpoint(self.handle))
+        app.router.add_get(STAGE_PATH, frame_endpoint(self.handle, on_close=self._on_inbound_closed))
         app.router.add_get("/status", self._status)
         app.cleanup_ctx.append(self._sweeper)
 
@@ -101,31 +127,34 @@ class StageServer:
             await task
 
     async def _sweep_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             shard = self.shard
             if shard is None:
                 continue
             # On the worker thread: the caches are only ever touched there.
-            for session in await loop.run_in_executor(self.worker, shard.evict_idle):
+            for session in await self.run_on_worker(shard.evict_idle):
                 self.routes.pop(session, None)
                 log.info("session %s evicted after %.0f s idle", session, shard.idle_s)
             # Routes whose session never stepped or lost its cache, and no Close came (its origin
             # or a stage before this one died): drop them, or they would fill the table.
-            live = set(await loop.run_in_executor(self.worker, list, shard.sessions))
+            live: set[str] = set(await self.run_on_worker(partial(list, shard.sessions)))
             now = time.monotonic()
             for session, route in list(self.routes.items()):
                 if session not in live and now - route.opened > SWEEP_INTERVAL_S:
                     self.routes.pop(session, None)
 
     def status(self) -> dict[str, Any]:
-        """Units, sessions and memory of this stage."""
+        """Units, sessions, batching and memory of this stage."""
         shard = self.shard
+        batcher = self.batcher
         return {
             "start": shard.start if shard else None,
             "end": shard.end if shard else None,
-            "sessions": len(shard.sessions) if shard else 0,
+            "sessions": len(self.routes),
+            "waiting_steps": batcher.waiting,
+            "passes": batcher.passes,
+            "mean_batch": round(batcher.steps / batcher.passes, 2) if batcher.passes else 0.0,
             "weight_bytes": shard.weight_bytes() if shard else 0,
             "rss_bytes": psutil.Process(os.getpid()).memory_info().rss,
             "pid": os.getpid(),
@@ -134,6 +163,8 @@ class StageServer:
 
     async def _status(self, _request: web.Request) -> web.Response:
         return web.json_response(self.status())
+
+    # --- sessions ending --------------------------------------------------------------------
 
     async def _on_returned(self, frame: Frame, _reply: Reply) -> None:
         """An error frame came back from the next stage: pass it on to the session's origin."""
@@ -145,7 +176,25 @@ class StageServer:
         for session, route in list(self.routes.items()):
             if route.next_url == url:
                 await self._to_origin(session, Error(session, "link-broken", f"the stage at {url} closed the link"))
-                self.routes.pop(session, None)
+                await self._end(session)
+
+    async def _on_inbound_closed(self, reply: Reply) -> None:
+        """The link sessions came over closed (the stage before, or the origin, is gone): those
+        sessions end here now, and down the route, instead of at the idle sweep."""
+        for session, route in list(self.routes.items()):
+            if route.inbound is reply:
+                await self._end(session)
+
+    async def _end(self, session: str) -> None:
+        """Forget a session here and tell the next stage to do the same."""
+        route = self.routes.pop(session, None)
+        self.batcher.drop(session)
+        shard = self.shard
+        if shard is not None:  # on the worker: the caches are only touched there
+            await self.run_on_worker(partial(shard.close, session))
+        if route is not None and route.next_url is not None:
+            with contextlib.suppress(StageError):
+                await self.links.send(route.next_url, Close(session))
 
     async def _to_origin(self, session: str, frame: Frame) -> None:
         route = self.routes.get(session)
@@ -156,10 +205,12 @@ class StageServer:
         except StageError as error:
             log.warning("cannot reach origin of session %s: %s", session, error)
 
+    # --- frames -----------------------------------------------------------------------------
+
     async def handle(self, frame: Frame, reply: Reply) -> None:
         """Handle one inbound frame; faults become error frames, never crashes."""
         try:
-            await self._dispatch(frame)
+            await self._dispatch(frame, reply)
         except (ProtocolError, SessionError, StageError, ValueError) as error:
             code = error.code if isinstance(error, ProtocolError | StageError) else type(error).__name__
             session = getattr(frame, "session", "")
@@ -170,7 +221,7 @@ class StageServer:
             with contextlib.suppress(Exception):
                 await reply(Error(getattr(frame, "session", ""), "stage-fault", str(error)))
 
-    async def _dispatch(self, frame: Frame) -> None:
+    async def _dispatch(self, frame: Frame, reply: Reply) -> None:
         match frame:
             case Open():
                 if self.layout_id is not None and frame.layout_id != self.layout_id:
@@ -187,27 +238,26 @@ class StageServer:
                     wire_dtype=frame.wire_dtype,
                     layout_id=frame.layout_id,
                     opened=time.monotonic(),
+                    inbound=reply,
                 )
                 if not last:
-                    await self.links.send(
-                        frame.route[frame.hop + 1],
-                        Open(
-                            frame.session,
-                            frame.route,
-                            frame.hop + 1,
-                            frame.origin,
-                            frame.layout_id,
-                            frame.sampling,
-                            frame.wire_dtype,
-                        ),
+                    following = Open(
+                        frame.session,
+                        frame.route,
+                        frame.hop + 1,
+                        frame.origin,
+                        frame.layout_id,
+                        frame.sampling,
+                        frame.wire_dtype,
                     )
+                    await self.links.send(frame.route[frame.hop + 1], following)
             case InputIds():
                 shard = self._shard()
                 if not shard.has_embedding:
                     raise ProtocolError("wrong-stage", "token ids go to the stage holding the embedding")
                 if max(frame.token_ids) >= shard.config.vocab_size:
                     raise ProtocolError("bad-token", f"token id beyond the vocabulary ({shard.config.vocab_size})")
-                await self._step(frame.session, frame.position, torch.tensor(frame.token_ids, dtype=torch.long))
+                self._submit(frame.session, frame.position, torch.tensor(frame.token_ids, dtype=torch.long))
             case Hidden():
                 shard = self._shard()
                 if shard.has_embedding:
@@ -217,13 +267,9 @@ class StageServer:
                         "bad-shape",
                         f"hidden size {frame.shape[1]}, model has {shard.config.hidden_size}",
                     )
-                await self._step(frame.session, frame.position, hidden_tensor(frame))
+                self._submit(frame.session, frame.position, hidden_tensor(frame))
             case Close():
-                route = self.routes.pop(frame.session, None)
-                if self.shard is not None:  # on the worker: the caches are only touched there
-                    await self.run_on_worker(partial(self.shard.close, frame.session))
-                if route is not None and route.next_url is not None:
-                    await self.links.send(route.next_url, frame)
+                await self._end(frame.session)
             case Sampled() | Error():
                 raise ProtocolError("wrong-stage", "sampled and error frames go to an origin")
 
@@ -232,21 +278,70 @@ class StageServer:
             raise ProtocolError("not-serving", "this peer holds no units in the current plan")
         return self.shard
 
-    async def _step(self, session: str, position: int, inputs: torch.Tensor) -> None:
-        route = self.routes.get(session)
-        if route is None:
+    def _submit(self, session: str, position: int, inputs: torch.Tensor) -> None:
+        if session not in self.routes:
             raise SessionError(f"unknown session {session} (no open frame)")
+        self.batcher.submit(Step(session, position, inputs))
+
+    # --- passes -----------------------------------------------------------------------------
+
+    async def _compute(self, batch: Sequence[Step]) -> list[Outbound | None]:
         shard = self._shard()
-        loop = asyncio.get_running_loop()
-        output = await loop.run_in_executor(self.worker, shard.run, session, position, inputs)
-        following = position + int(inputs.shape[0])
-        if route.next_url is None:
-            token = await loop.run_in_executor(self.worker, sample, output, route.sampling, following)
-            await self._to_origin(session, Sampled(session, following, token))
-        else:
-            await self.links.send(route.next_url, hidden_frame(session, position, output, route.wire_dtype))
+        routes = [self.routes.get(step.session) for step in batch]
+        return await self.run_on_worker(partial(_run_pass, shard, batch, routes))
+
+    async def _deliver(self, _batch: Sequence[Step], outputs: list[Outbound | None]) -> None:
+        # Sends run beside the next pass: a slow link delays its own sessions, not the stage.
+        for output in outputs:
+            if output is not None and output.session in self.routes:
+                task = asyncio.get_running_loop().create_task(self._send(output))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+
+    async def _send(self, output: Outbound) -> None:
+        try:
+            await self.links.send(output.url, output.data)
+        except StageError as error:
+            if not output.to_origin:
+                await self._to_origin(output.session, Error(output.session, "link-broken", str(error)))
+            else:
+                log.warning("cannot reach origin of session %s: %s", output.session, error)
 
     async def close(self) -> None:
-        """Close links and stop the worker."""
+        """Stop batching, close links and stop the worker."""
+        await self.batcher.close()
+        for task in list(self._sending):
+            task.cancel()
         await self.links.close()
         self.worker.shutdown(wait=True)
+
+
+def _run_pass(shard: Shard, batch: Sequence[Step], routes: Sequence[SessionRoute | None]) -> list[Outbound | None]:
+    """On the worker: one pass over the batch, then per step the frame that goes on, already
+    sampled (last stage) or copied to the host and encoded (any other)."""
+    try:
+        results: Sequence[torch.Tensor | BaseException] = shard.run_batch(batch)
+    except Exception as error:  # a fault of ours: these sessions fail, the stage goes on
+        log.exception("stage fault in a pass of %d steps", len(batch))
+        results = [error] * len(batch)
+    outputs: list[Outbound | None] = []
+    for step, route, result in zip(batch, routes, results, strict=True):
+        if route is None:  # closed while it waited
+            outputs.append(None)
+            continue
+        session = step.session
+        if isinstance(result, BaseException):
+            code = type(result).__name__ if isinstance(result, SessionError) else "stage-fault"
+            outputs.append(Outbound(session, route.origin, encode(Error(session, code, str(result))), True))
+        elif route.next_url is None:
+            following = step.position + int(step.inputs.shape[0])
+            token = sample(result, route.sampling, following)
+            outputs.append(Outbound(session, route.origin, encode(Sampled(session, following, token)), True))
+        else:
+            data = encode(hidden_frame(session, step.position, result, route.wire_dtype))
+            if len(data) > wire.MAX_FRAME_BYTES:
+                refusal = Error(session, "too-large", f"{len(data)} bytes of hidden states exceed the frame limit")
+                outputs.append(Outbound(session, route.origin, encode(refusal), True))
+            else:
+                outputs.append(Outbound(session, route.next_url, data, False))
+    return outputs

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from edgeshard.peer.model.files import GGUFModel, open_model, unit_tensor_names
-from edgeshard.peer.model.shard import SessionError, Shard, even_split, unit_count
+from edgeshard.peer.model.shard import SessionError, Shard, Step, even_split, unit_count
 
 
 def test_even_split() -> None:
@@ -71,6 +71,26 @@ def test_decode_with_cache_equals_full_prefill(random_hf_model: Path) -> None:
     stepwise = shard.run("step", 5, ids[5:])
     whole = shard.run("whole", 0, ids)
     assert torch.allclose(stepwise, whole, atol=1e-4)
+
+
+def test_a_batch_computes_what_each_step_computes_alone(random_hf_model: Path) -> None:
+    """Selective batching: decode steps and prompt chunks of several sessions in one pass give
+    each session the outputs it gets alone; a bad step is refused without spoiling the rest."""
+    alone, together = _shard(random_hf_model), _shard(random_hf_model)
+    prompts = {"a": [3, 14, 15], "b": [9, 2, 6, 5, 3, 5], "c": [8]}
+    for session, ids in prompts.items():
+        alone.run(session, 0, torch.tensor(ids))
+    together.run_batch([Step(s, 0, torch.tensor(ids)) for s, ids in prompts.items()])
+    steps = [Step("a", 3, torch.tensor([7])), Step("b", 6, torch.tensor([1, 2])), Step("c", 1, torch.tensor([4]))]
+    expected = [alone.run(step.session, step.position, step.inputs) for step in steps]
+    wrong = Step("ghost", 4, torch.tensor([1]))
+    outputs = together.run_batch([steps[0], wrong, steps[1], steps[2]])
+    assert isinstance(outputs[1], SessionError)
+    for got, want in zip([outputs[0], outputs[2], outputs[3]], expected, strict=True):
+        assert isinstance(got, torch.Tensor)
+        assert torch.allclose(got, want, atol=1e-4)
+        assert int(got.argmax()) == int(want.argmax())
+    assert [together.sessions[s].length for s in "abc"] == [4, 8, 2]
 
 
 def test_idle_sessions_are_evicted(random_hf_model: Path) -> None:

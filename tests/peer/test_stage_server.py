@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -14,8 +16,10 @@ from edgeshard.peer.errors import StageError
 from edgeshard.peer.model.files import GGUFModel
 from edgeshard.peer.model.shard import even_split, unit_count
 from edgeshard.peer.pipeline.hidden import hidden_frame
+from edgeshard.peer.pipeline.links import Reply, frame_endpoint
 from edgeshard.peer.pipeline.local import LocalCluster
-from edgeshard.peer.wire import Close, Error, Frame, InputIds, Open, SamplingParams, decode, encode
+from edgeshard.peer.pipeline.servers import start_server
+from edgeshard.peer.wire import Close, Error, Frame, InputIds, Open, Sampled, SamplingParams, decode, encode
 
 pytestmark = pytest.mark.slow
 
@@ -61,17 +65,67 @@ async def test_bad_frames_get_error_frames_and_the_stage_lives(cluster: LocalClu
     assert len(tokens) == 5
 
 
+@contextlib.asynccontextmanager
+async def _listening_origin() -> AsyncIterator[tuple[str, asyncio.Queue[Frame]]]:
+    """A bare origin endpoint that keeps every frame it receives."""
+    received: asyncio.Queue[Frame] = asyncio.Queue()
+
+    async def keep(frame: Frame, _reply: Reply) -> None:
+        received.put_nowait(frame)
+
+    runner, url = await start_server(lambda app: app.router.add_get("/stage", frame_endpoint(keep)))
+    try:
+        yield url, received
+    finally:
+        await runner.cleanup()
+
+
 async def test_position_out_of_order_is_an_error_not_a_crash(cluster: LocalCluster) -> None:
     stage0 = cluster.route[0]
-    open_frame = Open("s1", tuple(cluster.route), 0, "http://127.0.0.1:9", "", SamplingParams())
-    async with aiohttp.ClientSession() as session, session.ws_connect(stage0 + "/stage") as socket:
-        await socket.send_bytes(encode(open_frame))
-        await socket.send_bytes(encode(InputIds("s1", 5, (1, 2))))  # position 5 on an empty cache
-        reply = decode((await socket.receive(timeout=30)).data)
-        assert isinstance(reply, Error) and reply.session == "s1" and reply.code == "SessionError"
-        await socket.send_bytes(encode(Close("s1")))
+    async with _listening_origin() as (origin, received):
+        open_frame = Open("s1", tuple(cluster.route), 0, origin, "", SamplingParams())
+        async with aiohttp.ClientSession() as session, session.ws_connect(stage0 + "/stage") as socket:
+            await socket.send_bytes(encode(open_frame))
+            await socket.send_bytes(encode(InputIds("s1", 5, (1, 2))))  # position 5 on an empty cache
+            reply = await asyncio.wait_for(received.get(), 30)  # a step's fault goes to its origin
+            assert isinstance(reply, Error) and reply.session == "s1" and reply.code == "SessionError"
+            await socket.send_bytes(encode(Close("s1")))
     tokens = [t async for t in cluster.origin.generate(cluster.route, [1, 2, 3], SamplingParams(), 3)]
     assert len(tokens) == 3
+
+
+async def test_a_closed_inbound_link_ends_its_sessions_down_the_route(cluster: LocalCluster) -> None:
+    """An origin that vanishes without a Close: every stage forgets its sessions at once, not at
+    the idle sweep ten minutes later."""
+    async with _listening_origin() as (origin, received):
+        async with aiohttp.ClientSession() as session, session.ws_connect(cluster.route[0] + "/stage") as socket:
+            await socket.send_bytes(encode(Open("gone", tuple(cluster.route), 0, origin, "", SamplingParams())))
+            await socket.send_bytes(encode(InputIds("gone", 0, (1, 2, 3))))
+            token = await asyncio.wait_for(received.get(), 30)
+            assert isinstance(token, Sampled) and token.position == 3
+            assert all("gone" in stage.routes for stage in cluster._stages)
+        for _ in range(100):
+            if all("gone" not in s.routes and s.shard and "gone" not in s.shard.sessions for s in cluster._stages):
+                break
+            await asyncio.sleep(0.05)
+        assert all("gone" not in s.routes for s in cluster._stages)
+        assert all(s.shard is not None and "gone" not in s.shard.sessions for s in cluster._stages)
+
+
+async def test_concurrent_sessions_share_passes_and_keep_their_tokens(cluster: LocalCluster) -> None:
+    """Eight sessions at once: the stages batch them, and each gets the tokens it gets alone."""
+    prompts = [[1, 9690, 30 + i] for i in range(8)]
+    alone = [[t async for t in cluster.origin.generate(cluster.route, p, SamplingParams(), 12)] for p in prompts[:2]]
+    passes_before = cluster._stages[1].batcher.passes
+
+    async def run(prompt: list[int]) -> list[int]:
+        return [t async for t in cluster.origin.generate(cluster.route, prompt, SamplingParams(), 12)]
+
+    together = await asyncio.gather(*(run(p) for p in prompts))
+    assert together[:2] == alone
+    stage = cluster._stages[1]
+    steps = 8 * 12
+    assert stage.batcher.passes - passes_before < steps / 2  # most passes carried several sessions
 
 
 async def test_unreachable_next_stage_reaches_the_origin_as_an_error(default_source: GGUFModel) -> None:
@@ -82,8 +136,6 @@ async def test_unreachable_next_stage_reaches_the_origin_as_an_error(default_sou
 
 
 async def test_idle_sessions_are_swept(default_source: GGUFModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    import asyncio
-
     from edgeshard.peer.pipeline import stage
 
     monkeypatch.setattr(stage, "SWEEP_INTERVAL_S", 0.2)

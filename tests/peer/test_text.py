@@ -23,6 +23,18 @@ def test_stream_releases_text_once_and_cuts_at_stop_strings(default_source: GGUF
     assert stream.stopped
 
 
+def test_incremental_text_equals_a_whole_decode(default_source: GGUFModel) -> None:
+    """Window decoding gives what decoding the whole list gives, multi-byte characters included,
+    and each token decodes a bounded window, not the whole answer."""
+    tokenizer = default_source.tokenizer()
+    text = "Grüße aus Zürich 🌍🚀 — 中文字符 and \u00e9t\u00e9! " * 20
+    ids = tokenizer.encode(text)
+    stream = TextStream(tokenizer)
+    released = "".join(stream.add(token) for token in ids)
+    assert released == stream.text == tokenizer.decode(ids, skip_special_tokens=True)
+    assert stream._read - stream._prefix < 16  # the window stayed short
+
+
 def test_chat_ids_and_stop_tokens(default_source: GGUFModel) -> None:
     tokenizer = default_source.tokenizer()
     ids = chat_ids(tokenizer, [{"role": "user", "content": "hi"}])
