@@ -12,6 +12,9 @@ Frames (the session id "s" is a short string chosen by the origin):
 - sampled: the token sampled for `position`, last stage to origin.
 - close:   forget the session (forwarded along the route).
 - error:   something about a session (or the link) went wrong; code + message.
+A message is one frame, or a batch: {"t": "batch", "frames": [encoded frame, ...]}. The outputs
+of one pass for one receiver travel as one batch, so the sessions computed together arrive
+together and stay in one pass at the next stage (`decode_message` reads either).
 `decode` validates structure, types and sizes and raises ProtocolError; a stage answers that with
 an error frame and keeps serving.
 """
@@ -26,10 +29,12 @@ import msgpack
 
 from .errors import ProtocolError
 
-WIRE_VERSION = 2  # 2: frames "input"/"sampled", Open carries "layout"; peers of another version never share a plan
+# 2: frames "input"/"sampled", Open carries "layout"; 3: batch messages. Peers of another version never share a plan.
+WIRE_VERSION = 3
 MAX_FRAME_BYTES = 64 * 2**20
 MAX_TOKENS = 1 << 16
 MAX_ROUTE = 64
+MAX_BATCH_FRAMES = 1024
 WireDtype = Literal["float32", "float16", "bfloat16"]
 WIRE_ITEMSIZE: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -182,8 +187,7 @@ def _text(body: dict[Any, Any], key: str, limit: int = 512) -> str:
     return value
 
 
-def decode(data: bytes) -> Frame:
-    """Parse and validate one frame; ProtocolError on anything malformed."""
+def _unpack(data: bytes) -> dict[Any, Any]:
     if len(data) > MAX_FRAME_BYTES:
         raise ProtocolError("too-large", f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
     try:
@@ -192,6 +196,33 @@ def decode(data: bytes) -> Frame:
         raise ProtocolError("bad-msgpack", f"not a msgpack frame: {type(error).__name__}") from None
     if not isinstance(body, dict):
         raise ProtocolError("bad-frame", "a frame is a map")
+    return body
+
+
+def encode_batch(frames: list[bytes]) -> bytes:
+    """Encoded frames as one batch message (in order)."""
+    packed: bytes = msgpack.packb({"t": "batch", "frames": frames}, use_bin_type=True)
+    return packed
+
+
+def decode_message(data: bytes) -> list[Frame]:
+    """Parse a message, one frame or a batch of them, in order; ProtocolError on anything
+    malformed (a batch inside a batch included)."""
+    body = _unpack(data)
+    if body.get("t") != "batch":
+        return [_frame(body)]
+    frames = _get(body, "frames", list)
+    if not 1 <= len(frames) <= MAX_BATCH_FRAMES or not all(isinstance(f, bytes) for f in frames):
+        raise ProtocolError("bad-frame", f"a batch holds 1..{MAX_BATCH_FRAMES} encoded frames")
+    return [_frame(_unpack(frame)) for frame in frames]
+
+
+def decode(data: bytes) -> Frame:
+    """Parse and validate one frame; ProtocolError on anything malformed."""
+    return _frame(_unpack(data))
+
+
+def _frame(body: dict[Any, Any]) -> Frame:
     kind = body.get("t")
     if kind == "open":
         route = _get(body, "route", list)

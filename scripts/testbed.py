@@ -137,14 +137,17 @@ def up(args: argparse.Namespace) -> None:
             "--cluster", args.cluster,
             "--model", args.model,
             "--context", str(args.context),
-            "--sessions", "2",
+            "--sessions", str(args.sessions),
             "--objective", args.objective,
+            "--strategy", args.strategy,
             "--emulate-slowdown", slowdown.get(host, "1"),
         ]  # fmt: skip
         if args.max_memory:
             command += ["--max-memory", args.max_memory]
         if args.reprofile:
             command += ["--reprofile"]
+        if host == args.source:
+            command += ["--source"]
         with (STATE / f"{host}.log").open("ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         (STATE / f"{host}.pid").write_text(str(process.pid))
@@ -224,6 +227,9 @@ def main() -> None:
     start.add_argument("--model", default="default")
     start.add_argument("--context", type=int, default=512)
     start.add_argument("--objective", choices=["latency", "throughput"], default="latency")
+    start.add_argument("--sessions", type=int, default=8, help="concurrent sessions per stage (default 8)")
+    start.add_argument("--strategy", default="edgeshard", help="plan with a baseline instead (benchmarks)")
+    start.add_argument("--source", metavar="hI", help="the host where prompts come from: stage 0 runs there")
     start.add_argument("--cluster", default="testbed")
     start.add_argument("--reprofile", action="store_true", help="measure every host afresh (no cached profile)")
     start.add_argument("--wait", type=float, default=0, metavar="S", help="wait up to S seconds for a ready plan")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import secrets
 import signal
 import subprocess
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-memory", metavar="BYTES", help="cap per peer, e.g. 256MiB (forces a split)")
     parser.add_argument("--context", type=int, default=512, help="KV positions per session (default 512)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="latency")
+    parser.add_argument("--sessions", type=int, default=4, help="concurrent sessions per stage (default 4)")
     parser.add_argument("--base-port", type=int, default=7430, help="peer i listens on base+2i, its API on base+2i+1")
     parser.add_argument("--logs", metavar="DIR", help="where the peers' logs go (default: a temporary folder)")
     parser.add_argument("--chat", metavar="MESSAGE", help="ask this, print the answer, stop the cluster")
@@ -59,7 +61,10 @@ class LocalPeer:
         if self.process is not None:
             self.process.wait()
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+            # Peers here share one host's cores: OpenMP threads that spin while idle would steal
+            # them from the peer that is computing, so idle threads sleep.
+            environment = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=environment)
 
     @property
     def running(self) -> bool:
@@ -79,7 +84,8 @@ def start_peers(args: argparse.Namespace, logs: Path) -> list[LocalPeer]:
             "edgeshard.peer.daemon",
             *("--name", name, "--listen", f"127.0.0.1:{port}", "--api-listen", f"127.0.0.1:{port + 1}"),
             *("--interface", "127.0.0.1", "--cluster", cluster, "--model", args.model),
-            *("--context", str(args.context), "--sessions", "2", "--objective", args.objective),
+            *("--context", str(args.context), "--sessions", str(getattr(args, "sessions", 4))),
+            *("--objective", args.objective),
         ]
         if args.max_memory:
             command += ["--max-memory", args.max_memory]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from edgeshard.solver import OBJECTIVES, Objective
+from edgeshard.solver import EXACT, OBJECTIVES, STRATEGIES, Objective
 
 from ..model.options import DTYPE_NAMES, Dtype
 
@@ -43,6 +43,7 @@ class PeerConfig:
     mdns: bool = True
     interface: tuple[str, ...] = ()  # IPv4 addresses mDNS uses (empty: all)
     objective: Objective = "latency"
+    strategy: str = EXACT  # benchmarks only: plan with a baseline (every peer must say the same)
     source: bool = False  # host stage 0 here (this device is where prompts come from)
     cluster: str = "default"
     device: str = "auto"
@@ -132,6 +133,8 @@ def _coerce(key: str, value: Any) -> Any:
 def _check(config: PeerConfig) -> None:
     if config.objective not in OBJECTIVES:
         raise ConfigError(f"objective: {config.objective!r} is not {' or '.join(OBJECTIVES)}")
+    if config.strategy not in STRATEGIES:
+        raise ConfigError(f"strategy: {config.strategy!r} is not one of {', '.join(STRATEGIES)}")
     if config.dtype not in DTYPE_NAMES:
         raise ConfigError(f"dtype: {config.dtype!r} is not {', '.join(DTYPE_NAMES)}")
     if config.context < 1 or config.sessions < 1:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import psutil
 from edgeshard.discovery.records import PeerId, PeerRecord
+from edgeshard.solver import EXACT
 
 from ..model.profile import Profile
 from ..wire import WIRE_VERSION
@@ -44,6 +45,8 @@ def planning_settings(config: PeerConfig) -> str:
     """What shapes a plan beyond the model: peers that differ here cannot share one (the wire
     version too: stages that cannot read each other's frames must not share a route)."""
     settings = f"{config.dtype}/context={config.context}/sessions={config.sessions}/{config.objective}"
+    if config.strategy != EXACT:  # a benchmark's baseline plan
+        settings += f"/{config.strategy}"
     return f"wire{WIRE_VERSION}/{settings}"
 
 

@@ -18,7 +18,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from edgeshard.solver import OBJECTIVES
+from edgeshard.solver import OBJECTIVES, STRATEGIES
 
 from ..errors import PeerError
 from ..model.options import DTYPE_NAMES
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-mdns", dest="mdns", action="store_const", const=False, help="no mDNS announce/browse")
     add("--interface", metavar="ADDR,...", help="IPv4 address(es) mDNS uses (default: all)")
     add("--objective", choices=OBJECTIVES, help="what the plan minimises (default latency)")
+    add("--strategy", choices=STRATEGIES, help=argparse.SUPPRESS)  # benchmarks: run a baseline's plan
     add("--source", action="store_const", const=True, help="host stage 0 on this device")
     add("--cluster", metavar="NAME", help="only peers of this cluster name join (default 'default')")
     add("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")

@@ -315,10 +315,10 @@ class PeerNode:
 
     async def _solve(self, view: View) -> None:
         outcome: Plan | Infeasible | SolverFault
-        objective = self.config.objective
+        objective, strategy = self.config.objective, self.config.strategy
 
         def solve() -> Plan:
-            return hold_still(view.cluster, objective, plan(view.cluster, objective), view.incumbent)
+            return hold_still(view.cluster, objective, plan(view.cluster, objective, strategy), view.incumbent)
 
         try:
             outcome = await asyncio.to_thread(solve)

@@ -10,7 +10,7 @@ so a batch of one computes what `LlamaDecoderLayer` computes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +48,14 @@ def causal_mask(position: int, length: int, device: torch.device) -> torch.Tenso
     return (keys[None, :] <= queries[:, None])[None, None]  # [1, 1, T, S]
 
 
+def _attention_function(implementation: str | None) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
+    """The attention function transformers' Llama layer would call for this implementation."""
+    interface = ALL_ATTENTION_FUNCTIONS
+    if hasattr(interface, "get_interface"):  # transformers >= 5.2x validates the name
+        return interface.get_interface(implementation or "eager", eager_attention_forward)
+    return interface.get(implementation or "eager", eager_attention_forward)  # type: ignore[no-any-return]
+
+
 def layer_forward(
     layer: LlamaDecoderLayer,
     local_index: int,
@@ -66,7 +74,7 @@ def layer_forward(
     keys = attention.k_proj(normed).view(1, hidden.shape[1], -1, head_dim)
     values = attention.v_proj(normed).view(1, hidden.shape[1], -1, head_dim)
     cos, sin = cos_sin
-    attend = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
+    attend = _attention_function(attention.config._attn_implementation)
     outputs = []
     for part, mask in zip(slices, masks, strict=True):
         rows = part.rows

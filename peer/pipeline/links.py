@@ -1,8 +1,12 @@
 """Persistent WebSocket links: one outbound socket per target URL, many sessions on it.
 
-`Links.send` connects on first use, serialises writers per link, and bounds every wait with a
-timeout. aiohttp's `send_bytes` waits for the socket to drain, which is the back-pressure: a slow
-next stage slows its sender instead of growing a queue. Frames that come back on an outbound
+`Links.send` connects on first use and bounds every wait with a timeout. Frames for one link
+queue up while a message is being written, and the next message carries all of them as one
+batch: the outputs of a pass (or the next steps of sessions whose tokens came back together)
+reach the receiver together, so the sessions computed together stay in one pass there instead
+of splitting at every hop. aiohttp's `send_bytes` waits for the socket to drain, which is the
+back-pressure: a slow next stage slows its senders (each `send` returns once its frame is
+written) instead of growing a queue. Frames that come back on an outbound
 socket (error reports from the receiver) go to `on_frame`.
 `frame_endpoint` is the inbound side: an aiohttp handler that decodes each binary message and hands
 it to a callback; a malformed frame is answered with an error frame and the link stays up.
@@ -20,7 +24,7 @@ from aiohttp import web
 
 from .. import wire
 from ..errors import ProtocolError, StageError
-from ..wire import Error, Frame, decode, encode
+from ..wire import MAX_BATCH_FRAMES, Error, Frame, decode_message, encode, encode_batch
 from .servers import SOCKETS
 
 log = logging.getLogger(__name__)
@@ -40,8 +44,9 @@ class Links:
     def __init__(self, on_frame: FrameHandler | None = None, on_close: CloseHandler | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._sockets: dict[str, aiohttp.ClientWebSocketResponse] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
+        self._outbox: dict[str, list[tuple[bytes, asyncio.Future[None]]]] = {}
+        self._writers: dict[str, asyncio.Task[None]] = {}
         self._on_frame = on_frame
         self._on_close = on_close  # the receiver closed the link (e.g. its process died)
         self._closing = False
@@ -69,33 +74,66 @@ class Links:
             if message.type != aiohttp.WSMsgType.BINARY:
                 continue
             try:
-                frame = decode(message.data)
+                frames = decode_message(message.data)
             except ProtocolError as error:
                 log.warning("bad frame back from %s: %s", url, error)
                 continue
-            if self._on_frame is not None:
-                await self._on_frame(frame, lambda reply: self.send(url, reply))
+            for frame in frames:
+                if self._on_frame is not None:
+                    await self._on_frame(frame, lambda reply: self.send(url, reply))
         # The socket ended without us closing it: tell the owner now rather than at the next send.
         if not self._closing and self._on_close is not None:
             await self._on_close(url)
 
     async def send(self, url: str, frame: Frame | bytes) -> None:
-        """Send one frame (or its encoded bytes) to the stage at `url` (connecting if needed)."""
+        """Send one frame (or its encoded bytes) to the stage at `url` (connecting if needed);
+        returns once it is written, StageError when the link fails."""
         data = frame if isinstance(frame, bytes) else encode(frame)
-        lock = self._locks.setdefault(url, asyncio.Lock())
-        async with lock:
-            socket = await self._socket(url)
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox.setdefault(url, []).append((data, written))
+        writer = self._writers.get(url)
+        if writer is None or writer.done():
+            self._writers[url] = asyncio.get_running_loop().create_task(self._write(url))
+        await written
+
+    async def _write(self, url: str) -> None:
+        outbox = self._outbox[url]
+        while outbox:
+            count, size = 0, 0
+            for data, _written in outbox[:MAX_BATCH_FRAMES]:
+                if count and size + len(data) > wire.MAX_FRAME_BYTES - 1024:
+                    break
+                count, size = count + 1, size + len(data)
+            batch, outbox[:count] = outbox[:count], []
+            message = batch[0][0] if count == 1 else encode_batch([data for data, _written in batch])
             try:
-                await asyncio.wait_for(socket.send_bytes(data), SEND_TIMEOUT_S)
-            except (ConnectionError, aiohttp.ClientError, TimeoutError, RuntimeError) as error:
-                await socket.close()
-                raise StageError(f"link to {url} broke: {error or type(error).__name__}") from error
+                socket = await self._socket(url)
+                try:
+                    await asyncio.wait_for(socket.send_bytes(message), SEND_TIMEOUT_S)
+                except (ConnectionError, aiohttp.ClientError, TimeoutError, RuntimeError) as error:
+                    await socket.close()
+                    raise StageError(f"link to {url} broke: {error or type(error).__name__}") from error
+            except StageError as error:
+                for _data, written in batch:
+                    if not written.done():
+                        written.set_exception(error)
+                        written.exception()  # a sender that went away must not leave it unretrieved
+                continue
+            for _data, written in batch:
+                if not written.done():
+                    written.set_result(None)
 
     async def close(self) -> None:
         """Close every link."""
         self._closing = True
-        for task in self._readers.values():
+        for task in [*self._readers.values(), *self._writers.values()]:
             task.cancel()
+        for outbox in self._outbox.values():  # senders still waiting learn the link is gone
+            for _data, written in outbox:
+                if not written.done():
+                    written.set_exception(StageError("the link was closed"))
+                    written.exception()
+            outbox.clear()
         for task in self._readers.values():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -130,12 +168,13 @@ def frame_endpoint(
             async for message in socket:
                 if message.type == aiohttp.WSMsgType.BINARY:
                     try:
-                        frame = decode(message.data)
+                        frames = decode_message(message.data)
                     except ProtocolError as error:
                         log.warning("bad frame from %s: %s", request.remote, error)
                         await reply(Error("", error.code, error.message))
                         continue
-                    await handler(frame, reply)
+                    for frame in frames:  # in order, before anything else runs: a batch stays one
+                        await handler(frame, reply)
                 elif message.type == aiohttp.WSMsgType.TEXT:
                     await reply(Error("", "bad-frame", "frames are binary msgpack"))
         finally:

@@ -91,6 +91,7 @@ class StageServer:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard")
         self.batcher: Batcher[list[Outbound | None]] = Batcher(self._compute, self._deliver, max_batch=max_sessions)
         self._sending: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def serve(self, shard: Shard | None, layout_id: str) -> None:
         """Serve another shard for `layout_id`. Sessions of the old shard end (their caches hold
@@ -189,6 +190,8 @@ class StageServer:
         """Forget a session here and tell the next stage to do the same."""
         route = self.routes.pop(session, None)
         self.batcher.drop(session)
+        if self._closing:  # shutting down: the worker and the links are going away with everything
+            return
         shard = self.shard
         if shard is not None:  # on the worker: the caches are only touched there
             await self.run_on_worker(partial(shard.close, session))
@@ -309,6 +312,7 @@ class StageServer:
 
     async def close(self) -> None:
         """Stop batching, close links and stop the worker."""
+        self._closing = True
         await self.batcher.close()
         for task in list(self._sending):
             task.cancel()

@@ -18,8 +18,12 @@ from edgeshard.peer.model.shard import even_split, unit_count
 from edgeshard.peer.pipeline.hidden import hidden_frame
 from edgeshard.peer.pipeline.links import Reply, frame_endpoint
 from edgeshard.peer.pipeline.local import LocalCluster
+from edgeshard.peer.pipeline.origin import prefill_chunk
 from edgeshard.peer.pipeline.servers import start_server
 from edgeshard.peer.wire import Close, Error, Frame, InputIds, Open, Sampled, SamplingParams, decode, encode
+from transformers import PreTrainedModel
+
+from tests.engine_fixtures import reference_tokens
 
 pytestmark = pytest.mark.slow
 
@@ -171,3 +175,24 @@ async def test_a_killed_next_stage_fails_its_sessions_at_once() -> None:
                     killed = time.monotonic()
         assert failure.value.code == "link-broken"
         assert time.monotonic() - killed < 10  # the step timeout is 120 s
+
+
+async def test_a_prefill_bigger_than_the_frame_limit_goes_in_chunks(
+    default_source: GGUFModel, reference_model: PreTrainedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a 256 KiB frame limit, a 600-token prompt's hidden states (1.4 MB) cannot go as one
+    frame; the origin sends it in chunks that fit, and the tokens are transformers' own."""
+    from edgeshard.peer import wire
+
+    monkeypatch.setattr(wire, "MAX_FRAME_BYTES", 256 * 1024)
+    ids = default_source.tokenizer().encode("The history of the lighthouse, told slowly. " * 70)[:600]
+    assert len(ids) == 600
+    expected = reference_tokens(reference_model, ids, 6, None)
+    async with LocalCluster("default", even_split(unit_count(default_source.config), 2), source=default_source) as run:
+        assert prefill_chunk(run.origin.hidden_size, "float32") < 256
+        tokens = [t async for t in run.origin.generate(run.route, ids, SamplingParams(), 6)]
+        assert tokens == expected
+        run.origin.hidden_size = None  # chunks sized for the default limit no longer fit
+        with pytest.raises(StageError) as refused:
+            _ = [t async for t in run.origin.generate(run.route, ids, SamplingParams(), 2)]
+        assert refused.value.code == "too-large"

@@ -9,7 +9,19 @@ import pytest
 import torch
 from edgeshard.peer.errors import ProtocolError
 from edgeshard.peer.pipeline.hidden import hidden_frame, hidden_tensor
-from edgeshard.peer.wire import Close, Error, Hidden, InputIds, Open, Sampled, SamplingParams, decode, encode
+from edgeshard.peer.wire import (
+    Close,
+    Error,
+    Hidden,
+    InputIds,
+    Open,
+    Sampled,
+    SamplingParams,
+    decode,
+    decode_message,
+    encode,
+    encode_batch,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -143,3 +155,16 @@ def test_oversized_frames_are_refused() -> None:
     with pytest.raises(ProtocolError) as error:
         decode(b"\x00" * (64 * 2**20 + 1))
     assert error.value.code == "too-large"
+
+
+def test_a_batch_message_carries_frames_in_order_and_nothing_nested() -> None:
+    frames = [Sampled("a", 3, 7), Close("b"), InputIds("c", 0, (1, 2))]
+    message = encode_batch([encode(f) for f in frames])
+    assert decode_message(message) == frames
+    assert decode_message(encode(frames[0])) == frames[:1]  # a plain frame is a message too
+    with pytest.raises(ProtocolError):
+        decode_message(encode_batch([message]))  # a batch inside a batch
+    with pytest.raises(ProtocolError):
+        decode(message)  # `decode` reads single frames only
+    with pytest.raises(ProtocolError):
+        decode_message(msgpack.packb({"t": "batch", "frames": []}))
