@@ -227,7 +227,7 @@ def main() -> None:
     start.add_argument("--model", default="default")
     start.add_argument("--context", type=int, default=512)
     start.add_argument("--objective", choices=["latency", "throughput"], default="latency")
-    start.add_argument("--sessions", type=int, default=8, help="concurrent sessions per stage (default 8)")
+    start.add_argument("--sessions", type=int, default=4, help="concurrent sessions per stage (default 4)")
     start.add_argument("--strategy", default="edgeshard", help="plan with a baseline instead (benchmarks)")
     start.add_argument("--source", metavar="hI", help="the host where prompts come from: stage 0 runs there")
     start.add_argument("--cluster", default="testbed")
