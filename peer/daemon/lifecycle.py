@@ -60,7 +60,10 @@ class View:
     key: str = field(init=False)  # what identifies the view: same key, same plan
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", repr(self.cluster.to_document()))
+        # The running layout is part of what decides the plan (stability.py): a view whose
+        # served layout changed is planned again, or peers that solved before and after it
+        # became complete could keep different plans.
+        object.__setattr__(self, "key", repr((self.cluster.to_document(), self.incumbent)))
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ async def probe_forever(
     """Probe every peer in `view()` at join and then every PROBE_INTERVAL_S, until cancelled;
     a link already measured waits while `busy()` (the stage is computing)."""
     probed: dict[PeerId, float] = {}
+    measured: set[PeerId] = set()  # links with a measurement: only these wait while busy
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)) as session:
         while True:
             await asyncio.sleep(PROBE_POLL_S)
@@ -77,7 +78,7 @@ async def probe_forever(
                 peer = record.peer_id
                 if peer == own or now - probed.get(peer, -1e9) < PROBE_INTERVAL_S:
                     continue
-                if peer in probed and busy():
+                if peer in measured and busy():
                     continue
                 probed[peer] = now
                 try:
@@ -85,4 +86,5 @@ async def probe_forever(
                 except (aiohttp.ClientError, OSError, TimeoutError) as error:
                     log.debug("probe of %s failed: %s", peer, error)
                     continue
+                measured.add(peer)
                 on_measured(peer, mbps, rtt_ms)

@@ -62,7 +62,7 @@ class Links:
                 self._session.ws_connect(url + STAGE_PATH, max_msg_size=wire.MAX_FRAME_BYTES, compress=0),
                 CONNECT_TIMEOUT_S,
             )
-        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError) as error:  # RuntimeError: closed
             raise StageError(f"cannot reach {url}: {error or type(error).__name__}") from error
         self._sockets[url] = socket
         # The reader is owned by this object and cancelled in close(): not fire-and-forget.
@@ -88,6 +88,8 @@ class Links:
     async def send(self, url: str, frame: Frame | bytes) -> None:
         """Send one frame (or its encoded bytes) to the stage at `url` (connecting if needed);
         returns once it is written, StageError when the link fails."""
+        if self._closing:
+            raise StageError(f"the links are closed (to {url})")
         data = frame if isinstance(frame, bytes) else encode(frame)
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._outbox.setdefault(url, []).append((data, written))
@@ -106,22 +108,29 @@ class Links:
                 count, size = count + 1, size + len(data)
             batch, outbox[:count] = outbox[:count], []
             message = batch[0][0] if count == 1 else encode_batch([data for data, _written in batch])
+            failure: BaseException | None = StageError(f"the link to {url} was closed")
             try:
-                socket = await self._socket(url)
-                try:
-                    await asyncio.wait_for(socket.send_bytes(message), SEND_TIMEOUT_S)
-                except (ConnectionError, aiohttp.ClientError, TimeoutError, RuntimeError) as error:
-                    await socket.close()
-                    raise StageError(f"link to {url} broke: {error or type(error).__name__}") from error
+                await self._send_message(url, message)
+                failure = None
             except StageError as error:
+                failure = error
+            finally:  # also when cancelled or failing otherwise: no sender waits forever
                 for _data, written in batch:
-                    if not written.done():
-                        written.set_exception(error)
+                    if written.done():
+                        continue
+                    if failure is None:
+                        written.set_result(None)
+                    else:
+                        written.set_exception(failure)
                         written.exception()  # a sender that went away must not leave it unretrieved
-                continue
-            for _data, written in batch:
-                if not written.done():
-                    written.set_result(None)
+
+    async def _send_message(self, url: str, message: bytes) -> None:
+        socket = await self._socket(url)
+        try:
+            await asyncio.wait_for(socket.send_bytes(message), SEND_TIMEOUT_S)
+        except (ConnectionError, aiohttp.ClientError, TimeoutError, RuntimeError) as error:
+            await socket.close()
+            raise StageError(f"link to {url} broke: {error or type(error).__name__}") from error
 
     async def close(self) -> None:
         """Close every link."""

@@ -66,7 +66,7 @@ class LocalCluster:
         self.origin.hidden_size = int(source.config.hidden_size)
         for start, end in self.ranges:
             shard = Shard(source, start, end, device=self.device, dtype=DTYPES[self.dtype])
-            stage = StageServer(shard)
+            stage = StageServer(shard, max_sessions=shard.max_sessions)
             runner, url = await start_server(stage.add_routes)
             self._stages.append(stage)
             self._runners.append(runner)

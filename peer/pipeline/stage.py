@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -97,13 +97,14 @@ class StageServer:
         """Serve another shard for `layout_id`. Sessions of the old shard end (their caches hold
         other layers, so continuing them would compute garbage) and their origins hear it at
         once; with the same shard, sessions go on (a layout change that keeps these units)."""
+        dropped: dict[str, SessionRoute] = {}
         if shard is not self.shard:
-            dropped = list(self.routes)
+            dropped, self.routes = self.routes, {}
             for session in dropped:
                 self.batcher.drop(session)
-                await self._to_origin(session, Error(session, "stale-plan", "this stage now holds other units"))
-                self.routes.pop(session, None)
         self.shard, self.layout_id = shard, layout_id
+        for session, route in dropped.items():  # after the swap: no step slips into the new shard
+            await self._send_to(route.origin, session, Error(session, "stale-plan", "this stage now holds other units"))
 
     def busy(self) -> bool:
         """Whether sessions are open here (their steps compete with anything else on the CPU)."""
@@ -174,10 +175,11 @@ class StageServer:
 
     async def _on_link_closed(self, url: str) -> None:
         """The next stage at `url` hung up: its sessions cannot continue; tell their origins."""
-        for session, route in list(self.routes.items()):
-            if route.next_url == url:
-                await self._to_origin(session, Error(session, "link-broken", f"the stage at {url} closed the link"))
-                await self._end(session)
+        broken = [session for session, route in self.routes.items() if route.next_url == url]
+        for session in broken:
+            await self._to_origin(session, Error(session, "link-broken", f"the stage at {url} closed the link"))
+        for session in broken:
+            await self._end(session, forward=False)  # the stage at `url` is gone: no Close to it
 
     async def _on_inbound_closed(self, reply: Reply) -> None:
         """The link sessions came over closed (the stage before, or the origin, is gone): those
@@ -186,7 +188,7 @@ class StageServer:
             if route.inbound is reply:
                 await self._end(session)
 
-    async def _end(self, session: str) -> None:
+    async def _end(self, session: str, forward: bool = True) -> None:
         """Forget a session here and tell the next stage to do the same."""
         route = self.routes.pop(session, None)
         self.batcher.drop(session)
@@ -195,18 +197,26 @@ class StageServer:
         shard = self.shard
         if shard is not None:  # on the worker: the caches are only touched there
             await self.run_on_worker(partial(shard.close, session))
-        if route is not None and route.next_url is not None:
+        if forward and route is not None and route.next_url is not None:
             with contextlib.suppress(StageError):
                 await self.links.send(route.next_url, Close(session))
 
     async def _to_origin(self, session: str, frame: Frame) -> None:
         route = self.routes.get(session)
-        if route is None:
-            return
+        if route is not None:
+            await self._send_to(route.origin, session, frame)
+
+    async def _send_to(self, origin: str, session: str, frame: Frame) -> None:
         try:
-            await self.links.send(route.origin, frame)
+            await self.links.send(origin, frame)
         except StageError as error:
             log.warning("cannot reach origin of session %s: %s", session, error)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` beside the link's frames (kept until done, cancelled at close)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     # --- frames -----------------------------------------------------------------------------
 
@@ -272,7 +282,10 @@ class StageServer:
                     )
                 self._submit(frame.session, frame.position, hidden_tensor(frame))
             case Close():
-                await self._end(frame.session)
+                # Its caches go on the worker after the pass in flight; the link's other
+                # frames (other sessions' steps) must not wait for that.
+                if frame.session in self.routes:
+                    self._spawn(self._end(frame.session))
             case Sampled() | Error():
                 raise ProtocolError("wrong-stage", "sampled and error frames go to an origin")
 
@@ -297,9 +310,7 @@ class StageServer:
         # Sends run beside the next pass: a slow link delays its own sessions, not the stage.
         for output in outputs:
             if output is not None and output.session in self.routes:
-                task = asyncio.get_running_loop().create_task(self._send(output))
-                self._sending.add(task)
-                task.add_done_callback(self._sending.discard)
+                self._spawn(self._send(output))
 
     async def _send(self, output: Outbound) -> None:
         try:
@@ -333,19 +344,27 @@ def _run_pass(shard: Shard, batch: Sequence[Step], routes: Sequence[SessionRoute
         if route is None:  # closed while it waited
             outputs.append(None)
             continue
-        session = step.session
-        if isinstance(result, BaseException):
-            code = type(result).__name__ if isinstance(result, SessionError) else "stage-fault"
-            outputs.append(Outbound(session, route.origin, encode(Error(session, code, str(result))), True))
-        elif route.next_url is None:
-            following = step.position + int(step.inputs.shape[0])
-            token = sample(result, route.sampling, following)
-            outputs.append(Outbound(session, route.origin, encode(Sampled(session, following, token)), True))
-        else:
-            data = encode(hidden_frame(session, step.position, result, route.wire_dtype))
-            if len(data) > wire.MAX_FRAME_BYTES:
-                refusal = Error(session, "too-large", f"{len(data)} bytes of hidden states exceed the frame limit")
-                outputs.append(Outbound(session, route.origin, encode(refusal), True))
-            else:
-                outputs.append(Outbound(session, route.next_url, data, False))
+        try:
+            outputs.append(_outbound(step, route, result))
+        except Exception as error:  # sampling or encoding failed: this session's fault report
+            log.exception("stage fault after the pass, session %s", step.session)
+            report = encode(Error(step.session, "stage-fault", str(error)))
+            outputs.append(Outbound(step.session, route.origin, report, True))
     return outputs
+
+
+def _outbound(step: Step, route: SessionRoute, result: torch.Tensor | BaseException) -> Outbound:
+    """The frame one step's result becomes: an error, the sampled token, or hidden states."""
+    session = step.session
+    if isinstance(result, BaseException):
+        code = type(result).__name__ if isinstance(result, SessionError) else "stage-fault"
+        return Outbound(session, route.origin, encode(Error(session, code, str(result))), True)
+    if route.next_url is None:
+        following = step.position + int(step.inputs.shape[0])
+        token = sample(result, route.sampling, following)
+        return Outbound(session, route.origin, encode(Sampled(session, following, token)), True)
+    data = encode(hidden_frame(session, step.position, result, route.wire_dtype))
+    if len(data) > wire.MAX_FRAME_BYTES:
+        refusal = Error(session, "too-large", f"{len(data)} bytes of hidden states exceed the frame limit")
+        return Outbound(session, route.origin, encode(refusal), True)
+    return Outbound(session, route.next_url, data, False)

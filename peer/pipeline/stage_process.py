@@ -27,7 +27,7 @@ async def serve(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     source = open_model(args.model)
     shard = Shard(source, args.start, args.end, device=args.device, dtype=DTYPES[args.dtype])
-    stage = StageServer(shard)
+    stage = StageServer(shard, max_sessions=shard.max_sessions)
     runner, url = await start_server(stage.add_routes, args.host, args.port)
     print(json.dumps({"url": url, "pid": os.getpid(), "load_s": time.perf_counter() - started}), flush=True)
     loop = asyncio.get_running_loop()

@@ -103,3 +103,12 @@ def test_records_carry_their_units_and_batch_curve() -> None:
     original = record(A, serving="L", units=(2, 5))
     (decoded,) = decode_records(encode_records([original]))
     assert decoded.units == (2, 5) and decoded.batch_scale == original.batch_scale
+
+
+def test_the_running_layout_is_part_of_what_is_planned() -> None:
+    """Peers that solved before and after the layout became complete must solve again."""
+    records = [record(A), record(B), record(C)]
+    before, _ = view_of(records, records[0], UNITS, departures=0)
+    served = [record(A, serving="L", units=(0, 4)), record(B, serving="L", units=(4, 8)), record(C)]
+    after, _ = view_of(served, served[0], UNITS, departures=0)
+    assert before.cluster == after.cluster and before.key != after.key
