@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -9,12 +10,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from edgeshard.peer.api.client import ApiError, get_status
+from openai import OpenAI
 
 T = TypeVar("T")
 
@@ -155,3 +159,29 @@ def agreed(peers: Sequence[Peer]) -> dict[str, Any] | None:
 def ensure_child_cache() -> None:
     """Peers inherit EDGESHARD_CACHE from the test process (never the user's cache)."""
     assert os.environ.get("EDGESHARD_CACHE"), "tests.engine_fixtures sets EDGESHARD_CACHE"
+
+
+def start_all(peers: Sequence[Peer]) -> dict[str, Any]:
+    """Start every peer and wait until they agree on a ready plan (returned)."""
+    ensure_child_cache()
+    for peer in peers:
+        peer.start()
+    return wait_until(lambda: agreed(peers), 240, "the peers to agree on a ready plan", peers)
+
+
+def client(peer: Peer, timeout_s: float = 300) -> OpenAI:
+    """The openai client against a peer's API (no retries: every failure is a finding)."""
+    return OpenAI(base_url=peer.api + "/v1", api_key="unused", max_retries=0, timeout=timeout_s)
+
+
+def post_chat(peer: Peer, message: str, max_tokens: int, timeout_s: float = 600) -> tuple[int, dict[str, str], str]:
+    """A plain chat completion POST: status, headers and body, errors included."""
+    body = json.dumps({"messages": [{"role": "user", "content": message}], "max_tokens": max_tokens}).encode()
+    request = urllib.request.Request(
+        peer.api + "/v1/chat/completions", body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read().decode()

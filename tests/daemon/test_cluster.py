@@ -21,28 +21,16 @@ from typing import Any
 
 import pytest
 from edgeshard.peer.model.files import GGUFModel
-from openai import OpenAI
 from transformers import PreTrainedModel
 
 from tests.engine_fixtures import chat_ids, reference_tokens
 
-from .peers import Peer, agreed, ensure_child_cache, make_peers, wait_until
+from .peers import Peer, agreed, client, make_peers, post_chat, start_all, wait_until
 
 pytestmark = pytest.mark.slow
 
 STORY = "Write a long story about a dragon who guards a library."
 QUESTION = "Explain how a rainbow forms, step by step."
-
-
-def start_all(peers: list[Peer]) -> dict[str, Any]:
-    ensure_child_cache()
-    for peer in peers:
-        peer.start()
-    return wait_until(lambda: agreed(peers), 240, "the peers to agree on a ready plan", peers)
-
-
-def client(peer: Peer) -> OpenAI:
-    return OpenAI(base_url=peer.api + "/v1", api_key="unused", max_retries=0, timeout=300)
 
 
 def ask(peer: Peer, message: str, max_tokens: int) -> Any:
@@ -211,8 +199,8 @@ def test_sigkill_of_a_middle_stage_mid_generation_loses_no_token(
             "the planner to report the model no longer fits",
             rest,
         )
-        response = _post_chat(asker)
-        assert response[0] == 503 and "cannot hold the model" in response[1]
+        status, _headers, text = post_chat(asker, "hi", 4, timeout_s=60)
+        assert status == 503 and "cannot hold the model" in text
         # The device returns (a restart: higher incarnation): the cluster recovers by itself.
         victim.extra["killed"] = False
         victim.start()
@@ -221,22 +209,6 @@ def test_sigkill_of_a_middle_stage_mid_generation_loses_no_token(
     finally:
         for peer in peers:
             peer.stop()
-
-
-def _post_chat(peer: Peer) -> tuple[int, str]:
-    import json
-    import urllib.error
-    import urllib.request
-
-    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
-    request = urllib.request.Request(
-        peer.api + "/v1/chat/completions", body, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def test_the_chat_repl_and_status_command_talk_to_a_running_peer(mdns_cluster: list[Peer]) -> None:

@@ -13,8 +13,6 @@ import signal
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,12 +20,11 @@ from typing import Any
 
 import pytest
 from edgeshard.peer.model.files import GGUFModel
-from openai import OpenAI
 from transformers import PreTrainedModel
 
 from tests.engine_fixtures import chat_ids, reference_tokens
 
-from .peers import Peer, agreed, ensure_child_cache, make_peers, wait_until
+from .peers import Peer, agreed, client, make_peers, post_chat, start_all, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -39,13 +36,6 @@ TOPICS = ["the moon", "bread", "rivers", "chess", "owls", "glass", "maps", "bees
 
 def prompt(index: int) -> str:
     return f"Tell me one fact about {TOPICS[index % len(TOPICS)]}."
-
-
-def start(peers: list[Peer]) -> dict[str, Any]:
-    ensure_child_cache()
-    for peer in peers:
-        peer.start()
-    return wait_until(lambda: agreed(peers), 240, "the peers to agree on a ready plan", peers)
 
 
 def many_user_peers(tmp: Path, count: int) -> list[Peer]:
@@ -60,33 +50,17 @@ def many_user_peers(tmp: Path, count: int) -> list[Peer]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Peer]]:
     peers = many_user_peers(tmp_path_factory.mktemp("many"), 3)
     try:
-        start(peers)
+        start_all(peers)
         yield peers
     finally:
         for peer in peers:
             peer.stop()
 
 
-def client(peer: Peer) -> OpenAI:
-    return OpenAI(base_url=peer.api + "/v1", api_key="unused", max_retries=0, timeout=600)
-
-
 def chat(peer: Peer, message: str, max_tokens: int) -> Any:
-    return client(peer).chat.completions.create(
+    return client(peer, 600).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": message}], temperature=0, max_tokens=max_tokens
     )
-
-
-def post(peer: Peer, message: str, max_tokens: int) -> tuple[int, dict[str, str], dict[str, Any]]:
-    body = json.dumps({"messages": [{"role": "user", "content": message}], "max_tokens": max_tokens}).encode()
-    request = urllib.request.Request(
-        peer.api + "/v1/chat/completions", body, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read())
 
 
 def asker(peers: list[Peer]) -> Peer:
@@ -136,9 +110,9 @@ def test_sixteen_concurrent_chats_all_complete_with_single_run_tokens(
 def test_past_the_queue_bound_clients_get_429_with_retry_after(cluster: list[Peer]) -> None:
     entry = asker(cluster)
     with ThreadPoolExecutor(28) as pool:
-        results = list(pool.map(lambda i: post(entry, prompt(i), 40), range(28)))
+        results = list(pool.map(lambda i: post_chat(entry, prompt(i), 40), range(28)))
     codes = [code for code, _headers, _body in results]
-    refused = [(headers, body) for code, headers, body in results if code == 429]
+    refused = [(headers, json.loads(body)) for code, headers, body in results if code == 429]
     assert codes.count(200) >= SESSIONS + QUEUE and len(refused) >= 1, codes
     assert codes.count(200) + len(refused) == len(results), codes
     for headers, body in refused:
@@ -190,7 +164,7 @@ def test_steady_load_changes_no_layout(cluster: list[Peer]) -> None:
     def user(index: int) -> None:
         while time.monotonic() < deadline:
             try:
-                stream = client(entry).chat.completions.create(
+                stream = client(entry, 600).chat.completions.create(
                     model=MODEL,
                     messages=[{"role": "user", "content": prompt(index)}],
                     max_tokens=48,
@@ -222,7 +196,7 @@ def test_sigkill_of_a_middle_stage_under_eight_streams_loses_no_token(
 ) -> None:
     peers = many_user_peers(tmp_path, 4)  # one spare: after the kill three remain
     try:
-        plan = start(peers)
+        plan = start_all(peers)
         middle = next(p for p in peers if p.name == plan["stages"][1]["device"])
         entry = next(p for p in peers if p.name == plan["stages"][0]["device"])
         eos = default_source.config.eos_token_id
@@ -231,7 +205,7 @@ def test_sigkill_of_a_middle_stage_under_eight_streams_loses_no_token(
         killed = threading.Event()
 
         def stream(index: int) -> list[int]:
-            chunks = client(entry).chat.completions.create(
+            chunks = client(entry, 600).chat.completions.create(
                 model=MODEL,
                 messages=[{"role": "user", "content": prompt(index)}],
                 temperature=0,
