@@ -278,7 +278,11 @@ def test_a_peer_with_another_model_file_stays_out_of_the_plan(
         assert "another model file" in reason
         assert "peer stranger is left out of the plan: it runs another model file" in mdns_cluster[0].log()
         time.sleep(2.0)
-        assert agreed(mdns_cluster) == before  # the plan did not change
+        # The layout did not change. Its predicted figures may: link probes go on, and a new
+        # median moves latency_ms and the plan_id with it.
+        after = wait_until(lambda: agreed(mdns_cluster), 60, "the peers to agree again", mdns_cluster)
+        assert after["layout_id"] == before["layout_id"]
+        assert [s["device"] for s in after["stages"]] == [s["device"] for s in before["stages"]]
         # The stranger plans alone with its own model, and says why the others are not in it.
         alone = wait_until(lambda: agreed([stranger]), 120, "the stranger's own plan", [stranger])
         assert [s["device"] for s in alone["stages"]] == ["stranger"]

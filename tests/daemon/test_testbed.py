@@ -67,9 +67,12 @@ def test_three_namespaced_hosts_with_a_slow_link_and_a_slow_device(
         # h2 was told to compute 3× slower: its measured profile shows it.
         fastest_other = min(peers["h1"]["ms_per_token_alone"], peers["h3"]["ms_per_token_alone"])
         assert peers["h2"]["ms_per_token_alone"] > 1.8 * fastest_other
-        # The shaped link is measured as such: h1→h3 at ~20 Mbit/s, h1→h2 unshaped.
+        # The shaped link is measured as such: h1→h3 at ~20 Mbit/s (published 16 or 32), h1→h2
+        # unshaped. The unshaped figure depends on the CPU the probe gets (128 on a loaded CI
+        # run, more when idle), so only a clear ratio is asserted.
         links = {k["peer"]: k["mbps"] for k in peers["h1"]["links"]}
-        assert links["h3"] < 64 < 128 < links["h2"]
+        assert links["h3"] <= 32
+        assert links["h2"] >= 4 * links["h3"]
 
         ids = chat_ids(default_source, QUESTION)
         expected = reference_tokens(reference_model, ids, 16, default_source.config.eos_token_id)
