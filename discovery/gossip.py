@@ -4,7 +4,8 @@ Each round this peer beats its own heartbeat, picks `fanout` targets (random liv
 bootstrap addresses and mDNS finds it has no record for yet), and POSTs `/gossip` with its digest
 and its records; the target merges them and answers with every record the sender's digest shows it
 lacks. Then dead peers are swept. Every request has a timeout; a malformed body gets a 400 and
-changes nothing.
+changes nothing. Requests are signed with the cluster secret (`auth`; the receiving server's
+middleware checks them) and a reply counts only when it is signed too.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+from .auth import RESPONSE_HEADER, Authenticator
 from .membership import Membership
-from .records import Exchange, PeerId, RecordError, decode_exchange, digest, encode_exchange, newer_than
+from .records import MAX_PEERS, Exchange, PeerId, RecordError, decode_exchange, digest, encode_exchange, newer_than
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +43,19 @@ class Gossip:
         on_change: Callable[[list[PeerId], list[PeerId]], None] | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        auth: Authenticator | None = None,
     ) -> None:
         self.membership = membership
-        self.candidates: set[str] = set(bootstrap or [])  # addresses to try until they have records
+        self.bootstrap = list(bootstrap or [])
+        # Addresses to try until they have records (bootstrap, mDNS finds); bounded, oldest out.
+        self.candidates: dict[str, None] = dict.fromkeys(self.bootstrap)
+        self.auth = auth or Authenticator(None)
         self.interval_s, self.fanout = interval_s, fanout
         self.on_change = on_change
         self.rng = rng or random.Random()
         self.clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._nudged = asyncio.Event()
-        self._twins: set[str] = set()
 
     def add_routes(self, app: web.Application) -> None:
         """Mount the /gossip endpoint."""
@@ -58,11 +63,14 @@ class Gossip:
 
     def add_candidate(self, address: str) -> None:
         """An address worth contacting (a bootstrap peer, an mDNS find)."""
-        self.candidates.add(address)
+        self.candidates.pop(address, None)
+        self.candidates[address] = None
+        while len(self.candidates) > MAX_PEERS:
+            del self.candidates[next(iter(self.candidates))]
 
     async def handle(self, request: web.Request) -> web.Response:
         """The /gossip endpoint: merge what came, answer with what the sender lacks."""
-        body = await request.content.read(MAX_BODY + 1)
+        body = await request.read()  # bounded by the server's client_max_size (MAX_BODY)
         if len(body) > MAX_BODY:
             return web.Response(status=413, text="gossip body too large")
         try:
@@ -72,21 +80,11 @@ class Gossip:
         self._merge(exchange)
         members = self.membership
         reply = encode_exchange(
-            digest(members.records), newer_than(members.records, exchange.digest), members.obituaries
+            digest(members.records), newer_than(members.records, exchange.digest), members.obituaries.values()
         )
         return web.Response(body=reply, content_type="application/msgpack")
 
     def _merge(self, exchange: Exchange) -> None:
-        own = self.membership.own
-        for record in exchange.records:
-            if record.peer_id == own.peer_id and record.address != own.address and record.address not in self._twins:
-                # Two peers with one name would overwrite each other's record in every view.
-                self._twins.add(record.address)
-                log.error(
-                    "another peer at %s also calls itself %r: give each peer its own --name",
-                    record.address,
-                    own.peer_id,
-                )
         joined = self.membership.apply(exchange.records, self.clock())
         buried = self.membership.bury(exchange.obituaries)
         if (joined or buried) and self.on_change is not None:
@@ -103,7 +101,7 @@ class Gossip:
         own = self.membership.own
         known = {r.address for r in self.membership.records.values()}
         peers = sorted(r.address for r in self.membership.records.values() if r.peer_id != own.peer_id)
-        fresh = sorted(self.candidates - known - {own.address})
+        fresh = sorted(set(self.candidates) - known - {own.address})
         chosen = self.rng.sample(peers, min(self.fanout, len(peers)))
         return chosen + fresh
 
@@ -112,13 +110,20 @@ class Gossip:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
         members = self.membership
-        body = encode_exchange(digest(members.records), members.view(), members.obituaries)
+        if any(record.address == address for record in members.records.values()):
+            body = encode_exchange(digest(members.records), members.view(), members.obituaries.values())
+        else:  # a first contact tells nothing until a signed reply shows it is a member
+            body = encode_exchange({}, [])
+        headers = self.auth.sign("POST", GOSSIP_PATH, body)
         try:
-            async with self._session.post(address + GOSSIP_PATH, data=body) as response:
+            async with self._session.post(address + GOSSIP_PATH, data=body, headers=headers) as response:
                 if response.status != 200:
                     log.warning("gossip with %s: HTTP %s", address, response.status)
                     return
                 reply = await response.content.read(MAX_BODY + 1)
+                if not self.auth.check_reply(headers, response.headers.get(RESPONSE_HEADER), reply):
+                    log.warning("gossip reply from %s is not signed with this cluster's secret: ignored", address)
+                    return
         except aiohttp.ClientConnectorError as error:
             # Refused: nothing listens there any more (a crashed or stopped process). A frozen
             # or unreachable host times out instead and is left to the failure detector.
@@ -160,7 +165,10 @@ class Gossip:
         try:
             while True:
                 self._nudged.clear()
-                await self.round()
+                try:
+                    await self.round()
+                except Exception:  # a bug must not end gossip: the others would declare us dead
+                    log.exception("gossip round failed")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._nudged.wait(), self.interval_s)
         finally:

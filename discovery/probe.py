@@ -14,9 +14,11 @@ import time
 import aiohttp
 from aiohttp import web
 
+from .auth import Authenticator
+
 PROBE_PATH = "/probe"
-MAX_PROBE_BYTES = 8 * 2**20
 DOWNLOAD_BYTES = 2**20
+MAX_PROBE_BYTES = DOWNLOAD_BYTES  # a probe needs no more; members only (the peer port's auth)
 ROUND_TRIPS = 3
 MAX_MBPS = 100_000.0  # loopback measures "infinite"; cap it at something finite
 _ZEROS = bytes(MAX_PROBE_BYTES)
@@ -32,19 +34,26 @@ async def probe_endpoint(request: web.Request) -> web.Response:
 
 
 async def measure_link(
-    session: aiohttp.ClientSession, address: str, download: int = DOWNLOAD_BYTES
+    session: aiohttp.ClientSession, address: str, download: int = DOWNLOAD_BYTES, auth: Authenticator | None = None
 ) -> tuple[float, float]:
-    """(mbps, rtt_ms) to the peer at `address`; raises aiohttp/OS errors when unreachable."""
+    """(mbps, rtt_ms) to the peer at `address`; raises aiohttp/OS errors when unreachable (and
+    aiohttp.ClientResponseError when it refuses us)."""
+    auth = auth or Authenticator(None)
+
+    async def get(count: int) -> bytes:
+        path = f"{PROBE_PATH}?bytes={count}"
+        async with session.get(address + path, headers=auth.sign("GET", path)) as response:
+            response.raise_for_status()
+            return await response.read()
+
     trips = []
     for _ in range(ROUND_TRIPS):
         started = time.perf_counter()
-        async with session.get(f"{address}{PROBE_PATH}?bytes=0") as response:
-            await response.read()
+        await get(0)
         trips.append(time.perf_counter() - started)
     rtt = min(trips)
     started = time.perf_counter()
-    async with session.get(f"{address}{PROBE_PATH}?bytes={download}") as response:
-        body = await response.read()
+    body = await get(download)
     elapsed = max(time.perf_counter() - started - rtt, 1e-6)
     return min(len(body) * 8 / elapsed / 1e6, MAX_MBPS), rtt * 1000
 

@@ -21,7 +21,7 @@ class ApiError(PeerError):
     """The peer's API answered with an error, or could not be reached."""
 
 
-def _open(request: urllib.request.Request | str, timeout_s: float) -> Any:
+def _open(request: urllib.request.Request, timeout_s: float) -> Any:
     try:
         return urllib.request.urlopen(request, timeout=timeout_s)
     except urllib.error.HTTPError as error:
@@ -32,12 +32,18 @@ def _open(request: urllib.request.Request | str, timeout_s: float) -> Any:
         raise ApiError(f"HTTP {error.code}: {message}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise ApiError(f"cannot reach {getattr(request, 'full_url', request)}: {reason}") from None
+        raise ApiError(f"cannot reach {request.full_url}: {reason}") from None
 
 
-def get_status(api: str, timeout_s: float = 10.0) -> dict[str, Any]:
+def _headers(api_key: str) -> dict[str, str]:
+    """The API key goes as OpenAI's clients send theirs."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def get_status(api: str, timeout_s: float = 10.0, api_key: str = "") -> dict[str, Any]:
     """GET /v1/status."""
-    with _open(api.rstrip("/") + "/v1/status", timeout_s) as response:
+    request = urllib.request.Request(api.rstrip("/") + "/v1/status", headers=_headers(api_key))
+    with _open(request, timeout_s) as response:
         status: dict[str, Any] = json.load(response)
         return status
 
@@ -57,6 +63,7 @@ def stream_chunks(
     temperature: float = 0.0,
     seed: int | None = None,
     timeout_s: float = 600.0,
+    api_key: str = "",
 ) -> Iterator[dict[str, Any]]:
     """The streamed completion's chunks as JSON objects (the last carries usage and fail-overs)."""
     body: dict[str, Any] = {
@@ -70,7 +77,7 @@ def stream_chunks(
     request = urllib.request.Request(
         api.rstrip("/") + "/v1/chat/completions",
         json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **_headers(api_key)},
     )
     with _open(request, timeout_s) as response:
         for raw in response:

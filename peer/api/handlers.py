@@ -7,18 +7,25 @@ arrival (a random one when absent), so a fail-over replay continues the same sam
 response carries an `edgeshard` object (layout id, token ids, fail-overs) beside OpenAI's fields;
 clients that do not know it ignore it.
 
+Every malformed request gets a 4xx in OpenAI's error shape (`schemas` says what is refused),
+never a 500; with an `api_key` every route wants `Authorization: Bearer <key>`, the header
+OpenAI's clients send their api key in.
+
 The handlers serve any `Backend`: the daemon's node is one; a test can bring another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from jinja2 import TemplateError  # what transformers' chat templates raise (torch requires jinja2)
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import PeerError
@@ -27,7 +34,18 @@ from ..pipeline.failover import NoRouteError, generate_with_failover
 from ..pipeline.layouts import ReadyLayout
 from ..pipeline.origin import Origin
 from .admission import Admission, QueueFull, TokenMeter
-from .schemas import DEFAULT_MAX_TOKENS, ChatRequest, Completion, RequestError, error_body, parse_chat_request
+from .schemas import (
+    MAX_BODY_BYTES,
+    ChatRequest,
+    Completion,
+    RequestError,
+    answer_room,
+    check_model,
+    error_body,
+    parse_chat_request,
+    parse_json,
+    too_large,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +84,79 @@ def _error(status: int, message: str, kind: str, code: str | None = None) -> web
     return web.json_response(error_body(message, kind, code), status=status)
 
 
+def _refuse(error: RequestError) -> web.Response:
+    return web.json_response(error.body(), status=error.status)
+
+
+def _authorized(header: str, key: bytes) -> bool:
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    try:
+        given = token.strip().encode("utf-8", "surrogateescape")  # aiohttp's decoding of odd bytes
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(given, key)  # constant time: the key cannot be guessed byte by byte
+
+
+def _guard(api_key: str) -> Middleware:
+    """A middleware: the API key check (when there is one), and aiohttp's own 404/405 answers
+    rewritten in OpenAI's error shape so that clients can read them."""
+    key = api_key.encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if key and not _authorized(request.headers.get("Authorization", ""), key):
+            given = "Authorization" in request.headers
+            message = "Incorrect API key provided" if given else "No API key: send Authorization: Bearer <api key>"
+            response = _refuse(RequestError(message, code="invalid_api_key", status=401))
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        try:
+            return await handler(request)
+        except web.HTTPException as error:
+            if error.status < 400:
+                raise
+            if error.status == 404:
+                message, code = f"Unknown request URL: {request.method} {request.path}", "unknown_url"
+            elif error.status == 405:
+                message, code = f"{request.method} is not allowed on {request.path}", "method_not_allowed"
+            else:
+                message, code = error.reason, None
+            response = _refuse(RequestError(message, code=code, status=error.status))
+            if "Allow" in error.headers:
+                response.headers["Allow"] = error.headers["Allow"]
+            return response
+
+    return guard
+
+
+async def _read_json(request: web.Request) -> Any:
+    """The body's JSON value; RequestError when it is too large or not strict JSON."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise too_large()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:  # a chunked body past aiohttp's client_max_size
+        raise too_large() from None
+    return parse_json(raw)
+
+
+def _prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+    try:
+        return chat_ids(tokenizer, messages)
+    except TemplateError as error:  # e.g. a template that wants user and assistant to alternate
+        raise RequestError(f"the model's chat template refuses these messages: {error}", "messages") from None
+
+
 class Api:
     """The HTTP handlers, bound to one backend."""
 
-    def __init__(self, backend: Backend, admission: Admission | None = None) -> None:
+    def __init__(self, backend: Backend, admission: Admission | None = None, *, api_key: str = "") -> None:
         self.backend = backend
         self.admission = admission or Admission(capacity=8, queue_bound=32)
         self.meter = TokenMeter()
+        self.api_key = api_key
 
     def load(self) -> dict[str, Any]:
         """What this API carries now: sessions generating and waiting, refusals, tokens/s."""
@@ -88,7 +172,9 @@ class Api:
         }
 
     def add_routes(self, app: web.Application) -> None:
-        """Mount /v1/models, /v1/chat/completions and /v1/status."""
+        """Mount /v1/models, /v1/chat/completions and /v1/status, and the middleware that checks
+        the API key on every route of `app` (the API has an app of its own)."""
+        app.middlewares.append(_guard(self.api_key))
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/status", self.status)
@@ -104,19 +190,16 @@ class Api:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/chat/completions."""
+        backend = self.backend
         try:
-            chat = parse_chat_request(await request.json(), self.backend.model_name)
-        except (RequestError, ValueError) as error:
-            return _error(400, str(error), "invalid_request_error")
-        tokenizer = self.backend.tokenizer()
-        # Templating and tokenising a long conversation takes milliseconds: not on the loop.
-        ids = await asyncio.to_thread(chat_ids, tokenizer, chat.messages)
-        context = self.backend.context
-        room = context - len(ids)
-        if room < 1:
-            message = f"the prompt has {len(ids)} tokens; the context holds {context}"
-            return _error(400, message, "invalid_request_error", "context_length_exceeded")
-        max_tokens = min(chat.max_tokens or DEFAULT_MAX_TOKENS, room)
+            chat = parse_chat_request(await _read_json(request), backend.model_name, backend.context)
+            check_model(chat.model, backend.model_name)
+            tokenizer = backend.tokenizer()
+            # Templating and tokenising a long conversation takes milliseconds: not on the loop.
+            ids = await asyncio.to_thread(_prompt_ids, tokenizer, chat.messages)
+            max_tokens = answer_room(len(ids), chat.max_tokens, backend.context)
+        except RequestError as error:
+            return _refuse(error)
         try:
             async with self.admission.slot() as queued_s:
                 try:

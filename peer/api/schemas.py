@@ -1,7 +1,14 @@
-"""Shapes of the OpenAI-compatible API: request validation and response bodies (pure)."""
+"""Shapes of the OpenAI-compatible API: request validation and response bodies (pure).
+
+Every refusal is a `RequestError` that carries what OpenAI's error body needs (status, the
+offending field, a code), so the handler turns any malformed request into a 4xx, never a 500.
+Unknown fields are ignored, as OpenAI does.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -11,6 +18,10 @@ from ..pipeline.failover import Recovery
 from ..wire import SamplingParams
 
 DEFAULT_MAX_TOKENS = 512
+MAX_BODY_BYTES = 1024 * 1024  # aiohttp's own client_max_size: a chat request is far below it
+MAX_STOPS = 4
+SEED_RANGE = range(-(2**63), 2**63)  # OpenAI's seed is a signed 64-bit integer
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 def served_model_name(spec: str) -> str:
@@ -18,13 +29,23 @@ def served_model_name(spec: str) -> str:
     return "smollm2-135m-instruct" if spec == "default" else spec.rstrip("/").rsplit("/", 1)[-1]
 
 
-def error_body(message: str, kind: str, code: str | None = None) -> dict[str, Any]:
+def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     """OpenAI's error shape."""
-    return {"error": {"message": message, "type": kind, "code": code, "param": None}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 class RequestError(ValueError):
-    """The request body is not acceptable (HTTP 400)."""
+    """The request is not acceptable: HTTP `status` (400 unless said), naming `param` where one applies."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+        self.status = status
+
+    def body(self) -> dict[str, Any]:
+        """The error as OpenAI writes it."""
+        return error_body(str(self), "invalid_request_error", self.code, self.param)
 
 
 @dataclass
@@ -39,62 +60,171 @@ class ChatRequest:
     model: str
 
 
-def _number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+def too_large() -> RequestError:
+    """The refusal of a body over MAX_BODY_BYTES (HTTP 413)."""
+    return RequestError(f"the body is over {MAX_BODY_BYTES} bytes", code="request_too_large", status=413)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise RequestError(f"the body is not valid JSON: {text} is out of range", code="invalid_json")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json takes NaN and Infinity, which JSON (and every sampling parameter) has no room for.
+    raise RequestError(f"the body is not valid JSON: {name} is not a JSON value", code="invalid_json")
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body's JSON value: strict JSON only (no NaN or Infinity, no numbers that overflow)."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise too_large()
+    try:
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except RequestError:
+        raise
+    except (ValueError, RecursionError) as error:  # bad syntax or encoding, giant integers, deep nesting
+        raise RequestError(f"the body is not valid JSON: {error}", code="invalid_json") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, cut short: a client may send megabytes."""
+    if _is_int(value) and value.bit_length() > 64:
+        return "an integer past 64 bits"  # repr() of a giant integer is slow, then refused
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _number(body: dict[str, Any], key: str, default: float, low: float, high: float, open_low: bool = False) -> float:
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise RequestError(f"{key}: a number from {low} to {high}")
+    # Comparisons before float(): a giant integer does not fit in one (OverflowError); NaN fails them.
+    number = not isinstance(value, bool) and isinstance(value, int | float)
+    if not number or not (low < value if open_low else low <= value) or not value <= high:
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}]"
+        raise RequestError(f"{key} must be a number in {interval}, not {_shown(value)}", key)
     return float(value)
 
 
-def _content(message: dict[str, Any]) -> str:
-    content = message.get("content")
+def _text(value: str, param: str) -> str:
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): no tokenizer takes it
+        raise RequestError(f"{param} is not valid Unicode text", param) from None
+    return value
+
+
+def _content(content: Any, param: str) -> str:
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # [{"type": "text", "text": "..."}]
-        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        if all(isinstance(p, str) for p in parts):
-            return "".join(str(p) for p in parts)
-    raise RequestError("messages[].content: a string or a list of text parts")
+        return _text(content, param)
+    if not isinstance(content, list) or not content:
+        raise RequestError(f"{param} must be a string or a non-empty list of text parts", param)
+    texts = []
+    for index, part in enumerate(content):
+        where = f"{param}[{index}]"
+        if not isinstance(part, dict) or part.get("type") != "text":
+            raise RequestError(f"{where}: only text parts ({{'type': 'text', 'text': ...}}) are supported", where)
+        if not isinstance(part.get("text"), str):
+            raise RequestError(f"{where}.text must be a string", f"{where}.text")
+        texts.append(_text(part["text"], f"{where}.text"))
+    return "".join(texts)
 
 
-def parse_chat_request(body: Any, default_model: str) -> ChatRequest:
-    """Validate an OpenAI chat completion body (RequestError names the field)."""
-    if not isinstance(body, dict):
-        raise RequestError("the body is a JSON object")
-    messages = body.get("messages")
+def _messages(messages: Any) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
-        raise RequestError("messages: a non-empty list")
+        raise RequestError("messages must be a non-empty list of {role, content} objects", "messages")
     parsed = []
-    for message in messages:
-        if not isinstance(message, dict) or message.get("role") not in {"system", "user", "assistant", "developer"}:
-            raise RequestError("messages[].role: system, user or assistant")
-        role = "system" if message["role"] == "developer" else message["role"]
-        parsed.append({"role": role, "content": _content(message)})
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise RequestError("max_tokens: a positive integer")
-    if body.get("n", 1) != 1:
-        raise RequestError("n: only 1 is supported")
-    seed = body.get("seed")
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise RequestError(f"{where} must be an object with role and content", where)
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise RequestError(f"{where}.role must be one of {', '.join(ROLES)}, not {_shown(role)}", f"{where}.role")
+        parsed.append({"role": ROLES[role], "content": _content(message.get("content"), f"{where}.content")})
+    return parsed
+
+
+def _max_tokens(body: dict[str, Any], context: int | None) -> int | None:
+    # OpenAI's newer name wins when both are given.
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    limit = body.get(key)
+    if limit is None:
+        return None
+    if not _is_int(limit) or limit < 1:
+        raise RequestError(f"{key} must be a positive integer, not {_shown(limit)}", key)
+    if context is not None and limit > context:
+        message = f"{key} is {_shown(limit)}, but this model's context holds {context} tokens (prompt and answer)"
+        raise RequestError(message, key)
+    return int(limit)
+
+
+def _stops(stop: Any) -> list[str]:
+    stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(s, str) for s in stops):
+        raise RequestError(f"stop must be a string or a list of up to {MAX_STOPS} strings", "stop")
+    return stops
+
+
+def _seed(seed: Any) -> int:
     if seed is None:
-        seed = secrets.randbits(32)
-    elif isinstance(seed, bool) or not isinstance(seed, int):
-        raise RequestError("seed: an integer")
-    stop = body.get("stop") or []
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) for s in stops):
-        raise RequestError("stop: a string or a list of up to 4 strings")
+        return secrets.randbits(32)  # drawn at arrival, so a fail-over replays the same sample
+    if not _is_int(seed) or seed not in SEED_RANGE:
+        raise RequestError("seed must be an integer that fits in 64 bits (signed)", "seed")
+    return int(seed) % 2**32  # the wire carries 32-bit seeds
+
+
+def parse_chat_request(body: Any, default_model: str, context: int | None = None) -> ChatRequest:
+    """Validate an OpenAI chat completion body (RequestError names the field).
+
+    `context`: the positions a session holds, which a max_tokens may not exceed (None: unchecked)."""
+    if not isinstance(body, dict):
+        raise RequestError("the body must be a JSON object")
+    messages = _messages(body.get("messages"))
+    limit = _max_tokens(body, context)
+    n = body.get("n")
+    if n is not None and (not _is_int(n) or n != 1):
+        raise RequestError(f"n must be 1 (one choice per request), not {_shown(n)}", "n")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise RequestError("stream must be true or false", "stream")
     sampling = SamplingParams(
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 1e-9, 1.0),
-        seed=seed % 2**32,  # the wire carries 32-bit seeds
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, open_low=True),
+        seed=_seed(body.get("seed")),
     )
-    model = body.get("model") or default_model
-    if not isinstance(model, str):
-        raise RequestError("model: a string")
-    return ChatRequest(parsed, limit, sampling, stops, bool(body.get("stream", False)), model)
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError("model must be a string", "model")
+    return ChatRequest(messages, limit, sampling, _stops(body.get("stop")), bool(stream), model or default_model)
+
+
+def check_model(model: str, served: str) -> None:
+    """Refuse a model this peer does not serve as OpenAI does (404, model_not_found)."""
+    if model != served:
+        message = f"The model {_shown(model)} does not exist: this cluster serves {served!r}"
+        raise RequestError(message, "model", "model_not_found", status=404)
+
+
+def answer_room(prompt_tokens: int, max_tokens: int | None, context: int) -> int:
+    """How many tokens the answer may take: max_tokens when the prompt leaves room for all of
+    them (else context_length_exceeded, as OpenAI), or what is left up to DEFAULT_MAX_TOKENS."""
+    room = context - prompt_tokens
+    wanted = max_tokens if max_tokens is not None else 1
+    if wanted > room:
+        asked = f"{prompt_tokens + wanted} tokens ({prompt_tokens} in the messages, {wanted} in the completion)"
+        if max_tokens is None:
+            asked = f"{prompt_tokens} tokens in the messages and no room for an answer"
+        message = f"This model's maximum context length is {context} tokens; the request needs {asked}"
+        raise RequestError(message, "messages", "context_length_exceeded")
+    return max_tokens if max_tokens is not None else min(DEFAULT_MAX_TOKENS, room)
 
 
 @dataclass

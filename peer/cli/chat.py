@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--api",
         metavar="URL",
         help="chat through a running edgeshard-peer's API (e.g. http://127.0.0.1:7421) instead of local stages",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("EDGESHARD_API_KEY", ""),
+        help="the peer's API key, with --api (default: $EDGESHARD_API_KEY)",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--stages", type=int, default=3)
@@ -102,7 +108,9 @@ async def run_api_chat(args: argparse.Namespace) -> None:
 
     def stream(history: list[dict[str, str]], turn: int) -> str:
         reply = ""
-        chunks = stream_chunks(args.api, history, args.max_tokens, args.temperature, args.seed + turn)
+        chunks = stream_chunks(
+            args.api, history, args.max_tokens, args.temperature, args.seed + turn, api_key=args.api_key
+        )
         for text in texts(chunks):
             reply += text
             print(text, end="", flush=True)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import PeerError
-from . import chat, cluster, generate, status
+from . import chat, cluster, generate, init, status
 from . import plan as plan_command
 
 EXIT_USAGE = 2
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_arguments(commands.add_parser("chat", help="chat: through a peer's API, or over local stage servers"))
     cluster.add_arguments(commands.add_parser("cluster", help="run N edgeshard-peer processes on this machine"))
     status.add_arguments(commands.add_parser("status", help="a running peer's view of the cluster and its plan"))
+    init.add_arguments(commands.add_parser("init", help="write a new cluster secret for --secret-file"))
     return parser
 
 
@@ -33,7 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("plan", "compare"):
         return plan_command.main(args)
-    run = {"generate": generate.main, "chat": chat.main, "cluster": cluster.main, "status": status.main}
+    run = {
+        "generate": generate.main,
+        "chat": chat.main,
+        "cluster": cluster.main,
+        "status": status.main,
+        "init": init.main,
+    }
     try:
         return run[args.command](args)
     except PeerError as error:

@@ -6,6 +6,7 @@ where it came from, so `edgeshard-peer` can exit 2 with one clear line.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import tomllib
@@ -34,7 +35,7 @@ class ConfigError(ValueError):
 class PeerConfig:
     """Everything `edgeshard-peer` can be told."""
 
-    name: str = ""  # peer id; empty: the host name
+    name: str = ""  # a label for people (logs, status); empty: the host name. The id is the key's.
     listen: str = f"0.0.0.0:{PEER_PORT}"  # peer traffic: stages, gossip, probes
     api_listen: str = f"127.0.0.1:{API_PORT}"  # the user's OpenAI-compatible API
     advertise: str = ""  # the address others reach us at; empty: --interface, else a guess
@@ -58,10 +59,14 @@ class PeerConfig:
     emulate_slowdown: float = 1.0  # testbed only: stretch compute by this factor
     reprofile: bool = False  # measure the device again instead of using the cached profile
     log_level: str = "info"
+    secret_file: str = ""  # the cluster secret (`edgeshard init`); empty: an open cluster, loudly
+    state_dir: str = ""  # this peer's key, id and incarnation; empty: see `default_state_dir`
+    api_key: str = ""  # bearer token the user API requires; needed when the API is not on loopback
+    tls: bool = False  # encrypt peer traffic (https/wss), each peer's certificate pinned by its record
 
     @property
-    def peer_id(self) -> str:
-        """The name, or this host's name."""
+    def label(self) -> str:
+        """The name people see: --name, or this host's name."""
         return self.name or socket.gethostname()
 
 
@@ -111,7 +116,7 @@ def _coerce(key: str, value: Any) -> Any:
     """One setting from TOML or text into its type (ValueError when it does not fit)."""
     if key in {"bootstrap", "interface"}:
         return _list(value)
-    if key in {"mdns", "source", "reprofile"}:
+    if key in {"mdns", "source", "reprofile", "tls"}:
         return _bool(value)
     if key == "max_memory":
         if value is None or value == "":
@@ -151,8 +156,32 @@ def _check(config: PeerConfig) -> None:
             split_host_port(getattr(config, key), 0)
         except ValueError as error:
             raise ConfigError(f"{key}: {error}") from None
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", config.peer_id):
-        raise ConfigError(f"name: {config.peer_id!r} (letters, digits, '.', '_', '-'; at most 63)")
+    if not re.fullmatch(NAME_PATTERN, config.label):
+        raise ConfigError(f"name: {config.label!r} (letters, digits, '.', '_', '-'; at most 63)")
+    api_host = split_host_port(config.api_listen, API_PORT)[0]
+    if not config.api_key and not is_loopback(api_host):
+        raise ConfigError(
+            f"api_listen: {config.api_listen} can be reached from the network: set api_key (--api-key) too, "
+            "which clients send as their OpenAI api key"
+        )
+
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a listen address) is only reachable from this machine."""
+    return host in {"localhost", "::1"} or host.startswith("127.")
+
+
+def default_state_dir() -> Path:
+    """$EDGESHARD_STATE, else systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME/edgeshard, else
+    ~/.local/state/edgeshard. One peer per state directory (it holds the peer's key)."""
+    for variable in ("EDGESHARD_STATE", "STATE_DIRECTORY"):
+        if os.environ.get(variable):
+            return Path(os.environ[variable].split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "edgeshard"
 
 
 def _apply(config: PeerConfig, values: Mapping[str, Any], origin: str) -> PeerConfig:

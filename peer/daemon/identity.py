@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import socket
-import time
 from dataclasses import dataclass
+from functools import partial
 
 import psutil
-from edgeshard.discovery.records import PeerId, PeerRecord
+from edgeshard.discovery.failure import FailurePolicy
+from edgeshard.discovery.membership import Membership
+from edgeshard.discovery.records import PeerId, PeerRecord, sign_record
 from edgeshard.solver import EXACT
 
 from ..model.profile import Profile
 from ..wire import WIRE_VERSION
 from .config import PeerConfig
+from .state import PeerState
 
 
 @dataclass(frozen=True)
@@ -45,18 +48,24 @@ def planning_settings(config: PeerConfig) -> str:
     """What shapes a plan beyond the model: peers that differ here cannot share one (the wire
     version too: stages that cannot read each other's frames must not share a route)."""
     settings = f"{config.dtype}/context={config.context}/sessions={config.sessions}/{config.objective}"
+    if config.tls:  # a TLS peer and a plain one cannot open links to each other
+        settings += "/tls"
     if config.strategy != EXACT:  # a benchmark's baseline plan
         settings += f"/{config.strategy}"
     return f"wire{WIRE_VERSION}/{settings}"
 
 
-def first_record(identity: Identity, fingerprint: str, memory_bytes: int, profile: Profile) -> PeerRecord:
-    """Our gossip record at start."""
+def first_record(
+    identity: Identity, fingerprint: str, memory_bytes: int, profile: Profile, key: bytes, incarnation: int
+) -> PeerRecord:
+    """Our gossip record at start (`incarnation`: from the state directory, above any before)."""
     config = identity.config
     return PeerRecord(
         peer_id=identity.peer_id,
-        incarnation=time.time_ns() // 1_000_000,  # a restart always starts higher
+        incarnation=incarnation,
         heartbeat=0,
+        name=config.label,
+        key=key,
         address=identity.address,
         cluster=config.cluster,
         model=fingerprint,
@@ -73,7 +82,14 @@ def startup_line(identity: Identity, api_url: str, fingerprint: str, memory: int
     """The log line of a peer that is up."""
     config = identity.config
     return (
-        f"peer {identity.peer_id} up: peers on {identity.address}, API on {api_url}, cluster {config.cluster!r}, "
+        f"peer {config.label} (id {identity.peer_id}) up: peers on {identity.address}, API on {api_url}, "
+        f"cluster {config.cluster!r}, "
         f"model {config.model} ({fingerprint[:12]}), {identity.device} {config.dtype}, "
         f"memory budget {memory / 2**30:.2f} GiB, {ms_per_token:.2f} ms/token on this device alone"
     )
+
+
+def signed_membership(own: PeerRecord, state: PeerState, dead_after_s: float) -> Membership:
+    """The view, with our record signed by our key and refutations kept in the state directory."""
+    sign = partial(sign_record, sign=state.signer.sign)
+    return Membership(own, FailurePolicy(dead_after_s=dead_after_s), sign=sign, on_incarnation=state.keep_incarnation)

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--config", metavar="FILE", help=f"TOML settings (default {DEFAULT_CONFIG} when it exists)")
-    add("--name", help="peer id (default: the host name)")
+    add("--name", help="this peer's label in logs and status (default: the host name)")
     add("--listen", metavar="HOST:PORT", help="peer traffic (default 0.0.0.0:7420)")
     add("--api-listen", metavar="HOST:PORT", help="the OpenAI-compatible API (default 127.0.0.1:7421)")
     add("--advertise", metavar="HOST", help="address the other peers reach this one at")
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gossip-interval-s", "--gossip-interval", type=float, metavar="S", help="seconds between gossip rounds (1)")
     add("--reprofile", action="store_const", const=True, help="measure this device again (ignore the cached profile)")
     add("--emulate-slowdown", type=float, metavar="F", help="testbed only: stretch compute by factor F")
+    add("--secret-file", metavar="FILE", help="the cluster secret (`edgeshard init --out FILE`); without: open cluster")
+    add("--state-dir", metavar="DIR", help="this peer's key, id and incarnation (one peer per directory)")
+    add("--api-key", metavar="KEY", help="bearer token the API requires (needed when --api-listen is not loopback)")
+    add("--tls", action="store_const", const=True, help="encrypt peer traffic (needs --secret-file)")
     add("--log-level", choices=["debug", "info", "warning", "error"])
     return parser
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from edgeshard.discovery.failure import FailurePolicy
+from edgeshard.discovery.auth import middleware
+from edgeshard.discovery.gossip import MAX_BODY as GOSSIP_MAX_BODY
 from edgeshard.discovery.gossip import Gossip
 from edgeshard.discovery.mdns import Found, MdnsDiscovery
 from edgeshard.discovery.membership import Membership
@@ -36,15 +37,14 @@ from ..errors import PeerError
 from ..model.devices import DTYPES, pick_device
 from ..model.files import ModelSource, default_cache_dir, open_model
 from ..model.profile import load_or_measure, memory_budget, unit_sizes
-from ..model.shard import Shard
 from ..model.text import stop_token_ids
 from ..pipeline.failover import NoRouteError, wait_for
 from ..pipeline.layouts import ReadyLayout
 from ..pipeline.origin import Origin
 from ..pipeline.servers import start_server
 from ..pipeline.stage import StageServer
-from .config import API_PORT, PEER_PORT, PeerConfig, split_host_port
-from .identity import Identity, advertised_host, first_record, startup_line
+from .config import API_PORT, PEER_PORT, PeerConfig, default_state_dir, split_host_port
+from .identity import Identity, advertised_host, first_record, signed_membership, startup_line
 from .lifecycle import (
     Announce,
     Holding,
@@ -61,14 +61,18 @@ from .lifecycle import (
     planned,
     ready_layout,
 )
-from .planview import describe_plan, plannable, predicted_tps, view_of
+from .planview import describe_plan, plannable, predicted_tps, route_problem, view_of
 from .probing import LinkFigures, probe_forever
+from .security import Security
+from .shards import build_shard, loaded_line
 from .stability import hold_still
+from .state import PeerState
 from .status import status_document
 
 log = logging.getLogger("edgeshard.peer")
 
 PLAN_POLL_S = 0.25
+FAULT_PAUSE_S = 1.0
 ORIGIN_PREFIX = "/origin"
 
 
@@ -77,12 +81,15 @@ class PeerNode:
 
     def __init__(self, config: PeerConfig) -> None:
         self.config = config
-        self.peer_id = PeerId(config.peer_id)
+        self.security = Security(config)
+        self.state = PeerState.open(Path(config.state_dir) if config.state_dir else default_state_dir())
+        self.peer_id = PeerId(self.state.signer.peer_id)
         self.device = pick_device(config.device)
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         # As many sessions as each shard's KV caches were sized for (and counted in the plan).
-        self.stage = StageServer(None, layout_id="", max_sessions=config.sessions)
-        self.origin = Origin(prefix=ORIGIN_PREFIX)
+        auth = self.security.auth
+        self.stage = StageServer(None, layout_id="", max_sessions=config.sessions, sign=auth.sign, admit=self._admit)
+        self.origin = Origin(prefix=ORIGIN_PREFIX, sign=auth.sign)
         self.lifecycle = State()
         self.links = LinkFigures()
         self.started = time.monotonic()
@@ -101,8 +108,6 @@ class PeerNode:
         self.api: Api
         self.mdns: MdnsDiscovery | None = None
 
-    # --- start and stop --------------------------------------------------------------------
-
     async def start(self) -> None:
         """Load what is needed to take part, and start serving (not yet gossiping)."""
         config = self.config
@@ -119,36 +124,34 @@ class PeerNode:
         memory = memory_budget(self.device, config.max_memory)
 
         host, port = split_host_port(config.listen, PEER_PORT)
-        runner, bound = await start_server(self._mount_peer, host, port)
+        runner, bound = await start_server(self._mount_peer, host, port, client_max_size=GOSSIP_MAX_BODY)
         self._runners.append(runner)
         bound_port = int(bound.rsplit(":", 1)[1])
         advertised = advertised_host(config, host)
         peer_url = f"http://{advertised}:{bound_port}"
         self.origin.url = peer_url + ORIGIN_PREFIX
         self.identity = Identity(config, self.peer_id, peer_url, self.device)
-        own = first_record(self.identity, fingerprint, memory, profile)
-        self.membership = Membership(own, FailurePolicy(dead_after_s=config.dead_after_s))
+        key, incarnation = self.state.signer.public_key, self.state.next_incarnation()
+        own = first_record(self.identity, fingerprint, memory, profile, key, incarnation)
+        self.membership = signed_membership(own, self.state, config.dead_after_s)
         bootstrap = [f"http://{address}" if "://" not in address else address for address in config.bootstrap]
-        self.gossip = Gossip(self.membership, bootstrap, config.gossip_interval_s, on_change=self._on_change)
+        self.gossip = Gossip(
+            self.membership, bootstrap, config.gossip_interval_s, on_change=self._on_change, auth=self.security.auth
+        )
 
         api_host, api_port = split_host_port(config.api_listen, API_PORT)
-        self.api = Api(self, Admission(config.sessions, config.queue))
+        self.api = Api(self, Admission(config.sessions, config.queue), api_key=config.api_key)
         runner, api_url = await start_server(self.api.add_routes, api_host, api_port, cancel_on_disconnect=True)
         self._runners.append(runner)
         if config.mdns:
-            self.mdns = MdnsDiscovery(
-                self.peer_id,
-                advertised,
-                bound_port,
-                config.cluster,
-                fingerprint,
-                on_found=self._on_found,
-                interfaces=config.interface or None,
-            )
+            where = (self.peer_id, advertised, bound_port, config.cluster, fingerprint)
+            self.mdns = MdnsDiscovery(*where, on_found=self._on_found, interfaces=config.interface or None)
             await self.mdns.start()
         log.info("%s", startup_line(self.identity, api_url, fingerprint, memory, sum(profile.unit_ms)))
+        self.security.announce()
 
     def _mount_peer(self, app: web.Application) -> None:
+        app.middlewares.append(middleware(self.security.auth, self.security.on_refused))
         self.stage.add_routes(app)
         self.origin.add_routes(app)
         app.router.add_post("/gossip", self._gossip_endpoint)
@@ -166,7 +169,9 @@ class PeerNode:
             tasks.create_task(self.gossip.run())
             tasks.create_task(self._plan_loop())
             tasks.create_task(
-                probe_forever(self.peer_id, self.membership.view, self._on_link_measured, self.stage.busy)
+                probe_forever(
+                    self.peer_id, self.membership.view, self._on_link_measured, self.stage.busy, self.security.auth
+                )
             )
 
     async def close(self) -> None:
@@ -180,8 +185,7 @@ class PeerNode:
         await self.stage.close()
         for runner in reversed(self._runners):
             await runner.cleanup()
-
-    # --- the API's backend -----------------------------------------------------------------
+        self.state.close()
 
     @property
     def model_name(self) -> str:
@@ -213,6 +217,12 @@ class PeerNode:
 
         return await wait_for(state, timeout_s)
 
+    def _admit(self, route: tuple[str, ...], hop: int, origin: str) -> str | None:
+        adopted = self.lifecycle.adopted
+        if adopted is None:
+            return "no plan adopted here yet"
+        return route_problem(adopted.plan.stages, self.membership.view(), route, hop, origin, ORIGIN_PREFIX)
+
     def status(self) -> dict[str, Any]:
         """This peer's view, plan and readiness (GET /v1/status)."""
         records = self.membership.view()
@@ -234,9 +244,8 @@ class PeerNode:
             load["predicted_tps_full"] = predicted_tps(*figures, self.config.sessions)
             document["plan"]["sessions_per_pass"] = self._batch()  # what its costs are per token of
         document["api"] = load
+        document["security"] = self.security.status()
         return document
-
-    # --- membership events -----------------------------------------------------------------
 
     def _on_found(self, found: Found) -> None:
         if found.cluster != self.config.cluster:
@@ -250,7 +259,7 @@ class PeerNode:
         for peer in joined:
             record = self.membership.records.get(peer)
             if record is not None and peer not in self._addresses:
-                log.info("peer %s joined (%s)", peer, record.address)
+                log.info("peer %s (id %s) joined (%s)", record.label, peer, record.address)
             if record is not None:
                 self._addresses[peer] = record.address
         for peer in left:
@@ -272,8 +281,6 @@ class PeerNode:
             "link to %s: %.0f Mbps, %.2f ms round trip (measured %.0f Mbps, %.2f ms)", peer, *published, mbps, rtt_ms
         )
 
-    # --- the plan loop: decide, then carry out ------------------------------------------------
-
     def current_view(self) -> View:
         """The view this peer would plan now (compatible live peers only)."""
         view, excluded = view_of(
@@ -282,7 +289,8 @@ class PeerNode:
         for peer, why in excluded.items():
             if self._excluded_logged.get(peer) != why:
                 self._excluded_logged[peer] = why
-                log.warning("peer %s is left out of the plan: it %s", peer, why)
+                record = self.membership.records.get(peer)
+                log.warning("peer %s is left out of the plan: it %s", record.label if record else peer, why)
         return view
 
     def _holding(self) -> Holding:
@@ -296,22 +304,31 @@ class PeerNode:
         )
 
     async def _plan_loop(self) -> None:
+        """Decide and act until cancelled. It never dies: a fault (a bug, a view no check foresaw)
+        is logged and the last good plan kept, and the loop tries again after a pause."""
         while True:
-            now = time.monotonic()
-            self.lifecycle, action = decide(self.current_view(), self.lifecycle, self._holding(), self.peer_id, now)
-            match action:
-                case Wait(until):
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), max(0.0, min(until - now, PLAN_POLL_S)))
-                case Solve(view):
-                    await self._solve(view)
-                case Load(start, end, layout):
-                    await self._load(start, end, layout)
-                case Serve(layout, unload):
-                    await self._serve(layout, unload)
-                case Announce(serving, withdraw):
-                    self._announce(serving, withdraw)
+            try:
+                await self._plan_step()
+            except Exception:
+                log.exception("plan loop fault: keeping the last good plan, trying again in %.0f s", FAULT_PAUSE_S)
+                await asyncio.sleep(FAULT_PAUSE_S)
+
+    async def _plan_step(self) -> None:
+        now = time.monotonic()
+        self.lifecycle, action = decide(self.current_view(), self.lifecycle, self._holding(), self.peer_id, now)
+        match action:
+            case Wait(until):
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, min(until - now, PLAN_POLL_S)))
+            case Solve(view):
+                await self._solve(view)
+            case Load(start, end, layout):
+                await self._load(start, end, layout)
+            case Serve(layout, unload):
+                await self._serve(layout, unload)
+            case Announce(serving, withdraw):
+                self._announce(serving, withdraw)
 
     async def _solve(self, view: View) -> None:
         outcome: Plan | Infeasible | SolverFault
@@ -324,7 +341,7 @@ class PeerNode:
             outcome = await asyncio.to_thread(solve)
         except InfeasibleError as error:
             outcome = Infeasible(str(error))
-        except SolverError as error:  # pragma: no cover - a bug in the view-to-cluster step
+        except (SolverError, ArithmeticError, ValueError) as error:  # a bug, or a view no check foresaw
             log.exception("planner error")
             outcome = SolverFault(str(error))
         before = self.lifecycle.adopted
@@ -337,7 +354,8 @@ class PeerNode:
         if before is not None and before.layout_id == adopted.layout_id:
             log.debug("plan %s: same layout %s (only measured costs moved)", adopted.plan.plan_id, adopted.layout_id)
             return
-        log.info("%s", describe_plan(adopted.plan, adopted.layout_id, len(view.cluster.devices), self._batch()))
+        names = {str(r.peer_id): r.label for r in self.membership.view()}
+        log.info("%s", describe_plan(adopted.plan, adopted.layout_id, len(view.cluster.devices), self._batch(), names))
 
     def _batch(self) -> int:
         """Sessions per pass the plan is costed for: the admitted sessions, for throughput."""
@@ -349,33 +367,15 @@ class PeerNode:
         self._announce("")
         started = time.perf_counter()
         try:
-            shard = await self.stage.run_on_worker(lambda: self._build_shard(start, end, current))
+            shard = await self.stage.run_on_worker(
+                lambda: build_shard(self.source, self.config, self.device, start, end, current)
+            )
         except (MemoryError, RuntimeError, OSError, ValueError, PeerError) as error:
             log.error("cannot load units [%d, %d): %s; leaving the plan", start, end, error)
             self.lifecycle = load_failed(self.lifecycle, start, end, str(error))
             return
         await self.stage.serve(shard, layout)
-        log.info(
-            "loaded units [%d, %d) in %.2f s (%d tensors taken over from the previous shard), %.0f MB",
-            start,
-            end,
-            time.perf_counter() - started,
-            shard.reused_tensors,
-            shard.weight_bytes() / 1e6,
-        )
-
-    def _build_shard(self, start: int, end: int, previous: Shard | None) -> Shard:
-        return Shard(
-            self.source,
-            start,
-            end,
-            device=self.device,
-            dtype=DTYPES[self.config.dtype],
-            max_sessions=self.config.sessions,
-            max_context=self.config.context,
-            slowdown=self.config.emulate_slowdown,
-            reuse=previous,
-        )
+        log.info("%s", loaded_line(shard, time.perf_counter() - started))
 
     async def _serve(self, layout: str, unload: bool) -> None:
         current = self.stage.shard

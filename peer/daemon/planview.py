@@ -16,7 +16,7 @@ b sessions in step make 1/that tokens per second.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from edgeshard.discovery.records import PeerId, PeerRecord
 from edgeshard.solver import (
@@ -134,11 +134,29 @@ def predicted_tps(
     return 1e9 / per_token_ns if per_token_ns else None
 
 
-def describe_plan(plan: Plan, layout_id: str, peers: int, batch: int) -> str:
-    """The log line of an adopted plan."""
-    stages = " → ".join(f"{s.device}[{s.start}:{s.end})" for s in plan.stages)
+def describe_plan(plan: Plan, layout_id: str, peers: int, batch: int, names: Mapping[str, str] | None = None) -> str:
+    """The log line of an adopted plan (`names`: what people call each peer id)."""
+    names = names or {}
+    stages = " → ".join(f"{names.get(s.device, s.device)}[{s.start}:{s.end})" for s in plan.stages)
     if batch > 1:  # costs per token of a `batch`-session pass
         figures = f"predicted {plan.throughput_tps:.1f} tokens/s pipelined, {batch} sessions per pass"
     else:
         figures = f"predicted {plan.latency_ms:.1f} ms/token, {plan.throughput_tps:.1f} tokens/s pipelined"
     return f"plan {plan.plan_id}, layout {layout_id} ({plan.objective}, {peers} peers): {stages}; {figures}"
+
+
+def route_problem(
+    stages: Sequence[Stage], records: Sequence[PeerRecord], route: Sequence[str], hop: int, origin: str, prefix: str
+) -> str | None:
+    """Why a session's route or origin is refused (None: both are the adopted layout's). A
+    stage dials the next hop and the origin an `Open` names, so it dials only members: the
+    adopted plan's stages in order, and an origin at a live member's address + `prefix`."""
+    addresses = {str(record.peer_id): record.address for record in records}
+    expected = [addresses.get(stage.device) for stage in stages]
+    if list(route) != expected:
+        return "the route is not the adopted layout's"
+    if not 0 <= hop < len(route) or addresses.get(stages[hop].device) != route[hop]:
+        return "this stage is not at that hop of the route"
+    if origin not in {address + prefix for address in addresses.values()}:
+        return "the origin is not a member of this cluster"
+    return None

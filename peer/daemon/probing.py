@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Sequence
 
 import aiohttp
+from edgeshard.discovery.auth import Authenticator
 from edgeshard.discovery.probe import measure_link, settle
 from edgeshard.discovery.records import LinkMeasure, PeerId, PeerRecord
 
@@ -65,6 +66,7 @@ async def probe_forever(
     view: Callable[[], Sequence[PeerRecord]],
     on_measured: Callable[[PeerId, float, float], None],
     busy: Callable[[], bool] = lambda: False,
+    auth: Authenticator | None = None,
 ) -> None:
     """Probe every peer in `view()` at join and then every PROBE_INTERVAL_S, until cancelled;
     a link already measured waits while `busy()` (the stage is computing)."""
@@ -74,7 +76,12 @@ async def probe_forever(
         while True:
             await asyncio.sleep(PROBE_POLL_S)
             now = time.monotonic()
-            for record in view():
+            records = view()
+            live = {record.peer_id for record in records}
+            for gone in [p for p in probed if p not in live]:  # bounded by the view
+                probed.pop(gone)
+                measured.discard(gone)
+            for record in records:
                 peer = record.peer_id
                 if peer == own or now - probed.get(peer, -1e9) < PROBE_INTERVAL_S:
                     continue
@@ -82,7 +89,7 @@ async def probe_forever(
                     continue
                 probed[peer] = now
                 try:
-                    mbps, rtt_ms = await measure_link(session, record.address)
+                    mbps, rtt_ms = await measure_link(session, record.address, auth=auth)
                 except (aiohttp.ClientError, OSError, TimeoutError) as error:
                     log.debug("probe of %s failed: %s", peer, error)
                     continue

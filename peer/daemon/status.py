@@ -32,11 +32,14 @@ def status_document(
         plan_json = state.adopted.plan.to_json() | {"layout_id": state.adopted.layout_id}
         for stage in plan_json["stages"]:
             record = by_peer.get(PeerId(stage["device"]))
+            # "device" is what people call it; "peer" the id it is known by (its key's hash).
+            stage["peer"], stage["device"] = stage["device"], record.label if record else stage["device"]
             stage["address"] = record.address if record else None
             stage["serving"] = record.serving == state.adopted.layout_id if record else False
     ready = isinstance(route, ReadyLayout)
     return {
         "peer": identity.peer_id,
+        "name": config.label,
         "address": identity.address,
         "cluster": config.cluster,
         "model": {"spec": config.model, "fingerprint": own.model},
@@ -52,6 +55,7 @@ def status_document(
         "peers": [
             {
                 "id": record.peer_id,
+                "name": record.label,
                 "address": record.address,
                 "health": health.get(record.peer_id, "alive"),
                 "serving": record.serving,
@@ -60,7 +64,11 @@ def status_document(
                 "prefill_ms_alone": round(sum(record.prefill_ms), 3),
                 "source": record.source,
                 "excluded": excluded.get(record.peer_id),
-                "links": [{"peer": k.peer, "mbps": k.mbps, "rtt_ms": k.rtt_ms} for k in record.links],
+                "links": [
+                    {"peer": k.peer, "name": by_peer[k.peer].label if k.peer in by_peer else k.peer}
+                    | {"mbps": k.mbps, "rtt_ms": k.rtt_ms}
+                    for k in record.links
+                ],
             }
             for record in records
         ],

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from .. import wire
 from ..errors import ProtocolError, StageError
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 Reply = Callable[[Frame], Awaitable[None]]
 FrameHandler = Callable[[Frame, Reply], Awaitable[None]]
 CloseHandler = Callable[[str], Awaitable[None]]
+Sign = Callable[[str, str], dict[str, str]]  # (method, path) → headers that authenticate a request
 
 CONNECT_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 30.0
@@ -41,7 +43,13 @@ STAGE_PATH = "/stage"
 class Links:
     """Outbound links by URL."""
 
-    def __init__(self, on_frame: FrameHandler | None = None, on_close: CloseHandler | None = None) -> None:
+    def __init__(
+        self,
+        on_frame: FrameHandler | None = None,
+        on_close: CloseHandler | None = None,
+        sign: Sign | None = None,
+    ) -> None:
+        self.sign = sign  # headers that authenticate a link's upgrade request (the cluster secret)
         self._session: aiohttp.ClientSession | None = None
         self._sockets: dict[str, aiohttp.ClientWebSocketResponse] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
@@ -58,8 +66,10 @@ class Links:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S))
         try:
+            target = URL(url + STAGE_PATH)
+            headers = self.sign("GET", target.raw_path_qs) if self.sign is not None else {}
             socket = await asyncio.wait_for(
-                self._session.ws_connect(url + STAGE_PATH, max_msg_size=wire.MAX_FRAME_BYTES, compress=0),
+                self._session.ws_connect(target, max_msg_size=wire.MAX_FRAME_BYTES, compress=0, headers=headers),
                 CONNECT_TIMEOUT_S,
             )
         except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError) as error:  # RuntimeError: closed
@@ -167,6 +177,7 @@ def frame_endpoint(
         if SOCKETS in request.app:
             request.app[SOCKETS].add(socket)
         send_lock = asyncio.Lock()
+        warned = False  # one log line per link, not one per bad frame
 
         async def reply(frame: Frame) -> None:
             async with send_lock:
@@ -179,7 +190,11 @@ def frame_endpoint(
                     try:
                         frames = decode_message(message.data)
                     except ProtocolError as error:
-                        log.warning("bad frame from %s: %s", request.remote, error)
+                        if not warned:
+                            log.warning(
+                                "bad frame from %s: %s (further ones on this link unlogged)", request.remote, error
+                            )
+                            warned = True
                         await reply(Error("", error.code, error.message))
                         continue
                     for frame in frames:  # in order, before anything else runs: a batch stays one

@@ -21,7 +21,7 @@ from aiohttp import web
 from .. import wire
 from ..errors import StageError
 from ..wire import Close, Error, Frame, InputIds, Open, Sampled, SamplingParams, WireDtype
-from .links import STAGE_PATH, Links, Reply, frame_endpoint
+from .links import STAGE_PATH, Links, Reply, Sign, frame_endpoint
 
 STEP_TIMEOUT_S = 120.0
 PREFILL_CHUNK_TOKENS = 256
@@ -40,12 +40,14 @@ def prefill_chunk(hidden_size: int | None, wire_dtype: WireDtype) -> int:
 class Origin:
     """Generation sessions started from this process."""
 
-    def __init__(self, url: str = "", prefix: str = "", hidden_size: int | None = None) -> None:
+    def __init__(
+        self, url: str = "", prefix: str = "", hidden_size: int | None = None, sign: Sign | None = None
+    ) -> None:
         # Where the last stage reaches this origin (base URL + prefix); set once the server listens.
         self.url = url
         self.prefix = prefix  # "/origin" when the origin shares an app with a stage server
         self.hidden_size = hidden_size  # sizes prefill chunks to the frame limit
-        self.links = Links(on_frame=self._receive, on_close=self._link_closed)
+        self.links = Links(on_frame=self._receive, on_close=self._link_closed, sign=sign)
         self._queues: dict[str, asyncio.Queue[Sampled | Error]] = {}
         self._routes: dict[str, tuple[str, ...]] = {}
 

@@ -28,12 +28,14 @@ async def start_server(
     host: str = "127.0.0.1",
     port: int = 0,
     cancel_on_disconnect: bool = False,
+    client_max_size: int = 2**20,
 ) -> tuple[web.AppRunner, str]:
     """Serve an app with the routes `mount` adds; returns the runner and the base URL.
 
     `cancel_on_disconnect`: a handler whose client goes away is cancelled (the API: a client
-    that hangs up mid-answer frees its session at once)."""
-    app = web.Application()
+    that hangs up mid-answer frees its session at once). `client_max_size`: the largest request
+    body a handler may read."""
+    app = web.Application(client_max_size=client_max_size)
     app[SOCKETS] = weakref.WeakSet()
     app.on_shutdown.append(_close_sockets)
     mount(app)

@@ -37,7 +37,10 @@ from ..model.shard import SessionError, Shard, Step
 from ..wire import Close, Error, Frame, Hidden, InputIds, Open, Sampled, SamplingParams, WireDtype, encode
 from .batcher import Batcher
 from .hidden import hidden_frame, hidden_tensor
-from .links import STAGE_PATH, Links, Reply, frame_endpoint
+from .links import STAGE_PATH, Links, Reply, Sign, frame_endpoint
+
+# (route, hop, origin) → why an Open is refused, or None
+Admit = Callable[[tuple[str, ...], int, str], str | None]
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +85,13 @@ class StageServer:
         links: Links | None = None,
         max_sessions: int = 64,
         layout_id: str | None = None,
+        sign: Sign | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.shard = shard
         self.layout_id = layout_id
-        self.links = links or Links(on_frame=self._on_returned, on_close=self._on_link_closed)
+        self.admit = admit  # vets an Open's route and origin before this stage dials them
+        self.links = links or Links(on_frame=self._on_returned, on_close=self._on_link_closed, sign=sign)
         self.routes: dict[str, SessionRoute] = {}
         self.max_sessions = max_sessions
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard")
@@ -241,6 +247,8 @@ class StageServer:
                     raise ProtocolError("stale-plan", f"this stage serves layout {self.layout_id or '(none yet)'}")
                 if self.shard is None:
                     raise ProtocolError("not-serving", "this peer holds no units in the current plan")
+                if self.admit is not None and (why := self.admit(frame.route, frame.hop, frame.origin)):
+                    raise ProtocolError("stale-plan", why)  # a member with a stale view retries
                 if frame.session not in self.routes and len(self.routes) >= self.max_sessions:
                     raise ProtocolError("busy", f"this stage holds {self.max_sessions} sessions")
                 last = frame.hop == len(frame.route) - 1

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edgeshard.discovery.auth import write_secret
 from edgeshard.peer.api.client import ApiError, get_status
 from openai import OpenAI
 
@@ -92,15 +93,31 @@ class Peer:
 
 
 def make_peers(
-    tmp: Path, count: int, mdns: bool = True, cluster: str | None = None, extra: Sequence[str] = ()
+    tmp: Path,
+    count: int,
+    mdns: bool = True,
+    cluster: str | None = None,
+    extra: Sequence[str] = (),
+    secret: Path | None = None,
+    names: Sequence[str] = (),
+    open_cluster: bool = False,
 ) -> list[Peer]:
-    """`count` peers of one fresh cluster name; without mDNS each bootstraps from the previous one."""
+    """`count` peers of one fresh cluster name; without mDNS each bootstraps from the previous one.
+    They hold the cluster secret `secret` (default: one made in `tmp`), as installed peers do,
+    unless `open_cluster`; each has its own state directory in `tmp`."""
     cluster = cluster or "test-" + secrets.token_hex(4)
+    if secret is None and not open_cluster:
+        secret = tmp / "cluster.secret"
+        if not secret.exists():
+            write_secret(secret)
     peers: list[Peer] = []
     for index in range(count):
-        name = f"p{index + 1}"
+        name = names[index] if names else f"p{index + 1}"
         peer_port, api_port = free_port(), free_port()
         args = [
+            *(["--secret-file", str(secret)] if secret is not None else []),
+            "--state-dir",
+            str(tmp / f"state-{name}"),
             "--name",
             name,
             "--listen",
@@ -169,9 +186,17 @@ def start_all(peers: Sequence[Peer]) -> dict[str, Any]:
     return wait_until(lambda: agreed(peers), 240, "the peers to agree on a ready plan", peers)
 
 
+_CLIENTS: dict[tuple[str, float], OpenAI] = {}
+
+
 def client(peer: Peer, timeout_s: float = 300) -> OpenAI:
-    """The openai client against a peer's API (no retries: every failure is a finding)."""
-    return OpenAI(base_url=peer.api + "/v1", api_key="unused", max_retries=0, timeout=timeout_s)
+    """The openai client against a peer's API (no retries: every failure is a finding). One per
+    API and timeout, kept: a client dropped unclosed leaves its pooled sockets to the garbage
+    collector, whose ResourceWarning fails whichever test happens to be running then."""
+    key = (peer.api, timeout_s)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = OpenAI(base_url=peer.api + "/v1", api_key="unused", max_retries=0, timeout=timeout_s)
+    return _CLIENTS[key]
 
 
 def post_chat(peer: Peer, message: str, max_tokens: int, timeout_s: float = 600) -> tuple[int, dict[str, str], str]:

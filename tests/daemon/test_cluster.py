@@ -110,7 +110,7 @@ def test_a_briefly_stopped_peer_is_suspected_not_replanned(
     while time.monotonic() - stopped_at < 4.0:  # well inside the 10 s before death
         status = observer.status()
         if status is not None:
-            seen |= {p["health"] for p in status["peers"] if p["id"] == middle.name}
+            seen |= {p["health"] for p in status["peers"] if p["name"] == middle.name}
         time.sleep(0.2)
     middle.signal(signal.SIGCONT)
     thread.join(120)
@@ -264,15 +264,15 @@ def test_a_peer_with_another_model_file_stays_out_of_the_plan(
     before = agreed(mdns_cluster)
     assert before is not None
     cluster = mdns_cluster[0].args[mdns_cluster[0].args.index("--cluster") + 1]
-    stranger = make_peers(tmp_path, 1, cluster=cluster, extra=["--model", str(random_hf_model)])[0]
-    stranger.name = "stranger"
-    stranger.args[stranger.args.index("--name") + 1] = "stranger"
+    secret = Path(mdns_cluster[0].args[mdns_cluster[0].args.index("--secret-file") + 1])
+    extra = ["--model", str(random_hf_model)]
+    stranger = make_peers(tmp_path, 1, cluster=cluster, extra=extra, secret=secret, names=["stranger"])[0]
     stranger.start()
     try:
 
         def excluded() -> str | None:
             status = mdns_cluster[0].status() or {"peers": []}
-            return next((p["excluded"] for p in status["peers"] if p["id"] == "stranger" and p["excluded"]), None)
+            return next((p["excluded"] for p in status["peers"] if p["name"] == "stranger" and p["excluded"]), None)
 
         reason = wait_until(excluded, 180, "the stranger to be seen and left out", [*mdns_cluster, stranger])
         assert "another model file" in reason

@@ -1,13 +1,16 @@
-"""Pure pieces of the daemon: settings, request parsing, link figures, layout ids, unit sizes."""
+"""Pure pieces of the daemon: settings, request parsing, link figures, layout ids, unit sizes,
+the state directory and the cluster secret."""
 
 from __future__ import annotations
 
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from edgeshard.discovery.auth import read_secret, write_secret
 from edgeshard.discovery.probe import settle
 from edgeshard.discovery.records import PeerId, PeerRecord
 from edgeshard.peer.api.schemas import RequestError, parse_chat_request
@@ -15,6 +18,9 @@ from edgeshard.peer.daemon.config import ConfigError, PeerConfig, load_config, p
 from edgeshard.peer.daemon.identity import planning_settings
 from edgeshard.peer.daemon.lifecycle import layout_id
 from edgeshard.peer.daemon.planview import plannable, source_of
+from edgeshard.peer.daemon.security import Security
+from edgeshard.peer.daemon.state import PeerState
+from edgeshard.peer.errors import PeerError
 from edgeshard.peer.model.files import GGUFModel
 from edgeshard.peer.model.profile import unit_sizes
 from edgeshard.peer.model.shard import Shard
@@ -174,3 +180,49 @@ def test_unit_sizes_match_what_a_shard_holds(default_source: GGUFModel) -> None:
     kv = 2 * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads) * 512 * 2 * 4
     # The shard also holds the rotary tables (a few hundred bytes).
     assert 0 <= middle.weight_bytes() + 4 * kv - sum(u.bytes for u in units[5:9]) <= 1024
+
+
+def test_an_api_open_to_the_network_needs_a_key() -> None:
+    with pytest.raises(ConfigError, match="api_key"):
+        load_config({"api_listen": "0.0.0.0:7421"}, {}, None)
+    config = load_config({"api_listen": "0.0.0.0:7421"}, {"EDGESHARD_PEER_API_KEY": "k"}, None)
+    assert config.api_key == "k"
+    assert load_config({"api_listen": "127.0.0.1:7421"}, {}, None).api_key == ""
+
+
+def test_the_state_directory_keeps_the_id_and_raises_the_incarnation(tmp_path: Path) -> None:
+    state = PeerState.open(tmp_path / "state")
+    peer_id, first = state.signer.peer_id, state.next_incarnation()
+    with pytest.raises(PeerError, match="in use by another peer"):
+        PeerState.open(tmp_path / "state")
+    state.keep_incarnation(first + 5)  # a refutation raised it
+    state.close()
+    again = PeerState.open(tmp_path / "state")
+    assert again.signer.peer_id == peer_id  # the id is the key's, kept
+    assert again.next_incarnation() == first + 6  # only goes up, whatever the clock says
+    assert stat.S_IMODE((tmp_path / "state" / "peer.key").stat().st_mode) == 0o600
+    again.close()
+    other = PeerState.open(tmp_path / "other")
+    assert other.signer.peer_id != peer_id
+    other.close()
+
+
+def test_a_bad_or_missing_secret_stops_the_peer_with_one_line(tmp_path: Path) -> None:
+    loose = tmp_path / "loose.secret"
+    write_secret(loose)
+    loose.chmod(0o644)
+    for path, message in ((tmp_path / "missing", "edgeshard init"), (loose, "chmod 600")):
+        with pytest.raises(PeerError, match=message):
+            Security(load_config({"secret_file": str(path)}, {}, None))
+    with pytest.raises(PeerError, match="tls: needs secret_file"):
+        Security(load_config({"tls": True}, {}, None))
+
+
+def test_edgeshard_init_writes_a_secret_once(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.secret"
+    run = [sys.executable, "-m", "edgeshard.peer.cli", "init", "--out", str(path)]
+    first = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and "--secret-file" in first.stdout
+    assert len(read_secret(path)) == 32
+    second = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1 and "exists" in second.stderr

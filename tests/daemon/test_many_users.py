@@ -131,7 +131,7 @@ def test_clients_that_disconnect_free_their_slots_at_every_stage(cluster: list[P
     for index in range(SESSIONS):
         stream = index % 2 == 0
         body = json.dumps(
-            {"messages": [{"role": "user", "content": prompt(index)}], "max_tokens": 400, "stream": stream}
+            {"messages": [{"role": "user", "content": prompt(index)}], "max_tokens": 200, "stream": stream}
         ).encode()
         sock = socket.create_connection((host, port))
         head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"

@@ -9,6 +9,8 @@ from edgeshard.peer.daemon.stability import MARGIN, hold_still, served_stages
 from edgeshard.peer.model.batches import batch_factor
 from edgeshard.solver import DeviceId, Stage, Unit, plan
 
+from ..discovery.signed import signed
+
 GiB = 2**30
 UNITS = [
     Unit("embed", GiB // 4, 1024),
@@ -100,7 +102,7 @@ def test_link_figures_are_smoothed_and_do_not_follow_one_odd_probe() -> None:
 
 
 def test_records_carry_their_units_and_batch_curve() -> None:
-    original = record(A, serving="L", units=(2, 5))
+    original = signed("a", serving="L", units=(2, 5), batch_scale=(1.0, 1.2, 1.5, 2.0, 3.0))
     (decoded,) = decode_records(encode_records([original]))
     assert decoded.units == (2, 5) and decoded.batch_scale == original.batch_scale
 

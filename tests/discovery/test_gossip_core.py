@@ -25,6 +25,8 @@ from edgeshard.discovery.records import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from .signed import peer, signed
+
 
 def record(peer: str, incarnation: int = 1, heartbeat: int = 0, **changes: object) -> PeerRecord:
     fields: dict[str, object] = dict(
@@ -84,13 +86,13 @@ def test_push_pull_converges_in_logarithmic_rounds(peers: int) -> None:
 
 def test_codec_round_trips_and_rejects_garbage() -> None:
     rs = [
-        record("a", links=(LinkMeasure(PeerId("b"), 940.0, 0.4),), serving="plan1", source=True, prefill_ms=(1.0, 9.5)),
-        record("b", 2, 7),
+        signed("a", links=(LinkMeasure(peer("b"), 940.0, 0.4),), serving="plan1", source=True, prefill_ms=(1, 9, 9, 5)),
+        signed("b", 2, 7),
     ]
     assert decode_records(encode_records(rs)) == rs
-    exchange = decode_exchange(encode_exchange(digest({r.peer_id: r for r in rs}), rs, {PeerId("c"): (3, 4)}))
-    assert (exchange.records, exchange.obituaries) == (rs, {"c": (3, 4)})
-    assert exchange.digest == {"a": (1, 0), "b": (2, 7)}
+    exchange = decode_exchange(encode_exchange(digest({r.peer_id: r for r in rs}), rs, [signed("c", 3, 4)]))
+    assert (exchange.records, exchange.obituaries) == (rs, [signed("c", 3, 4)])
+    assert exchange.digest == {peer("a"): (1, 0), peer("b"): (2, 7)}
     for bad in (b"\xc1", encode_records([]) + b"x", b"\x91\x01"):
         with pytest.raises(RecordError):
             decode_records(bad)
@@ -132,10 +134,10 @@ def test_a_certified_death_spreads_and_a_restart_outlives_it() -> None:
         view.apply([record("c", 1, 5)], now=0.0)
     assert a.confirm_dead(PeerId("c"))  # c's port refused a's connection
     assert not a.confirm_dead(PeerId("a"))  # never ourselves
-    assert b.bury(a.obituaries) == ["c"]
-    assert "c" not in b.records and b.obituaries == {"c": (1, 5)}
+    assert b.bury(a.obituaries.values()) == ["c"]
+    assert "c" not in b.records and b.obituaries["c"].clock == (1, 5)  # the exact record, passed on
     b.apply([record("c", 1, 5)], now=1.0)  # a stale copy still in circulation: no ghost
     assert "c" not in b.records
     newer = Membership(record("d"))
     newer.apply([record("c", 2, 0)], now=0.0)  # c restarted before the certificate arrived
-    assert newer.bury(a.obituaries) == [] and "c" in newer.records
+    assert newer.bury(a.obituaries.values()) == [] and "c" in newer.records

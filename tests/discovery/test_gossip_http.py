@@ -5,32 +5,45 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
+from functools import partial
 
 import aiohttp
 import pytest
 from aiohttp import web
+from edgeshard.discovery.auth import Authenticator, middleware
 from edgeshard.discovery.failure import FailurePolicy
 from edgeshard.discovery.gossip import GOSSIP_PATH, Gossip
 from edgeshard.discovery.membership import Membership
-from edgeshard.discovery.records import PeerId, PeerRecord
+from edgeshard.discovery.records import PeerId, PeerRecord, encode_exchange, sign_record
+from edgeshard.discovery.signing import Signer
 from edgeshard.peer.pipeline.servers import start_server
 
 
-async def _peer(name: str, bootstrap: list[str]) -> tuple[Gossip, web.AppRunner]:
+async def _peer(
+    name: str, bootstrap: list[str], secret: bytes | None = None, key: Signer | None = None
+) -> tuple[Gossip, web.AppRunner]:
     # Bind first (port 0), then build the record with the real address.
     holder: list[Gossip] = []
+    auth = Authenticator(secret)
 
     async def handle(request: web.Request) -> web.Response:
         return await holder[0].handle(request)
 
     def mount(app: web.Application) -> None:
+        app.middlewares.append(middleware(auth, lambda host, why: None))
         app.router.add_post(GOSSIP_PATH, handle)
 
     runner, url = await start_server(mount)
-    record = PeerRecord(PeerId(name), 1, 0, url, "home", "m", 2**30, (1.0, 1.0))
-    gossip = Gossip(Membership(record, FailurePolicy(dead_after_s=2.0)), bootstrap, interval_s=0.1)
+    key = key or Signer()
+    record = PeerRecord(PeerId(key.peer_id), 1, 0, url, "home", "m", 2**30, (1.0, 1.0), name=name, key=key.public_key)
+    members = Membership(record, FailurePolicy(dead_after_s=2.0), sign=partial(sign_record, sign=key.sign))
+    gossip = Gossip(members, bootstrap, interval_s=0.1, auth=auth)
     holder.append(gossip)
     return gossip, runner
+
+
+def names(gossip: Gossip) -> list[str]:
+    return sorted(r.name for r in gossip.membership.records.values())
 
 
 @pytest.fixture
@@ -51,7 +64,8 @@ async def test_views_converge_and_a_dead_peer_leaves(three: list[tuple[Gossip, w
         await asyncio.gather(*(g.round() for g in gossips))
         if all(len(g.membership.records) == 3 for g in gossips):
             break
-    assert all(sorted(g.membership.records) == ["a", "b", "c"] for g in gossips)
+    assert all(names(g) == ["a", "b", "c"] for g in gossips)
+    c_id = three[2][0].membership.own.peer_id
     # c stops answering (its server goes away) and stops gossiping.
     await three[2][1].cleanup()
     survivors = gossips[:2]
@@ -61,10 +75,10 @@ async def test_views_converge_and_a_dead_peer_leaves(three: list[tuple[Gossip, w
         results = await asyncio.gather(*(g.round() for g in survivors))
         for index, gone in enumerate(results):
             dead[index] += gone
-        if all("c" in d for d in dead):
+        if all(c_id in d for d in dead):
             break
-    assert dead == [["c"], ["c"]]
-    assert all(sorted(g.membership.records) == ["a", "b"] for g in survivors)
+    assert dead == [[c_id], [c_id]]
+    assert all(names(g) == ["a", "b"] for g in survivors)
 
 
 async def test_garbage_gets_400_and_changes_nothing(three: list[tuple[Gossip, web.AppRunner]]) -> None:
@@ -72,7 +86,7 @@ async def test_garbage_gets_400_and_changes_nothing(three: list[tuple[Gossip, we
     address = gossip.membership.own.address + GOSSIP_PATH
     async with aiohttp.ClientSession() as session, session.post(address, data=b"\xc1\x00junk") as response:
         assert response.status == 400
-    assert list(gossip.membership.records) == ["a"]
+    assert names(gossip) == ["a"]
 
 
 async def test_two_dozen_peers_over_http_converge_in_logarithmic_rounds() -> None:
@@ -95,13 +109,43 @@ async def test_two_dozen_peers_over_http_converge_in_logarithmic_rounds() -> Non
             await runner.cleanup()
 
 
-async def test_two_peers_with_one_name_are_reported(caplog: pytest.LogCaptureFixture) -> None:
-    a = await _peer("same", [])
-    b = await _peer("same", [a[0].membership.own.address])
+async def test_a_copied_key_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    key = Signer()  # two peers started from one state directory (a cloned image)
+    a = await _peer("same", [], key=key)
+    b = await _peer("same", [a[0].membership.own.address], key=key)
     try:
         await b[0].round()
-        assert "also calls itself 'same'" in caplog.text
+        await b[0].round()
+        assert "uses this peer's key" in caplog.text
     finally:
         for gossip, runner in (a, b):
+            await gossip.close()
+            await runner.cleanup()
+
+
+async def test_only_holders_of_the_secret_join_and_strangers_learn_nothing() -> None:
+    secret = b"k" * 32
+    a = await _peer("a", [], secret)
+    b = await _peer("b", [a[0].membership.own.address], secret)
+    stranger = await _peer("stranger", [a[0].membership.own.address, b[0].membership.own.address])
+    wrong = await _peer("wrong", [a[0].membership.own.address], b"w" * 32)
+    everyone = [a, b, stranger, wrong]
+    try:
+        for gossip, _ in everyone:  # the members also find the others (as mDNS would tell them)
+            for other, _ in everyone:
+                gossip.add_candidate(other.membership.own.address)
+        for _ in range(6):
+            await asyncio.gather(*(g.round() for g, _ in everyone))
+        assert names(a[0]) == names(b[0]) == ["a", "b"]
+        # The members contacted the strangers too, but told them nothing before a signed reply.
+        assert names(stranger[0]) == ["stranger"] and names(wrong[0]) == ["wrong"]
+        # A raw request without credentials gets a 401 and no records.
+        async with aiohttp.ClientSession() as session:
+            body = encode_exchange({}, [])
+            async with session.post(a[0].membership.own.address + GOSSIP_PATH, data=body) as response:
+                assert response.status == 401
+                assert b"home" not in await response.read()
+    finally:
+        for gossip, runner in everyone:
             await gossip.close()
             await runner.cleanup()

@@ -1,0 +1,33 @@
+"""Building the shard a plan gives this peer (on the stage's worker thread) and saying so."""
+
+from __future__ import annotations
+
+from ..model.devices import DTYPES
+from ..model.files import ModelSource
+from ..model.shard import Shard
+from .config import PeerConfig
+
+
+def build_shard(
+    source: ModelSource, config: PeerConfig, device: str, start: int, end: int, previous: Shard | None
+) -> Shard:
+    """Units [start, end) of the model, taking over the tensors `previous` already holds."""
+    return Shard(
+        source,
+        start,
+        end,
+        device=device,
+        dtype=DTYPES[config.dtype],
+        max_sessions=config.sessions,
+        max_context=config.context,
+        slowdown=config.emulate_slowdown,
+        reuse=previous,
+    )
+
+
+def loaded_line(shard: Shard, seconds: float) -> str:
+    """The log line of a finished load."""
+    return (
+        f"loaded units [{shard.start}, {shard.end}) in {seconds:.2f} s "
+        f"({shard.reused_tensors} tensors taken over from the previous shard), {shard.weight_bytes() / 1e6:.0f} MB"
+    )

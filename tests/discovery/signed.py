@@ -1,0 +1,38 @@
+"""Test helpers: peers with real keys, and records signed by them."""
+
+from __future__ import annotations
+
+import functools
+
+from edgeshard.discovery.records import PeerId, PeerRecord, sign_record
+from edgeshard.discovery.signing import Signer
+
+
+@functools.cache
+def signer(name: str) -> Signer:
+    """One key per name, for the whole test session."""
+    return Signer()
+
+
+def peer(name: str) -> PeerId:
+    """The id of the peer called `name`."""
+    return PeerId(signer(name).peer_id)
+
+
+def signed(who: str, /, incarnation: int = 1, heartbeat: int = 0, **changes: object) -> PeerRecord:
+    """A valid record of the peer called `who`, signed by its key."""
+    name = who
+    fields: dict[str, object] = dict(
+        peer_id=peer(name),
+        incarnation=incarnation,
+        heartbeat=heartbeat,
+        address=f"http://{name}.local:7420",
+        cluster="home",
+        model="abc",
+        memory_bytes=2**30,
+        unit_ms=(0.1, 2.0, 2.0, 1.0),
+        name=name,
+        key=signer(name).public_key,
+    )
+    fields.update(changes)
+    return sign_record(PeerRecord(**fields), signer(name).sign)  # type: ignore[arg-type]
