@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -44,12 +45,14 @@ class Gossip:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         auth: Authenticator | None = None,
+        pin: Callable[[str], Any] = lambda _address: True,
     ) -> None:
         self.membership = membership
         self.bootstrap = list(bootstrap or [])
         # Addresses to try until they have records (bootstrap, mDNS finds); bounded, oldest out.
         self.candidates: dict[str, None] = dict.fromkeys(self.bootstrap)
         self.auth = auth or Authenticator(None)
+        self.pin = pin  # aiohttp's ssl= for an address (`tls.pins` under --tls)
         self.interval_s, self.fanout = interval_s, fanout
         self.on_change = on_change
         self.rng = rng or random.Random()
@@ -116,7 +119,8 @@ class Gossip:
             body = encode_exchange({}, [])
         headers = self.auth.sign("POST", GOSSIP_PATH, body)
         try:
-            async with self._session.post(address + GOSSIP_PATH, data=body, headers=headers) as response:
+            post = self._session.post(address + GOSSIP_PATH, data=body, headers=headers, ssl=self.pin(address))
+            async with post as response:
                 if response.status != 200:
                     log.warning("gossip with %s: HTTP %s", address, response.status)
                     return

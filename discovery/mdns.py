@@ -60,11 +60,13 @@ class MdnsDiscovery:
         on_found: Callable[[Found], None],
         on_lost: Callable[[str], None] | None = None,
         interfaces: Sequence[str] | None = None,
+        tls: bool = False,
     ) -> None:
         self.peer_id, self.host, self.port = peer_id, host, port
         self.cluster, self.model = cluster, model
         self.on_found, self.on_lost = on_found, on_lost
         self.interfaces = list(interfaces) if interfaces else None
+        self.tls = tls  # peer traffic is https (TXT tls=1), so finds are dialled with TLS
         self._zeroconf: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._info: AsyncServiceInfo | None = None
@@ -85,7 +87,13 @@ class MdnsDiscovery:
             self._instance(),
             addresses=[socket.inet_aton(self.host)],
             port=self.port,
-            properties={"id": self.peer_id, "v": PROTOCOL_VERSION, "cluster": self.cluster, "model": self.model},
+            properties={
+                "id": self.peer_id,
+                "v": PROTOCOL_VERSION,
+                "cluster": self.cluster,
+                "model": self.model,
+                **({"tls": "1"} if self.tls else {}),
+            },
             server=f"{self.peer_id}.local.",
         )
         # The async API returns a task that finishes once the announcements are sent. A peer that
@@ -121,7 +129,7 @@ class MdnsDiscovery:
         self.on_found(
             Found(
                 peer_id=_text(properties, "id") or peer_of(name),
-                address=f"http://{addresses[0]}:{info.port}",
+                address=f"{'https' if _text(properties, 'tls') == '1' else 'http'}://{addresses[0]}:{info.port}",
                 cluster=_text(properties, "cluster"),
                 model=_text(properties, "model"),
                 version=_text(properties, "v"),

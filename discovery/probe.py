@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -34,7 +35,11 @@ async def probe_endpoint(request: web.Request) -> web.Response:
 
 
 async def measure_link(
-    session: aiohttp.ClientSession, address: str, download: int = DOWNLOAD_BYTES, auth: Authenticator | None = None
+    session: aiohttp.ClientSession,
+    address: str,
+    download: int = DOWNLOAD_BYTES,
+    auth: Authenticator | None = None,
+    ssl: Any = True,
 ) -> tuple[float, float]:
     """(mbps, rtt_ms) to the peer at `address`; raises aiohttp/OS errors when unreachable (and
     aiohttp.ClientResponseError when it refuses us)."""
@@ -42,7 +47,7 @@ async def measure_link(
 
     async def get(count: int) -> bytes:
         path = f"{PROBE_PATH}?bytes={count}"
-        async with session.get(address + path, headers=auth.sign("GET", path)) as response:
+        async with session.get(address + path, headers=auth.sign("GET", path), ssl=ssl) as response:
             response.raise_for_status()
             return await response.read()
 

@@ -95,14 +95,21 @@ def stream_chunks(
 
 def describe_status(status: dict[str, Any]) -> str:
     """A readable summary of a peer's /v1/status."""
+    security = status.get("security") or {}
+    guard = (
+        "OPEN CLUSTER (no secret)"
+        if security.get("mode") == "open"
+        else "secret" + (", TLS" if security.get("tls") else "")
+    )
     lines = [
-        f"peer {status['peer']} at {status['address']}, cluster {status['cluster']!r}, "
+        f"peer {status.get('name', status['peer'])} ({status['peer']}) at {status['address']}, "
+        f"cluster {status['cluster']!r} [{guard}], "
         f"{'ready' if status['ready'] else 'not ready: ' + str(status['reason'])}"
     ]
     for peer in status["peers"]:
         note = f" (left out: {peer['excluded']})" if peer.get("excluded") else ""
         lines.append(
-            f"  {peer['id']:<16} {peer['health']:<8} {peer['address']:<28} "
+            f"  {peer.get('name', peer['id']):<12} {peer['id']:<16} {peer['health']:<8} {peer['address']:<28} "
             f"{peer['memory_bytes'] / 2**30:6.2f} GiB  {peer['ms_per_token_alone']:8.1f} ms/token alone{note}"
         )
     plan = status.get("plan")

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from ..api.client import stream_chunks, texts
+from ..errors import PeerError
 from ..model.options import DEFAULT_MODEL, DTYPE_NAMES
 from ..wire import SamplingParams
 
@@ -67,7 +68,13 @@ async def repl(system: str | None, answer: Answer) -> None:
             continue
         history.append({"role": "user", "content": message})
         print("assistant> ", end="", flush=True)
-        reply = await answer(history, turn)
+        try:
+            reply = await answer(history, turn)
+        except PeerError as error:  # one failed turn (a full context, a cluster re-planning) is not the end
+            hint = "; /reset starts afresh" if "context" in str(error) else ""
+            print(f"\n(no answer: {error}{hint})")
+            history.pop()
+            continue
         print()
         history.append({"role": "assistant", "content": reply})
         turn += 1

@@ -72,8 +72,14 @@ class LocalPeer:
 
 
 def start_peers(args: argparse.Namespace, logs: Path) -> list[LocalPeer]:
-    """Start the peer processes (they find each other over mDNS on 127.0.0.1)."""
+    """Start the peer processes (they find each other over mDNS on 127.0.0.1). They share a
+    cluster secret made in `logs`, and each keeps its key in a state directory there."""
+    from edgeshard.discovery.auth import write_secret
+
     cluster = "local-" + secrets.token_hex(3)
+    secret = logs / "cluster.secret"
+    if not secret.exists():
+        write_secret(secret)
     peers = []
     for index in range(args.peers):
         name = f"peer{index + 1}"
@@ -86,6 +92,7 @@ def start_peers(args: argparse.Namespace, logs: Path) -> list[LocalPeer]:
             *("--interface", "127.0.0.1", "--cluster", cluster, "--model", args.model),
             *("--context", str(args.context), "--sessions", str(getattr(args, "sessions", 4))),
             *("--objective", args.objective),
+            *("--secret-file", str(secret), "--state-dir", str(logs / f"state-{name}")),
         ]
         if args.max_memory:
             command += ["--max-memory", args.max_memory]

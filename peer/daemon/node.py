@@ -16,12 +16,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from edgeshard.discovery.auth import middleware
-from edgeshard.discovery.gossip import MAX_BODY as GOSSIP_MAX_BODY
+from edgeshard.discovery.gossip import MAX_BODY as GOSSIP_MAX
 from edgeshard.discovery.gossip import Gossip
 from edgeshard.discovery.mdns import Found, MdnsDiscovery
 from edgeshard.discovery.membership import Membership
@@ -112,8 +113,7 @@ class PeerNode:
         """Load what is needed to take part, and start serving (not yet gossiping)."""
         config = self.config
         self.source = await asyncio.to_thread(open_model, config.model, self.cache_dir)
-        source = self.source
-        self.origin.hidden_size = int(source.config.hidden_size)
+        source, self.origin.hidden_size = self.source, int(self.source.config.hidden_size)
         fingerprint: str = await asyncio.to_thread(lambda: source.fingerprint)
         self._tokenizer = await asyncio.to_thread(source.tokenizer)  # converted once, before the API opens
         dtype = DTYPES[config.dtype]
@@ -124,28 +124,30 @@ class PeerNode:
         memory = memory_budget(self.device, config.max_memory)
 
         host, port = split_host_port(config.listen, PEER_PORT)
-        runner, bound = await start_server(self._mount_peer, host, port, client_max_size=GOSSIP_MAX_BODY)
+        tls, fingerprint_tls = self.security.server_tls(self.state.directory)
+        scheme = "https" if tls else "http"
+        runner, bound = await start_server(self._mount_peer, host, port, client_max_size=GOSSIP_MAX, ssl_context=tls)
         self._runners.append(runner)
         bound_port = int(bound.rsplit(":", 1)[1])
         advertised = advertised_host(config, host)
-        peer_url = f"http://{advertised}:{bound_port}"
+        peer_url = f"{scheme}://{advertised}:{bound_port}"
         self.origin.url = peer_url + ORIGIN_PREFIX
         self.identity = Identity(config, self.peer_id, peer_url, self.device)
         key, incarnation = self.state.signer.public_key, self.state.next_incarnation()
-        own = first_record(self.identity, fingerprint, memory, profile, key, incarnation)
+        own = replace(first_record(self.identity, fingerprint, memory, profile, key, incarnation), cert=fingerprint_tls)
         self.membership = signed_membership(own, self.state, config.dead_after_s)
-        bootstrap = [f"http://{address}" if "://" not in address else address for address in config.bootstrap]
-        self.gossip = Gossip(
-            self.membership, bootstrap, config.gossip_interval_s, on_change=self._on_change, auth=self.security.auth
-        )
+        bootstrap = [f"{scheme}://{address}" if "://" not in address else address for address in config.bootstrap]
+        self.pin = self.stage.links.pin = self.origin.links.pin = self.security.pin(self.membership.view)
+        gossip = (self.membership, bootstrap, config.gossip_interval_s)
+        self.gossip = Gossip(*gossip, on_change=self._on_change, auth=self.security.auth, pin=self.pin)
 
         api_host, api_port = split_host_port(config.api_listen, API_PORT)
         self.api = Api(self, Admission(config.sessions, config.queue), api_key=config.api_key)
         runner, api_url = await start_server(self.api.add_routes, api_host, api_port, cancel_on_disconnect=True)
         self._runners.append(runner)
         if config.mdns:
-            where = (self.peer_id, advertised, bound_port, config.cluster, fingerprint)
-            self.mdns = MdnsDiscovery(*where, on_found=self._on_found, interfaces=config.interface or None)
+            where = (self.peer_id, advertised, bound_port, config.cluster, fingerprint, self._on_found)
+            self.mdns = MdnsDiscovery(*where, interfaces=config.interface or None, tls=bool(tls))
             await self.mdns.start()
         log.info("%s", startup_line(self.identity, api_url, fingerprint, memory, sum(profile.unit_ms)))
         self.security.announce()
@@ -170,7 +172,12 @@ class PeerNode:
             tasks.create_task(self._plan_loop())
             tasks.create_task(
                 probe_forever(
-                    self.peer_id, self.membership.view, self._on_link_measured, self.stage.busy, self.security.auth
+                    self.peer_id,
+                    self.membership.view,
+                    self._on_link_measured,
+                    self.stage.busy,
+                    self.security.auth,
+                    self.pin,
                 )
             )
 

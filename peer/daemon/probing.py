@@ -17,6 +17,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 import aiohttp
 from edgeshard.discovery.auth import Authenticator
@@ -67,6 +68,7 @@ async def probe_forever(
     on_measured: Callable[[PeerId, float, float], None],
     busy: Callable[[], bool] = lambda: False,
     auth: Authenticator | None = None,
+    pin: Callable[[str], Any] = lambda _address: True,
 ) -> None:
     """Probe every peer in `view()` at join and then every PROBE_INTERVAL_S, until cancelled;
     a link already measured waits while `busy()` (the stage is computing)."""
@@ -89,7 +91,7 @@ async def probe_forever(
                     continue
                 probed[peer] = now
                 try:
-                    mbps, rtt_ms = await measure_link(session, record.address, auth=auth)
+                    mbps, rtt_ms = await measure_link(session, record.address, auth=auth, ssl=pin(record.address))
                 except (aiohttp.ClientError, OSError, TimeoutError) as error:
                     log.debug("probe of %s failed: %s", peer, error)
                     continue

@@ -7,10 +7,14 @@ choose answers): fine for trying things out, and said loudly at start and in eve
 from __future__ import annotations
 
 import logging
+import ssl
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from edgeshard.discovery.auth import Authenticator, SecretError, read_secret
+from edgeshard.discovery.records import PeerRecord
+from edgeshard.discovery.tls import Pin, certificate, pins
 
 from ..errors import PeerError
 from .config import PeerConfig
@@ -39,6 +43,15 @@ class Security:
         self.auth = Authenticator(secret)
         self.tls = config.tls
         self.refused: dict[str, int] = {}  # host → requests refused (bounded)
+
+    def server_tls(self, state_dir: Path) -> tuple[ssl.SSLContext | None, str]:
+        """Under --tls: the peer port's TLS context and the certificate's fingerprint for our
+        record (made once in the state directory); else (None, "")."""
+        return certificate(state_dir) if self.tls else (None, "")
+
+    def pin(self, records: Callable[[], Iterable[PeerRecord]]) -> Callable[[str], Pin]:
+        """aiohttp's `ssl=` for each address we dial: the certificate its record pins."""
+        return pins(lambda: {record.address: record.cert for record in records() if record.cert})
 
     def announce(self) -> None:
         """Say at start how this peer is guarded."""

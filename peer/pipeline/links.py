@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -48,8 +49,10 @@ class Links:
         on_frame: FrameHandler | None = None,
         on_close: CloseHandler | None = None,
         sign: Sign | None = None,
+        pin: Callable[[str], Any] | None = None,
     ) -> None:
         self.sign = sign  # headers that authenticate a link's upgrade request (the cluster secret)
+        self.pin = pin  # aiohttp's ssl= for a URL (the peer's pinned certificate under --tls)
         self._session: aiohttp.ClientSession | None = None
         self._sockets: dict[str, aiohttp.ClientWebSocketResponse] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
@@ -69,7 +72,13 @@ class Links:
             target = URL(url + STAGE_PATH)
             headers = self.sign("GET", target.raw_path_qs) if self.sign is not None else {}
             socket = await asyncio.wait_for(
-                self._session.ws_connect(target, max_msg_size=wire.MAX_FRAME_BYTES, compress=0, headers=headers),
+                self._session.ws_connect(
+                    target,
+                    max_msg_size=wire.MAX_FRAME_BYTES,
+                    compress=0,
+                    headers=headers,
+                    ssl=self.pin(url) if self.pin is not None else True,
+                ),
                 CONNECT_TIMEOUT_S,
             )
         except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError) as error:  # RuntimeError: closed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import weakref
 from collections.abc import Callable
 
@@ -29,6 +30,7 @@ async def start_server(
     port: int = 0,
     cancel_on_disconnect: bool = False,
     client_max_size: int = 2**20,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, str]:
     """Serve an app with the routes `mount` adds; returns the runner and the base URL.
 
@@ -44,7 +46,7 @@ async def start_server(
         app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S, handler_cancellation=cancel_on_disconnect
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
-    return runner, f"http://{bound_host}:{bound_port}"
+    return runner, f"{'https' if ssl_context else 'http'}://{bound_host}:{bound_port}"

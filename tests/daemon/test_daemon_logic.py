@@ -13,6 +13,7 @@ import torch
 from edgeshard.discovery.auth import read_secret, write_secret
 from edgeshard.discovery.probe import settle
 from edgeshard.discovery.records import PeerId, PeerRecord
+from edgeshard.peer.api.client import describe_status
 from edgeshard.peer.api.schemas import RequestError, parse_chat_request
 from edgeshard.peer.daemon.config import ConfigError, PeerConfig, load_config, parse_bytes
 from edgeshard.peer.daemon.identity import planning_settings
@@ -226,3 +227,13 @@ def test_edgeshard_init_writes_a_secret_once(tmp_path: Path) -> None:
     assert len(read_secret(path)) == 32
     second = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert second.returncode == 1 and "exists" in second.stderr
+
+
+def test_edgeshard_status_shows_names_ids_and_how_the_peer_is_guarded() -> None:
+    peer = {"id": "3fa9c2d1e0b4a577", "name": "orin-1", "health": "alive", "address": "http://198.18.0.2:7420"}
+    peer |= {"memory_bytes": 2**30, "ms_per_token_alone": 12.0, "excluded": None}
+    status = {"peer": "3fa9c2d1e0b4a577", "name": "orin-1", "address": "http://198.18.0.2:7420", "cluster": "home"}
+    status |= {"ready": False, "reason": "no plan yet", "peers": [peer], "plan": None}
+    text = describe_status(status | {"security": {"mode": "open", "tls": False}})
+    assert "orin-1" in text and "3fa9c2d1e0b4a577" in text and "OPEN CLUSTER" in text
+    assert "secret, TLS" in describe_status(status | {"security": {"mode": "secret", "tls": True}})

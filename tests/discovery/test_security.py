@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from aiohttp import Fingerprint
 from edgeshard.discovery.auth import WINDOW_S, Authenticator, SecretError, read_secret, write_secret
 from edgeshard.discovery.membership import TOMBSTONE_S, Membership
 from edgeshard.discovery.records import (
@@ -28,6 +29,7 @@ from edgeshard.discovery.records import (
     encode_records,
     sign_record,
 )
+from edgeshard.discovery.tls import certificate, pins
 
 from .signed import peer, signed, signer
 
@@ -199,3 +201,13 @@ def test_the_secret_file(tmp_path: Path) -> None:
 def test_signed_obituaries_travel_in_exchanges() -> None:
     body = encode_exchange({}, [], [signed("c", 1, 5)])
     assert decode_exchange(body).obituaries == [signed("c", 1, 5)]
+
+
+def test_tls_certificates_are_made_once_and_pinned(tmp_path: Path) -> None:
+    _context, fingerprint = certificate(tmp_path)
+    assert stat.S_IMODE((tmp_path / "tls.key").stat().st_mode) == 0o600
+    assert certificate(tmp_path)[1] == fingerprint  # kept, not remade
+    pin = pins(lambda: {"https://198.18.0.2:7420": fingerprint})
+    assert isinstance(pin("https://198.18.0.2:7420/origin/stage"), Fingerprint)
+    assert pin("https://198.18.0.3:7420") is False  # a first contact: encrypted, not yet pinned
+    assert pin("http://198.18.0.3:7420") is True
