@@ -90,6 +90,8 @@ class Membership:
         return changed
 
     def _about_us(self, record: PeerRecord) -> None:
+        if record.clock < self.own.clock:
+            return  # an older life of ours (perhaps at an address we had before): harmless
         if record.address != self.own.address:
             if record.address not in self.twins and len(self.twins) < 16:
                 self.twins.add(record.address)
@@ -100,7 +102,7 @@ class Membership:
                     self.own.peer_id,
                 )
             return
-        if record.clock >= self.own.clock and record.signed != self.own.signed:
+        if record.signed != self.own.signed:
             # A previous life of ours is newer than us: out-number it (SWIM's refutation).
             incarnation = record.incarnation + 1
             self.on_incarnation(incarnation)

@@ -225,10 +225,9 @@ class PeerNode:
         return await wait_for(state, timeout_s)
 
     def _admit(self, route: tuple[str, ...], hop: int, origin: str) -> str | None:
-        adopted = self.lifecycle.adopted
-        if adopted is None:
-            return "no plan adopted here yet"
-        return route_problem(adopted.plan.stages, self.membership.view(), route, hop, origin, ORIGIN_PREFIX)
+        adopted = self.lifecycle.adopted  # the stage checked that the frame's layout is the one served
+        stages = adopted.plan.stages if adopted is not None and adopted.layout_id == self.stage.layout_id else None
+        return route_problem(stages, self.membership.view(), route, hop, origin, ORIGIN_PREFIX)
 
     def status(self) -> dict[str, Any]:
         """This peer's view, plan and readiness (GET /v1/status)."""

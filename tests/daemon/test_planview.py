@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from edgeshard.discovery.records import LinkMeasure, PeerId, PeerRecord
-from edgeshard.peer.daemon.planview import cluster_from_view, round_significant
-from edgeshard.solver import Unit, plan
+from edgeshard.peer.daemon.planview import cluster_from_view, round_significant, route_problem
+from edgeshard.solver import DeviceId, Stage, Unit, plan
 from edgeshard.solver.classes import device_classes
 from edgeshard.solver.costs import CostModel
 
@@ -36,3 +36,19 @@ def test_view_to_cluster_is_deterministic_and_merges_near_identical_devices() ->
     assert [c.size for c in device_classes(CostModel(jetsons))] == [2]  # measured apart, planned as one
     assert plan(cluster, "latency").plan_id == plan(again, "latency").plan_id
     assert round_significant(0.0123456) == 0.012 and round_significant(987.0) == 990.0
+
+
+def test_a_stage_dials_only_the_layouts_members() -> None:
+    view = [record(p, (1.0,), 2**30) for p in ("a", "b", "c")]
+    stages = (Stage(DeviceId("a"), 0, 2), Stage(DeviceId("b"), 2, 4))
+    route, origin = ("http://a:7420", "http://b:7420"), "http://c:7420/origin"
+    assert route_problem(stages, view, route, 1, origin, "/origin") is None
+    assert route_problem(stages, view, route, 0, "http://198.18.9.9:80/origin", "/origin") == (
+        "the origin is not a member of this cluster"
+    )
+    assert route_problem(stages, view, ("http://a:7420", "http://198.18.9.9:80"), 0, origin, "/origin")
+    assert route_problem(stages, view, route, 5, origin, "/origin")  # not our hop
+    assert route_problem(stages, view, ("http://b:7420", "http://a:7420"), 0, origin, "/origin")  # wrong order
+    # While the adopted plan is another layout than the one served: members only.
+    assert route_problem(None, view, ("http://c:7420", "http://a:7420"), 0, origin, "/origin") is None
+    assert route_problem(None, view, ("http://c:7420", "http://198.18.9.10:80"), 0, origin, "/origin")
