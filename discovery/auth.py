@@ -1,10 +1,11 @@
 """Peer-to-peer authentication with the cluster secret: an HMAC over each request.
 
-A request from one member to another carries `X-EdgeShard-Auth: TS.NONCE.MAC`, where MAC is
-HMAC-SHA256, under a key derived from the cluster secret, over the method, the path with its
-query, the timestamp (ms), the nonce and the SHA-256 of the body. The receiver accepts it only
-within `WINDOW_S` of its own clock and only once (the nonce is remembered for the window), so a
-captured request cannot be replayed. A WebSocket is authenticated by its upgrade request; a
+A request from one member to another carries `X-EdgeShard-Auth: TS.NONCE.BODY.MAC`, where BODY
+is the SHA-256 of the body and MAC is HMAC-SHA256, under a key derived from the cluster secret,
+over the method, the path with its query, the timestamp (ms), the nonce and BODY. The receiver
+checks the header before it reads the body, accepts it only within `WINDOW_S` of its own clock
+and only once (a nonce is remembered as long as its request could be valid), so a captured
+request cannot be replayed. A WebSocket is authenticated by its upgrade request; a
 response is authenticated by an HMAC over the request's nonce and the response body, so a member
 knows the answer came from a member too. Without a secret (`Authenticator(None)`) nothing is
 signed or checked: an open cluster, for trying things out.
@@ -18,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import stat
 import time
@@ -34,7 +36,6 @@ RESPONSE_HEADER = "X-EdgeShard-Reply"
 WINDOW_S = 60.0  # clock difference tolerated between members (NTP keeps LAN clocks far closer)
 MAX_NONCES = 100_000  # remembered nonces; the oldest go first (they leave the window anyway)
 SECRET_BYTES = 32
-EMPTY_SHA256 = hashlib.sha256(b"").digest()
 
 
 class SecretError(ValueError):
@@ -66,7 +67,10 @@ def read_secret(path: Path) -> bytes:
         text = path.read_text().strip()
     except OSError as error:
         raise SecretError(f"{path}: {error.strerror or error} (make one with `edgeshard init --out {path}`)") from None
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    # A systemd credential may be shared with the service's user by an ACL (group bits): fine.
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    given_by_systemd = credentials is not None and path.resolve().parent == Path(credentials).resolve()
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) and not given_by_systemd:
         raise SecretError(f"{path} can be read by other users: chmod 600 {path}")
     try:
         secret = base64.urlsafe_b64decode(text.encode())
@@ -88,61 +92,76 @@ class Authenticator:
         self.open = secret is None
         self._key = _derive(secret, b"request-mac/v1") if secret is not None else b""
         self.clock = clock
-        self._nonces: OrderedDict[str, float] = OrderedDict()
+        self._nonces: OrderedDict[str, float] = OrderedDict()  # nonce → when it may be forgotten
 
-    def _mac(self, *parts: bytes) -> str:
-        return hmac.new(self._key, b"\n".join(parts), hashlib.sha256).hexdigest()
+    def _mac(self, *parts: bytes) -> bytes:
+        return hmac.new(self._key, b"\n".join(parts), hashlib.sha256).hexdigest().encode()
 
     def sign(self, method: str, path_qs: str, body: bytes = b"") -> dict[str, str]:
         """Headers that authenticate this request ({} in an open cluster)."""
         if self.open:
             return {}
-        stamp, nonce = str(int(self.clock() * 1000)), secrets.token_hex(12)
-        mac = self._mac(method.upper().encode(), path_qs.encode(), stamp.encode(), nonce.encode(), _digest(body))
-        return {HEADER: f"{stamp}.{nonce}.{mac}"}
+        stamp, nonce, digest = str(int(self.clock() * 1000)), secrets.token_hex(12), _digest(body)
+        mac = self._mac(method.upper().encode(), path_qs.encode(), stamp.encode(), nonce.encode(), digest.encode())
+        return {HEADER: f"{stamp}.{nonce}.{digest}.{mac.decode()}"}
 
-    def check(self, method: str, path_qs: str, header: str | None, body: bytes = b"") -> str | None:
-        """None when the request is authentic and fresh, else why not (for the log)."""
+    def check_head(self, method: str, path_qs: str, header: str | None) -> tuple[str | None, str]:
+        """(None, body digest) when the request's header is authentic and fresh, else (why not,
+        ""). Checked before the body is read: a host without the secret cannot make a peer
+        buffer a body. The caller compares the body's digest (`body_matches`)."""
         if self.open:
-            return None
+            return None, ""
         if not header:
-            return "no credentials: it does not hold this cluster's secret"
-        stamp, _, rest = header.partition(".")
-        nonce, _, mac = rest.partition(".")
-        if not (stamp.isdigit() and len(stamp) < 16 and 8 <= len(nonce) <= 64 and len(mac) == 64):
-            return "malformed credentials"
-        expected = self._mac(method.upper().encode(), path_qs.encode(), stamp.encode(), nonce.encode(), _digest(body))
-        if not hmac.compare_digest(expected, mac):
-            return "wrong credentials: it holds another secret (or none)"
-        now = self.clock()
-        if abs(now - int(stamp) / 1000) > WINDOW_S:
-            return f"its clock is {int(stamp) / 1000 - now:+.0f} s off ours (more than {WINDOW_S:.0f} s: check NTP)"
+            return "no credentials: it does not hold this cluster's secret", ""
+        match = _CREDENTIALS.fullmatch(header)
+        if match is None:
+            return "malformed credentials", ""
+        stamp, nonce, digest, mac = match.groups()
+        parts = (method.upper().encode(), path_qs.encode(), stamp.encode(), nonce.encode(), digest.encode())
+        if not hmac.compare_digest(self._mac(*parts), mac.encode()):
+            return "wrong credentials: it holds another secret (or none)", ""
+        now, sent = self.clock(), int(stamp) / 1000
+        if abs(now - sent) > WINDOW_S:
+            return f"its clock is {sent - now:+.0f} s off ours (more than {WINDOW_S:.0f} s: check NTP)", ""
         self._forget(now)
         if nonce in self._nonces:
-            return "a replayed request"
-        self._nonces[nonce] = now
-        return None
+            return "a replayed request", ""
+        self._nonces[nonce] = max(now, sent) + WINDOW_S  # valid until then: remembered until then
+        return None, digest
+
+    def check(self, method: str, path_qs: str, header: str | None, body: bytes = b"") -> str | None:
+        """None when the request (header and body) is authentic and fresh, else why not."""
+        why, digest = self.check_head(method, path_qs, header)
+        if why is None and not self.open and not hmac.compare_digest(digest.encode(), _digest(body).encode()):
+            return "the body is not the one signed"
+        return why
 
     def _forget(self, now: float) -> None:
-        while self._nonces and (len(self._nonces) >= MAX_NONCES or next(iter(self._nonces.values())) < now - WINDOW_S):
+        while self._nonces and (len(self._nonces) >= MAX_NONCES or next(iter(self._nonces.values())) < now):
             self._nonces.popitem(last=False)
 
     def sign_reply(self, request_header: str | None, body: bytes) -> dict[str, str]:
         """Headers that show a response came from a member (to the request with that header)."""
         if self.open or not request_header:
             return {}
-        return {RESPONSE_HEADER: self._mac(b"reply", request_header.encode(), _digest(body))}
+        return {RESPONSE_HEADER: self._mac(b"reply", request_header.encode(), _digest(body).encode()).decode()}
 
     def check_reply(self, request_headers: dict[str, str], header: str | None, body: bytes) -> bool:
-        """Whether a response to a request we signed came from a member."""
+        """Whether a response to a request we signed came from a member (never raises: the
+        header comes from whoever answered)."""
         if self.open:
             return True
-        expected = self._mac(b"reply", request_headers[HEADER].encode(), _digest(body))
-        return header is not None and hmac.compare_digest(expected, header)
+        if header is None or not header.isascii():
+            return False
+        expected = self._mac(b"reply", request_headers[HEADER].encode(), _digest(body).encode())
+        return hmac.compare_digest(expected, header.encode())
 
 
-def _digest(body: bytes) -> bytes:
-    return hashlib.sha256(body).digest() if body else EMPTY_SHA256
+_CREDENTIALS = re.compile(r"(\d{1,15})\.([0-9a-f]{8,64})\.([0-9a-f]{64})\.([0-9a-f]{64})", re.ASCII)
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
 
 
 Refused = Callable[[str, str], None]  # (remote host, why)
@@ -159,8 +178,11 @@ def middleware(auth: Authenticator, refused: Refused) -> Any:
             response: web.StreamResponse = await handler(request)
             return response
         header = request.headers.get(HEADER)
-        body = await request.read() if request.body_exists else b""  # bounded by client_max_size
-        why = auth.check(request.method, request.raw_path, header, body)
+        why, digest = auth.check_head(request.method, request.raw_path, header)
+        if why is None:
+            body = await request.read() if request.body_exists else b""  # bounded by client_max_size
+            if not hmac.compare_digest(digest.encode(), _digest(body).encode()):
+                why = "the body is not the one signed"
         if why is not None:
             refused(request.remote or "unknown", why)
             return web.Response(status=401, text="refused: not signed with this cluster's secret")

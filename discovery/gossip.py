@@ -32,6 +32,19 @@ REQUEST_TIMEOUT_S = 3.0
 MAX_BODY = 4 * 2**20
 
 
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, or None when it is (or says it is) over `limit` bytes."""
+    if response.content_length is not None and response.content_length > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class Gossip:
     """Gossip for one membership view."""
 
@@ -124,7 +137,10 @@ class Gossip:
                 if response.status != 200:
                     log.warning("gossip with %s: HTTP %s", address, response.status)
                     return
-                reply = await response.content.read(MAX_BODY + 1)
+                reply = await read_capped(response, MAX_BODY)
+                if reply is None:
+                    log.warning("gossip reply from %s is over %d bytes: ignored", address, MAX_BODY)
+                    return
                 if not self.auth.check_reply(headers, response.headers.get(RESPONSE_HEADER), reply):
                     log.warning("gossip reply from %s is not signed with this cluster's secret: ignored", address)
                     return
@@ -137,6 +153,9 @@ class Gossip:
             return
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             log.debug("gossip with %s failed: %s", address, error or type(error).__name__)
+            return
+        except ValueError as error:  # e.g. a pin that cannot be built: that exchange, not the round
+            log.warning("gossip with %s failed: %s", address, error)
             return
         try:
             exchange = decode_exchange(reply)

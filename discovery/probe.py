@@ -49,7 +49,10 @@ async def measure_link(
         path = f"{PROBE_PATH}?bytes={count}"
         async with session.get(address + path, headers=auth.sign("GET", path), ssl=ssl) as response:
             response.raise_for_status()
-            return await response.read()
+            body = b""  # at most what was asked for, whatever the other side sends
+            while len(body) < count and (chunk := await response.content.read(count - len(body))):
+                body += chunk
+            return body
 
     trips = []
     for _ in range(ROUND_TRIPS):

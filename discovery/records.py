@@ -38,6 +38,7 @@ MAX_MS = 1e6  # per unit; a device slower than this could not take part anyway
 MAX_MBPS = 1e6
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 PEER_ID = re.compile(r"[0-9a-f]{16}")
+CERT = re.compile(r"[0-9a-f]{64}")
 
 
 class RecordError(ValueError):
@@ -285,11 +286,18 @@ def _numbers(body: Mapping[str, Any], key: str, low: float, high: float, limit: 
 def _address(value: str) -> str:
     try:
         parts = urlsplit(value)
-        port = parts.port
+        ok = parts.scheme in {"http", "https"} and bool(parts.hostname) and parts.port is not None
+        ok = ok and not (parts.path or parts.query or parts.fragment or parts.username)
     except ValueError:
-        port = None
-    if parts.scheme not in {"http", "https"} or not parts.hostname or port is None or parts.path or parts.query:
+        ok = False
+    if not ok:
         raise RecordError(f"addr: http(s)://HOST:PORT, not {value[:64]!r}")
+    return value
+
+
+def _certificate(value: str) -> str:
+    if value and not CERT.fullmatch(value):
+        raise RecordError("cert: the SHA-256 of the peer's certificate, 64 hex digits")
     return value
 
 
@@ -359,6 +367,6 @@ def _parse(body: Any) -> PeerRecord:
         batch_scale=_numbers(body, "bs", 1e-6, 1e6, 16),
         name=name,
         key=key,
-        cert=_text(body, "cert", 64, ""),
+        cert=_certificate(_text(body, "cert", 64, "")),
         version=counters[2],
     )

@@ -14,7 +14,7 @@ import datetime
 import hashlib
 import os
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from aiohttp import Fingerprint
@@ -57,15 +57,21 @@ def certificate(directory: Path) -> tuple[ssl.SSLContext, str]:
     return context, hashlib.sha256(der).hexdigest()
 
 
-def pins(fingerprints: Callable[[], Mapping[str, str]]) -> Callable[[str], Pin]:
+NOBODY = Fingerprint(bytes(32))  # matches no certificate: a dial that must fail
+
+
+def pins(fingerprints: Callable[[], Iterable[tuple[str, str]]]) -> Callable[[str], Pin]:
     """`ssl=` for a URL: the pinned fingerprint of the peer at that address, else unpinned TLS
-    (first contacts); plain http ignores it."""
+    (first contacts); plain http ignores it. Two records that claim one address with different
+    certificates (a member posing as another) pin nothing that could pass: fail closed."""
 
     def pin(url: str) -> Pin:
         if not url.startswith("https://"):
             return True
         base = "/".join(url.split("/", 3)[:3])  # https://host:port
-        known = fingerprints().get(base)
-        return Fingerprint(bytes.fromhex(known)) if known else False
+        claimed = {cert for address, cert in fingerprints() if address == base}
+        if len(claimed) > 1:
+            return NOBODY
+        return Fingerprint(bytes.fromhex(claimed.pop())) if claimed else False
 
     return pin

@@ -227,7 +227,7 @@ class PeerNode:
     def _admit(self, route: tuple[str, ...], hop: int, origin: str) -> str | None:
         adopted = self.lifecycle.adopted  # the stage checked that the frame's layout is the one served
         stages = adopted.plan.stages if adopted is not None and adopted.layout_id == self.stage.layout_id else None
-        return route_problem(stages, self.membership.view(), route, hop, origin, ORIGIN_PREFIX)
+        return route_problem(stages, self.membership.view(), self.peer_id, route, hop, origin, ORIGIN_PREFIX)
 
     def status(self) -> dict[str, Any]:
         """This peer's view, plan and readiness (GET /v1/status)."""

@@ -148,6 +148,7 @@ def describe_plan(plan: Plan, layout_id: str, peers: int, batch: int, names: Map
 def route_problem(
     stages: Sequence[Stage] | None,
     records: Sequence[PeerRecord],
+    own: str,
     route: Sequence[str],
     hop: int,
     origin: str,
@@ -156,14 +157,15 @@ def route_problem(
     """Why a session's route or origin is refused (None: both are the layout's). A stage dials
     the next hop and the origin an `Open` names, so it dials only members: the stages of the
     layout it serves in order (`stages`; None while the adopted plan is another one: then any
-    members), and an origin at a live member's address + `prefix`."""
+    members), this peer (`own`) at the frame's hop, and an origin at a live member's address +
+    `prefix`."""
     addresses = {str(record.peer_id): record.address for record in records}
     if stages is None:
         if not set(route) <= set(addresses.values()):
             return "the route names a host that is not a member"
     elif list(route) != [addresses.get(stage.device) for stage in stages]:
         return "the route is not the adopted layout's"
-    elif not 0 <= hop < len(route) or addresses.get(stages[hop].device) != route[hop]:
+    elif not 0 <= hop < len(stages) or stages[hop].device != own:
         return "this stage is not at that hop of the route"
     if origin not in {address + prefix for address in addresses.values()}:
         return "the origin is not a member of this cluster"

@@ -95,5 +95,8 @@ async def probe_forever(
                 except (aiohttp.ClientError, OSError, TimeoutError) as error:
                     log.debug("probe of %s failed: %s", peer, error)
                     continue
+                except Exception:  # a bug, or a record nothing foresaw: one probe, never the loop
+                    log.exception("probe of %s failed", peer)
+                    continue
                 measured.add(peer)
                 on_measured(peer, mbps, rtt_ms)

@@ -51,7 +51,7 @@ class Security:
 
     def pin(self, records: Callable[[], Iterable[PeerRecord]]) -> Callable[[str], Pin]:
         """aiohttp's `ssl=` for each address we dial: the certificate its record pins."""
-        return pins(lambda: {record.address: record.cert for record in records() if record.cert})
+        return pins(lambda: [(record.address, record.cert) for record in records() if record.cert])
 
     def announce(self) -> None:
         """Say at start how this peer is guarded."""

@@ -42,13 +42,14 @@ def test_a_stage_dials_only_the_layouts_members() -> None:
     view = [record(p, (1.0,), 2**30) for p in ("a", "b", "c")]
     stages = (Stage(DeviceId("a"), 0, 2), Stage(DeviceId("b"), 2, 4))
     route, origin = ("http://a:7420", "http://b:7420"), "http://c:7420/origin"
-    assert route_problem(stages, view, route, 1, origin, "/origin") is None
-    assert route_problem(stages, view, route, 0, "http://198.18.9.9:80/origin", "/origin") == (
+    assert route_problem(stages, view, "b", route, 1, origin, "/origin") is None
+    assert route_problem(stages, view, "b", route, 1, "http://198.18.9.9:80/origin", "/origin") == (
         "the origin is not a member of this cluster"
     )
-    assert route_problem(stages, view, ("http://a:7420", "http://198.18.9.9:80"), 0, origin, "/origin")
-    assert route_problem(stages, view, route, 5, origin, "/origin")  # not our hop
-    assert route_problem(stages, view, ("http://b:7420", "http://a:7420"), 0, origin, "/origin")  # wrong order
+    assert route_problem(stages, view, "b", ("http://a:7420", "http://198.18.9.9:80"), 1, origin, "/origin")
+    assert route_problem(stages, view, "b", route, 5, origin, "/origin")  # no such hop
+    assert route_problem(stages, view, "b", route, 0, origin, "/origin")  # hop 0 is a's, not ours
+    assert route_problem(stages, view, "b", ("http://b:7420", "http://a:7420"), 1, origin, "/origin")  # wrong order
     # While the adopted plan is another layout than the one served: members only.
-    assert route_problem(None, view, ("http://c:7420", "http://a:7420"), 0, origin, "/origin") is None
-    assert route_problem(None, view, ("http://c:7420", "http://198.18.9.10:80"), 0, origin, "/origin")
+    assert route_problem(None, view, "b", ("http://c:7420", "http://a:7420"), 0, origin, "/origin") is None
+    assert route_problem(None, view, "b", ("http://c:7420", "http://198.18.9.10:80"), 0, origin, "/origin")

@@ -54,6 +54,8 @@ from .signed import peer, signed, signer
         {"name": "bad name with spaces"},
         {"cluster": "x" * 500},
         {"batch_scale": (math.inf,)},
+        {"address": "https://198.18.0.2:7420", "cert": "zz"},
+        {"address": "http://[::1:80"},
     ],
     ids=lambda changes: ",".join(f"{k}={str(v)[:24]}" for k, v in changes.items()),
 )
@@ -207,7 +209,33 @@ def test_tls_certificates_are_made_once_and_pinned(tmp_path: Path) -> None:
     _context, fingerprint = certificate(tmp_path)
     assert stat.S_IMODE((tmp_path / "tls.key").stat().st_mode) == 0o600
     assert certificate(tmp_path)[1] == fingerprint  # kept, not remade
-    pin = pins(lambda: {"https://198.18.0.2:7420": fingerprint})
+    pin = pins(lambda: [("https://198.18.0.2:7420", fingerprint)])
     assert isinstance(pin("https://198.18.0.2:7420/origin/stage"), Fingerprint)
     assert pin("https://198.18.0.3:7420") is False  # a first contact: encrypted, not yet pinned
     assert pin("http://198.18.0.3:7420") is True
+
+
+def test_credentials_from_strangers_never_raise_and_replays_stay_refused() -> None:
+    clock = [1_000_000.0]
+    member, other = Authenticator(b"k" * 32, lambda: clock[0]), Authenticator(b"k" * 32, lambda: clock[0])
+    odd = "1." + "a" * 24 + "." + "b" * 64 + "." + "é" * 64  # non-ASCII where hex digits go
+    assert other.check("POST", "/gossip", odd, b"") == "malformed credentials"
+    request = member.sign("POST", "/gossip", b"q")
+    assert not member.check_reply(request, "é" * 64, b"answer")
+    # A request stamped 30 s ahead of our clock stays valid until then + the window: its nonce
+    # must be remembered that long, or a replay at +61 s would pass.
+    ahead = Authenticator(b"k" * 32, lambda: clock[0] + 30)
+    header = ahead.sign("POST", "/gossip", b"x")["X-EdgeShard-Auth"]
+    assert other.check("POST", "/gossip", header, b"x") is None
+    clock[0] += WINDOW_S + 1
+    assert other.check("POST", "/gossip", header, b"x") == "a replayed request"
+    # The header is checked before the body: a wrong body is caught after.
+    fresh = member.sign("POST", "/gossip", b"x")["X-EdgeShard-Auth"]
+    assert other.check("POST", "/gossip", fresh, b"y") == "the body is not the one signed"
+
+
+def test_an_address_claimed_with_two_certificates_is_pinned_to_nothing(tmp_path: Path) -> None:
+    _context, real = certificate(tmp_path)
+    pin = pins(lambda: [("https://198.18.0.2:7420", real), ("https://198.18.0.2:7420", "f" * 64)])
+    chosen = pin("https://198.18.0.2:7420")
+    assert isinstance(chosen, Fingerprint) and chosen.fingerprint == bytes(32)
