@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeshard.peer.api.client import get_status
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: testbed.py
+from testbed import read_api_key
 from throughput import Row, concurrent, percentile
 
 TESTBED = str(Path(__file__).resolve().parent.parent / "testbed")
@@ -50,7 +53,9 @@ def testbed(*arguments: str) -> None:
 
 
 def describe(status: dict[str, Any]) -> str:
-    return " → ".join(f"{NAMES[s['device']]}[{s['start']}:{s['end']})" for s in status["plan"]["stages"])
+    return " → ".join(
+        f"{NAMES.get(s['device'], s['device'])}[{s['start']}:{s['end']})" for s in status["plan"]["stages"]
+    )
 
 
 def one_run(label: str, strategy: str, objective: str, tokens: int, sessions: int) -> PaperRow:
@@ -60,10 +65,11 @@ def one_run(label: str, strategy: str, objective: str, tokens: int, sessions: in
         arguments += ["--slowdown", f"{host}={factor:.3f}"]
     testbed(*arguments, "--wait", "600")
     try:
-        stages = describe(get_status(SOURCE_API))
-        concurrent(SOURCE_API, "warm-up", 1, 4)
-        latency = concurrent(SOURCE_API, label, 1, tokens)
-        throughput = concurrent(SOURCE_API, label, sessions, tokens)
+        key = read_api_key()  # the testbed's APIs are bound to its hosts' addresses: they need one
+        stages = describe(get_status(SOURCE_API, api_key=key))
+        concurrent(SOURCE_API, "warm-up", 1, 4, key)
+        latency = concurrent(SOURCE_API, label, 1, tokens, key)
+        throughput = concurrent(SOURCE_API, label, sessions, tokens, key)
     finally:
         testbed("down")
     return PaperRow(label, stages, latency, throughput)

@@ -91,11 +91,12 @@ def transformers_rows(tokens: int) -> list[Row]:
 # --- ours --------------------------------------------------------------------------------------
 
 
-def stream_one(api: str, index: int, tokens: int, row: Row, lock: threading.Lock) -> None:
+def stream_one(api: str, index: int, tokens: int, row: Row, lock: threading.Lock, api_key: str = "") -> None:
     sent = time.monotonic()
     arrivals: list[float] = []
     count = 0
-    for chunk in stream_chunks(api, [{"role": "user", "content": prompt(index)}], tokens, temperature=0.0):
+    messages = [{"role": "user", "content": prompt(index)}]
+    for chunk in stream_chunks(api, messages, tokens, temperature=0.0, api_key=api_key):
         if chunk["choices"][0]["delta"].get("content"):
             arrivals.append(time.monotonic())
         count = len(chunk.get("edgeshard", {}).get("token_ids", [])) or count
@@ -106,16 +107,16 @@ def stream_one(api: str, index: int, tokens: int, row: Row, lock: threading.Lock
             row.gaps_s += [b - a for a, b in itertools.pairwise(arrivals)]
 
 
-def concurrent(api: str, system: str, sessions: int, tokens: int) -> Row:
+def concurrent(api: str, system: str, sessions: int, tokens: int, api_key: str = "") -> Row:
     row = Row(system, sessions, 0, 0.0)
     lock = threading.Lock()
-    threads = [threading.Thread(target=stream_one, args=(api, i, tokens, row, lock)) for i in range(sessions)]
+    threads = [threading.Thread(target=stream_one, args=(api, i, tokens, row, lock, api_key)) for i in range(sessions)]
     predictions: list[float] = []
     started = time.monotonic()
     for thread in threads:
         thread.start()
     while any(t.is_alive() for t in threads):
-        status = get_status(api)
+        status = get_status(api, api_key=api_key)
         load = status.get("api", {})
         if load.get("generating") == sessions and load.get("predicted_tps"):
             predictions.append(float(load["predicted_tps"]))

@@ -1,4 +1,5 @@
-"""scripts/testbed: hosts as network namespaces on a bridge, shaped links, one peer per host.
+"""scripts/testbed: hosts as network namespaces on a bridge, shaped links, one peer per host, a
+closed cluster (a secret, an API key).
 
 Needs root and iproute2 (CI runs as root); it is skipped elsewhere, and says so.
 """
@@ -8,8 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -39,10 +43,30 @@ def run_testbed(state: Path, *args: str, timeout: float = 60) -> subprocess.Comp
     )
 
 
-def status(host: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://198.18.0.{host}:7421/v1/status", timeout=5) as response:
+def status(host: int, key: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://198.18.0.{host}:7421/v1/status", headers={"Authorization": f"Bearer {key}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
         result: dict[str, Any] = json.load(response)
         return result
+
+
+def agreed_views(key: str, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """Every peer's status once they report one plan id. The plan id hashes measured link figures
+    too, so a probe that lands just after `up --wait` moves it on one peer a gossip round ahead of
+    the others: agreement is a matter of (little) time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        views = [status(h, key) for h in (1, 2, 3)]
+        if len({v["plan"]["plan_id"] for v in views}) == 1 or time.monotonic() > deadline:
+            return views
+        time.sleep(1.0)
+
+
+def label(peer: dict[str, Any]) -> str:
+    """A peer as people know it: its name (the testbed's host) when the document has one, else its id."""
+    return str(peer.get("name") or peer["id"])
 
 
 def test_three_namespaced_hosts_with_a_slow_link_and_a_slow_device(
@@ -60,9 +84,18 @@ def test_three_namespaced_hosts_with_a_slow_link_and_a_slow_device(
     try:
         logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in state.glob("h*.log"))
         assert up.returncode == 0, up.stdout + up.stderr + logs
-        views = [status(h) for h in (1, 2, 3)]
+        key = run_testbed(state, "key").stdout.strip()
+        assert key and key == (state / "api.key").read_text().strip()
+        for secret in (state / "secret", state / "api.key"):
+            assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        # A closed cluster: the API refuses a client without the key.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen("http://198.18.0.1:7421/v1/status", timeout=5)
+        assert refused.value.code == 401
+        views = agreed_views(key)
         assert len({v["plan"]["plan_id"] for v in views}) == 1
-        peers = {p["id"]: p for p in views[0]["peers"]}
+        peers = {label(p): p for p in views[0]["peers"]}
+        names = {p["id"]: label(p) for p in views[0]["peers"]}  # links name peers by id
         assert set(peers) == {"h1", "h2", "h3"}
         # h2 was told to compute 3× slower: its measured profile shows it.
         fastest_other = min(peers["h1"]["ms_per_token_alone"], peers["h3"]["ms_per_token_alone"])
@@ -70,13 +103,13 @@ def test_three_namespaced_hosts_with_a_slow_link_and_a_slow_device(
         # The shaped link is measured as such: h1→h3 at ~20 Mbit/s (published 16 or 32), h1→h2
         # unshaped. The unshaped figure depends on the CPU the probe gets (128 on a loaded CI
         # run, more when idle), so only a clear ratio is asserted.
-        links = {k["peer"]: k["mbps"] for k in peers["h1"]["links"]}
+        links = {names.get(k["peer"], k["peer"]): k["mbps"] for k in peers["h1"]["links"]}
         assert links["h3"] <= 32
         assert links["h2"] >= 4 * links["h3"]
 
         ids = chat_ids(default_source, QUESTION)
         expected = reference_tokens(reference_model, ids, 16, default_source.config.eos_token_id)
-        client = OpenAI(base_url="http://198.18.0.3:7421/v1", api_key="unused", max_retries=0, timeout=300)
+        client = OpenAI(base_url="http://198.18.0.3:7421/v1", api_key=key, max_retries=0, timeout=300)
         answer = client.chat.completions.create(
             model="smollm2-135m-instruct",
             messages=[{"role": "user", "content": QUESTION}],
