@@ -141,10 +141,18 @@ def stop_peers(peers: Sequence[LocalPeer]) -> None:
             peer.process.wait()
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args: argparse.Namespace) -> int:
     """Run `edgeshard cluster`."""
     if not 1 <= args.peers <= 16:
         raise PeerError("--peers: from 1 to 16")
+    # A process manager (or `timeout`) stops us with SIGTERM, a closed terminal with SIGHUP: stop
+    # the peers as Ctrl-C does instead of leaving them running as orphans.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     logs = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="edgeshard-cluster-"))
     logs.mkdir(parents=True, exist_ok=True)
     print(f"starting {args.peers} edgeshard-peer processes (logs in {logs})", file=sys.stderr)

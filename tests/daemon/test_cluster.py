@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from edgeshard.peer.model.files import GGUFModel
 from transformers import PreTrainedModel
@@ -256,6 +257,27 @@ def test_one_command_runs_a_local_cluster_and_answers(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("alive") == 3 and "plan " in run.stdout
     assert run.stdout.split("assistant: ", 1)[1].strip()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stopped_cluster_command_stops_its_peers(tmp_path: Path, signum: int) -> None:
+    """Stopped as a process manager or a closed terminal stops it, `edgeshard cluster` takes its
+    peers down with it instead of leaving orphans."""
+    base = 20000 + secrets.randbelow(20000) // 2 * 2
+    command = [str(Path(sys.executable).parent / "edgeshard"), "cluster", "--peers", "2"]
+    command += ["--base-port", str(base), "--logs", str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        children = wait_until(lambda: psutil.Process(process.pid).children() or None, 60, "the peers to start")
+        wait_until(lambda: len(psutil.Process(process.pid).children()) == 2 or None, 60, "both peers")
+        children = psutil.Process(process.pid).children()
+        process.send_signal(signum)
+        process.wait(60)
+        _gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"orphans left running: {alive}"
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 def test_a_peer_with_another_model_file_stays_out_of_the_plan(
