@@ -129,10 +129,14 @@ class Authenticator:
         self._nonces[nonce] = max(now, sent) + WINDOW_S  # valid until then: remembered until then
         return None, digest
 
+    def body_matches(self, digest: str, body: bytes) -> bool:
+        """Whether `body` is the one whose digest an authentic header (`check_head`) carried."""
+        return self.open or hmac.compare_digest(digest.encode(), _digest(body).encode())
+
     def check(self, method: str, path_qs: str, header: str | None, body: bytes = b"") -> str | None:
         """None when the request (header and body) is authentic and fresh, else why not."""
         why, digest = self.check_head(method, path_qs, header)
-        if why is None and not self.open and not hmac.compare_digest(digest.encode(), _digest(body).encode()):
+        if why is None and not self.body_matches(digest, body):
             return "the body is not the one signed"
         return why
 
@@ -181,7 +185,7 @@ def middleware(auth: Authenticator, refused: Refused) -> Any:
         why, digest = auth.check_head(request.method, request.raw_path, header)
         if why is None:
             body = await request.read() if request.body_exists else b""  # bounded by client_max_size
-            if not hmac.compare_digest(digest.encode(), _digest(body).encode()):
+            if not auth.body_matches(digest, body):
                 why = "the body is not the one signed"
         if why is not None:
             refused(request.remote or "unknown", why)

@@ -61,9 +61,8 @@ class Gossip:
         pin: Callable[[str], Any] = lambda _address: True,
     ) -> None:
         self.membership = membership
-        self.bootstrap = list(bootstrap or [])
         # Addresses to try until they have records (bootstrap, mDNS finds); bounded, oldest out.
-        self.candidates: dict[str, None] = dict.fromkeys(self.bootstrap)
+        self.candidates: dict[str, None] = dict.fromkeys(bootstrap or [])
         self.auth = auth or Authenticator(None)
         self.pin = pin  # aiohttp's ssl= for an address (`tls.pins` under --tls)
         self.interval_s, self.fanout = interval_s, fanout

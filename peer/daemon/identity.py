@@ -56,9 +56,10 @@ def planning_settings(config: PeerConfig) -> str:
 
 
 def first_record(
-    identity: Identity, fingerprint: str, memory_bytes: int, profile: Profile, key: bytes, incarnation: int
+    identity: Identity, fingerprint: str, memory_bytes: int, profile: Profile, key: bytes, incarnation: int, cert: str
 ) -> PeerRecord:
-    """Our gossip record at start (`incarnation`: from the state directory, above any before)."""
+    """Our gossip record at start (`incarnation`: from the state directory, above any before;
+    `cert`: our TLS certificate's fingerprint under --tls, else "")."""
     config = identity.config
     return PeerRecord(
         peer_id=identity.peer_id,
@@ -66,6 +67,7 @@ def first_record(
         heartbeat=0,
         name=config.label,
         key=key,
+        cert=cert,
         address=identity.address,
         cluster=config.cluster,
         model=fingerprint,

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +133,7 @@ class PeerNode:
         self.origin.url = peer_url + ORIGIN_PREFIX
         self.identity = Identity(config, self.peer_id, peer_url, self.device)
         key, incarnation = self.state.signer.public_key, self.state.next_incarnation()
-        own = replace(first_record(self.identity, fingerprint, memory, profile, key, incarnation), cert=fingerprint_tls)
+        own = first_record(self.identity, fingerprint, memory, profile, key, incarnation, fingerprint_tls)
         self.membership = signed_membership(own, self.state, config.dead_after_s)
         bootstrap = [f"{scheme}://{address}" if "://" not in address else address for address in config.bootstrap]
         self.pin = self.stage.links.pin = self.origin.links.pin = self.security.pin(self.membership.view)
