@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -12,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -176,6 +177,17 @@ def agreed(peers: Sequence[Peer]) -> dict[str, Any] | None:
 def ensure_child_cache() -> None:
     """Peers inherit EDGESHARD_CACHE from the test process (never the user's cache)."""
     assert os.environ.get("EDGESHARD_CACHE"), "tests.engine_fixtures sets EDGESHARD_CACHE"
+
+
+@contextlib.contextmanager
+def running(peers: list[Peer]) -> Iterator[list[Peer]]:
+    """The peers started and agreed on a ready plan for the block; stopped after it, whatever happens."""
+    try:
+        start_all(peers)
+        yield peers
+    finally:
+        for peer in peers:
+            peer.stop()
 
 
 def start_all(peers: Sequence[Peer]) -> dict[str, Any]:

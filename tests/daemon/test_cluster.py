@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 
 from tests.engine_fixtures import chat_ids, reference_tokens
 
-from .peers import Peer, agreed, client, make_peers, post_chat, start_all, wait_until
+from .peers import Peer, agreed, client, make_peers, post_chat, running, start_all, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -45,13 +45,8 @@ def ask(peer: Peer, message: str, max_tokens: int) -> Any:
 
 @pytest.fixture(scope="module")
 def mdns_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Peer]]:
-    peers = make_peers(tmp_path_factory.mktemp("mdns"), 3)
-    try:
-        start_all(peers)
+    with running(make_peers(tmp_path_factory.mktemp("mdns"), 3)) as peers:
         yield peers
-    finally:
-        for peer in peers:
-            peer.stop()
 
 
 def test_peers_find_each_other_over_mdns_and_answer_with_exact_tokens(

@@ -31,7 +31,7 @@ from edgeshard.discovery.signing import Signer
 from edgeshard.peer import wire
 from edgeshard.peer.wire import Close, Hidden, InputIds, Open, SamplingParams
 
-from .peers import Peer, agreed, client, make_peers, start_all, wait_until
+from .peers import Peer, agreed, client, make_peers, running, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -41,13 +41,8 @@ QUESTION = "Name three colours."
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Peer]]:
-    peers = make_peers(tmp_path_factory.mktemp("hostile"), 3, extra=["--tls"])
-    try:
-        start_all(peers)
+    with running(make_peers(tmp_path_factory.mktemp("hostile"), 3, extra=["--tls"])) as peers:
         yield peers
-    finally:
-        for peer in peers:
-            peer.stop()
 
 
 def unpinned() -> aiohttp.ClientSession:

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 
 from tests.engine_fixtures import chat_ids, reference_tokens
 
-from .peers import Peer, agreed, client, make_peers, post_chat, start_all, wait_until
+from .peers import Peer, agreed, client, make_peers, post_chat, running, start_all, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -48,13 +48,8 @@ def many_user_peers(tmp: Path, count: int) -> list[Peer]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Peer]]:
-    peers = many_user_peers(tmp_path_factory.mktemp("many"), 3)
-    try:
-        start_all(peers)
+    with running(many_user_peers(tmp_path_factory.mktemp("many"), 3)) as peers:
         yield peers
-    finally:
-        for peer in peers:
-            peer.stop()
 
 
 def chat(peer: Peer, message: str, max_tokens: int) -> Any:

@@ -19,20 +19,25 @@ def peer(name: str) -> PeerId:
     return PeerId(signer(name).peer_id)
 
 
-def signed(who: str, /, incarnation: int = 1, heartbeat: int = 0, **changes: object) -> PeerRecord:
-    """A valid record of the peer called `who`, signed by its key."""
-    name = who
+def record(peer_id: str, /, incarnation: int = 1, heartbeat: int = 0, **changes: object) -> PeerRecord:
+    """A valid record (unsigned: for the pure logic that never decodes it)."""
     fields: dict[str, object] = dict(
-        peer_id=peer(name),
+        peer_id=PeerId(peer_id),
         incarnation=incarnation,
         heartbeat=heartbeat,
-        address=f"http://{name}.local:7420",
+        address=f"http://{peer_id}:7420",
         cluster="home",
         model="abc",
         memory_bytes=2**30,
         unit_ms=(0.1, 2.0, 2.0, 1.0),
-        name=name,
-        key=signer(name).public_key,
     )
     fields.update(changes)
-    return sign_record(PeerRecord(**fields), signer(name).sign)  # type: ignore[arg-type]
+    return PeerRecord(**fields)  # type: ignore[arg-type]
+
+
+def signed(who: str, /, incarnation: int = 1, heartbeat: int = 0, **changes: object) -> PeerRecord:
+    """A valid record of the peer called `who`, signed by its key."""
+    key = signer(who)
+    fields: dict[str, object] = {"peer_id": peer(who), "address": f"http://{who}.local:7420", "name": who}
+    fields |= {"key": key.public_key, **changes}
+    return sign_record(record(who, incarnation, heartbeat, **fields), key.sign)

@@ -25,23 +25,7 @@ from edgeshard.discovery.records import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from .signed import peer, signed
-
-
-def record(peer: str, incarnation: int = 1, heartbeat: int = 0, **changes: object) -> PeerRecord:
-    fields: dict[str, object] = dict(
-        peer_id=PeerId(peer),
-        incarnation=incarnation,
-        heartbeat=heartbeat,
-        address=f"http://{peer}:7420",
-        cluster="home",
-        model="abc",
-        memory_bytes=2**30,
-        unit_ms=(0.1, 2.0, 2.0, 1.0),
-    )
-    fields.update(changes)
-    return PeerRecord(**fields)  # type: ignore[arg-type]
-
+from .signed import peer, record, signed
 
 records = st.builds(record, st.sampled_from(["a", "b", "c", "d"]), st.integers(0, 3), st.integers(0, 5))
 
