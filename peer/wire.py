@@ -10,6 +10,9 @@ Frames (the session id "s" is a short string chosen by the origin):
 - input:   token ids into stage 0 at positions [position, position + n).
 - hidden:  hidden states [n, H] at positions [position, position + n), stage to stage.
 - sampled: the token sampled for `position`, last stage to origin.
+  Hidden and sampled frames may carry "tm", the step's trace: one `StageTime` per stage passed
+  so far (arrival wall clock, queue, compute, hold), which the origin turns into where each
+  token's time went.
 - close:   forget the session (forwarded along the route).
 - error:   something about a session (or the link) went wrong; code + message.
 A message is one frame, or a batch: {"t": "batch", "frames": [encoded frame, ...]}. The outputs
@@ -54,6 +57,21 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class StageTime:
+    """What one step did at one stage: when it arrived (wall clock, seconds since the epoch: only
+    differences with other hosts' clocks are taken), how long it waited for a pass, how long the
+    pass computed, and how long it was held in all (queue + compute + sampling/copy/encoding)."""
+
+    arrived: float
+    queue_s: float
+    compute_s: float
+    hold_s: float
+
+
+Trace = tuple[StageTime, ...]
+
+
+@dataclass(frozen=True)
 class Open:
     """Start (or restart from position 0) a session along a route."""
 
@@ -84,6 +102,7 @@ class Hidden:
     dtype: WireDtype
     shape: tuple[int, int]
     data: bytes | memoryview
+    trace: Trace = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +112,7 @@ class Sampled:
     session: str
     position: int
     token_id: int
+    trace: Trace = ()
 
 
 @dataclass(frozen=True)
@@ -142,14 +162,21 @@ def encode(frame: Frame) -> bytes:
                 "shape": list(frame.shape),
                 "data": frame.data,
             }
+            _put_trace(body, frame.trace)
         case Sampled():
             body = {"t": "sampled", "s": frame.session, "pos": frame.position, "id": frame.token_id}
+            _put_trace(body, frame.trace)
         case Close():
             body = {"t": "close", "s": frame.session}
         case Error():
             body = {"t": "error", "s": frame.session, "code": frame.code, "msg": frame.message}
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
+
+
+def _put_trace(body: dict[str, Any], trace: Trace) -> None:
+    if trace:
+        body["tm"] = [[t.arrived, t.queue_s, t.compute_s, t.hold_s] for t in trace]
 
 
 # --- decoding with validation --------------------------------------------------------------
@@ -185,6 +212,26 @@ def _text(body: dict[Any, Any], key: str, limit: int = 512) -> str:
     if len(value) > limit:
         raise ProtocolError("bad-frame", f"{key!r} too long")
     return value
+
+
+def _trace(body: dict[Any, Any]) -> Trace:
+    """The optional "tm" trace: at most MAX_ROUTE entries of four finite numbers, durations ≥ 0."""
+    if "tm" not in body:
+        return ()
+    entries = _get(body, "tm", list)
+    if len(entries) > MAX_ROUTE:
+        raise ProtocolError("bad-frame", f"a trace lists at most {MAX_ROUTE} stages")
+    trace = []
+    for entry in entries:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 4
+            and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in entry)
+            and min(entry[1:]) >= 0
+        ):
+            raise ProtocolError("bad-frame", "a trace entry is [arrived, queue, compute, hold], finite, durations >= 0")
+        trace.append(StageTime(*(float(x) for x in entry)))
+    return tuple(trace)
 
 
 def _unpack(data: bytes) -> dict[Any, Any]:
@@ -272,9 +319,9 @@ def _frame(body: dict[Any, Any]) -> Frame:
         expected = shape[0] * shape[1] * WIRE_ITEMSIZE[dtype]
         if len(data) != expected:
             raise ProtocolError("bad-shape", f"{len(data)} bytes for shape {shape} in {dtype} ({expected} expected)")
-        return Hidden(_session(body), _index(body, "pos"), dtype, (shape[0], shape[1]), data)
+        return Hidden(_session(body), _index(body, "pos"), dtype, (shape[0], shape[1]), data, _trace(body))
     if kind == "sampled":
-        return Sampled(_session(body), _index(body, "pos"), _index(body, "id"))
+        return Sampled(_session(body), _index(body, "pos"), _index(body, "id"), _trace(body))
     if kind == "close":
         return Close(_session(body))
     if kind == "error":

@@ -3,7 +3,7 @@
 from .cluster import Cluster, Device, DeviceId, Link, Model, Network, Unit, parse_cluster
 from .errors import ClusterFileError, InfeasibleError, InvalidPlanError, SolverError
 from .plan import OBJECTIVES, Cost, Objective, Plan, PlanId, Stage, evaluate
-from .planner import EXACT, STRATEGIES, assess, plan
+from .planner import EXACT, STRATEGIES, assess, plan, stage_ms
 
 __all__ = [
     "EXACT",
@@ -29,4 +29,5 @@ __all__ = [
     "evaluate",
     "parse_cluster",
     "plan",
+    "stage_ms",
 ]

@@ -100,15 +100,24 @@ def check_stages(costs: CostModel, stages: Sequence[Stage]) -> None:
         raise InvalidPlanError(f"stage 0 must run on the source {source!r}")
 
 
-def evaluate(costs: CostModel, stages: Sequence[Stage]) -> Cost:
-    """Latency and bottleneck of a valid plan, exactly as docs/ARCHITECTURE.md defines them."""
+def stage_times(costs: CostModel, stages: Sequence[Stage]) -> tuple[list[int], list[int]]:
+    """Per stage of a valid plan, ns per token: its compute, and the transfer out of it (to the
+    next stage; from the last, back to the source, or to stage 0's device without one)."""
     check_stages(costs, stages)
     devices = [costs.index[stage.device] for stage in stages]
-    times = [costs.compute(d, s.start, s.end) for d, s in zip(devices, stages, strict=True)]
-    for previous, following, stage in zip(devices, devices[1:], stages[1:], strict=False):
-        times.append(costs.transfer(previous, following, costs.out_bytes[stage.start - 1]))
-    # The last unit's output returns to the source, or to stage 0's device without one.
-    times.append(costs.transfer(devices[-1], devices[0], costs.out_bytes[-1]))
+    compute = [costs.compute(d, s.start, s.end) for d, s in zip(devices, stages, strict=True)]
+    transfer = [
+        costs.transfer(previous, following, costs.out_bytes[stage.start - 1])
+        for previous, following, stage in zip(devices, devices[1:], stages[1:], strict=False)
+    ]
+    transfer.append(costs.transfer(devices[-1], devices[0], costs.out_bytes[-1]))
+    return compute, transfer
+
+
+def evaluate(costs: CostModel, stages: Sequence[Stage]) -> Cost:
+    """Latency and bottleneck of a valid plan, exactly as docs/ARCHITECTURE.md defines them."""
+    compute, transfer = stage_times(costs, stages)
+    times = compute + transfer
     return Cost(latency_ns=sum(times), bottleneck_ns=max(times))
 
 

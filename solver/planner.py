@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from . import baselines
 from .classes import device_classes
 from .cluster import Cluster
-from .costs import CostModel
+from .costs import NS_PER_MS, CostModel
 from .errors import InfeasibleError, SolverError
-from .plan import Objective, Plan, Stage, make_plan
+from .plan import Objective, Plan, Stage, make_plan, stage_times
 from .prune import EXACT_DEVICE_LIMIT, prune_devices
 from .search import SearchBudgetExceeded, SearchResult, exact_search
 
@@ -127,3 +127,10 @@ def assess(cluster: Cluster, objective: Objective, stages: Sequence[Stage], stra
     """A plan for stages chosen elsewhere, costed on this cluster (InvalidPlanError when they do
     not form a valid plan here: a device is gone, or no longer holds its units)."""
     return make_plan(CostModel(cluster), objective, strategy, stages)
+
+
+def stage_ms(cluster: Cluster, stages: Sequence[Stage]) -> tuple[list[float], list[float]]:
+    """Per stage, ms per token: compute, and transfer out of it (`plan.stage_times`); what a
+    reply's measured times are set beside (InvalidPlanError when the stages are not valid here)."""
+    compute, transfer = stage_times(CostModel(cluster), stages)
+    return [ns / NS_PER_MS for ns in compute], [ns / NS_PER_MS for ns in transfer]

@@ -4,7 +4,8 @@ A request takes a slot for as long as it generates. With every slot taken it wai
 queue; with the queue full it is refused at once (HTTP 429 with `Retry-After`), so the stages
 never see more sessions than they were sized for and a burst of clients is served in arrival
 order instead of spinning on "busy". A request that goes away while queued or generating gives
-its place back at once.
+its place back at once. A peer that is stopping `close`s admission: new and queued requests are
+refused (`ShuttingDown`, HTTP 503: the client goes to another peer), those generating finish.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ class QueueFull(Exception):
         self.retry_after_s = retry_after_s
 
 
+class ShuttingDown(Exception):
+    """This peer is stopping: it admits no more requests."""
+
+    def __init__(self) -> None:
+        super().__init__("this peer is shutting down; send the request to another peer")
+
+
 class Admission:
     """`capacity` concurrent generations and up to `queue_bound` waiting ones."""
 
@@ -40,6 +48,7 @@ class Admission:
         self._waiting: deque[asyncio.Future[None]] = deque()
         self.mean_request_s = DEFAULT_REQUEST_S
         self.refused = 0
+        self.draining = False  # closed: refuse what comes, let what generates finish
 
     @property
     def queued(self) -> int:
@@ -53,8 +62,11 @@ class Admission:
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[float]:
-        """Hold a slot for the body; yields the seconds spent queued. QueueFull when refused."""
+        """Hold a slot for the body; yields the seconds spent queued. QueueFull when refused,
+        ShuttingDown once closed (also for a request still queued when it closes)."""
         arrived = time.monotonic()
+        if self.draining:
+            raise ShuttingDown()
         if self.active < self.capacity and not self._waiting:
             self.active += 1
         elif len(self._waiting) >= self.queue_bound:
@@ -79,6 +91,15 @@ class Admission:
             elapsed = time.monotonic() - started
             self.mean_request_s += SMOOTHING * (elapsed - self.mean_request_s)
             self._release()
+
+    def close(self) -> None:
+        """Admit nothing more: requests waiting in the queue are refused now, new ones at once;
+        those holding a slot go on."""
+        self.draining = True
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_exception(ShuttingDown())
 
     def _release(self) -> None:
         while self._waiting:

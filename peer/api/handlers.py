@@ -1,11 +1,13 @@
-"""The user API on `--api-listen`: OpenAI-compatible chat completions, models, and /v1/status.
+"""The user API on `--api-listen`: OpenAI-compatible completions, models, and /v1/status.
 
-`POST /v1/chat/completions` takes messages, `max_tokens` (or `max_completion_tokens`),
-`temperature`, `top_p`, `seed`, `stop` and `stream`; with `stream` the answer is server-sent
-events in OpenAI's chunk format ending in `data: [DONE]`. The request's seed is fixed at
-arrival (a random one when absent), so a fail-over replay continues the same sample. Every
-response carries an `edgeshard` object (layout id, token ids, fail-overs) beside OpenAI's fields;
-clients that do not know it ignore it.
+`POST /v1/chat/completions` takes messages, `POST /v1/completions` a prompt (text or token ids;
+`echo` too); both take `max_tokens` (or `max_completion_tokens`), `temperature`, `top_p`, `seed`,
+`stop`, `n` (1 only), `stream` and `stream_options.include_usage`; with `stream` the answer is
+server-sent events in OpenAI's chunk format ending in `data: [DONE]`. The request's seed is
+fixed at arrival (a random one when absent), so a fail-over replay continues the same sample.
+Every response carries an `edgeshard` object (layout id, token ids, fail-overs, and `timing`:
+where each token's time went, per stage and per link, beside the planner's prediction) beside
+OpenAI's fields; clients that do not know it ignore it. Every outcome is counted (`Telemetry`).
 
 Every malformed request gets a 4xx in OpenAI's error shape (`schemas` says what is refused),
 never a 500; with an `api_key` every route wants `Authorization: Bearer <key>`, the header
@@ -18,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
+import time
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import asdict
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -33,19 +36,24 @@ from ..model.text import TextStream, chat_ids
 from ..pipeline.failover import NoRouteError, generate_with_failover
 from ..pipeline.layouts import ReadyLayout
 from ..pipeline.origin import Origin
-from .admission import Admission, QueueFull, TokenMeter
+from ..pipeline.timing import summarize
+from .admission import Admission, QueueFull, ShuttingDown, TokenMeter
+from .replies import DONE, Kind, Shape, failure_event, timing_context
 from .schemas import (
     MAX_BODY_BYTES,
-    ChatRequest,
     Completion,
+    GenerationRequest,
     RequestError,
+    TextRequest,
     answer_room,
     check_model,
     error_body,
     parse_chat_request,
     parse_json,
+    parse_text_request,
     too_large,
 )
+from .telemetry import ReplyRecord, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +107,7 @@ def _authorized(header: str, key: bytes) -> bool:
     return hmac.compare_digest(given, key)  # constant time: the key cannot be guessed byte by byte
 
 
-def _guard(api_key: str) -> Middleware:
+def _guard(api_key: str, telemetry: Telemetry) -> Middleware:
     """A middleware: the API key check (when there is one), and aiohttp's own 404/405 answers
     rewritten in OpenAI's error shape so that clients can read them."""
     key = api_key.encode()
@@ -107,6 +115,7 @@ def _guard(api_key: str) -> Middleware:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if key and not _authorized(request.headers.get("Authorization", ""), key):
+            telemetry.count("unauthorized")
             given = "Authorization" in request.headers
             message = "Incorrect API key provided" if given else "No API key: send Authorization: Bearer <api key>"
             response = _refuse(RequestError(message, code="invalid_api_key", status=401))
@@ -149,6 +158,15 @@ def _prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str
         raise RequestError(f"the model's chat template refuses these messages: {error}", "messages") from None
 
 
+def _text_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[int]) -> tuple[list[int], str]:
+    """A text request's prompt as token ids, and as text (for `echo`)."""
+    if isinstance(prompt, str):
+        return [int(i) for i in tokenizer.encode(prompt)], prompt
+    if max(prompt) >= len(tokenizer):
+        raise RequestError(f"prompt holds a token id beyond the vocabulary ({len(tokenizer)})", "prompt")
+    return prompt, str(tokenizer.decode(prompt))
+
+
 class Api:
     """The HTTP handlers, bound to one backend."""
 
@@ -157,6 +175,7 @@ class Api:
         self.admission = admission or Admission(capacity=8, queue_bound=32)
         self.meter = TokenMeter()
         self.api_key = api_key
+        self.telemetry = Telemetry()
 
     def load(self) -> dict[str, Any]:
         """What this API carries now: sessions generating and waiting, refusals, tokens/s."""
@@ -172,11 +191,12 @@ class Api:
         }
 
     def add_routes(self, app: web.Application) -> None:
-        """Mount /v1/models, /v1/chat/completions and /v1/status, and the middleware that checks
-        the API key on every route of `app` (the API has an app of its own)."""
-        app.middlewares.append(_guard(self.api_key))
+        """Mount /v1/models, the completions, and /v1/status, and the middleware that checks the
+        API key on every route of `app` (the API has an app of its own)."""
+        app.middlewares.append(_guard(self.api_key, self.telemetry))
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/completions", self.text_completions)
         app.router.add_get("/v1/status", self.status)
 
     async def models(self, _request: web.Request) -> web.Response:
@@ -194,32 +214,99 @@ class Api:
         try:
             chat = parse_chat_request(await _read_json(request), backend.model_name, backend.context)
             check_model(chat.model, backend.model_name)
-            tokenizer = backend.tokenizer()
             # Templating and tokenising a long conversation takes milliseconds: not on the loop.
-            ids = await asyncio.to_thread(_prompt_ids, tokenizer, chat.messages)
-            max_tokens = answer_room(len(ids), chat.max_tokens, backend.context)
+            ids = await asyncio.to_thread(_prompt_ids, backend.tokenizer(), chat.messages)
         except RequestError as error:
+            self.telemetry.count("invalid")
+            return _refuse(error)
+        return await self._complete(request, "chat", chat, ids, "")
+
+    async def text_completions(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/completions."""
+        backend = self.backend
+        try:
+            text: TextRequest = parse_text_request(await _read_json(request), backend.model_name, backend.context)
+            check_model(text.model, backend.model_name)
+            ids, prompt = await asyncio.to_thread(_text_prompt, backend.tokenizer(), text.prompt)
+        except RequestError as error:
+            self.telemetry.count("invalid")
+            return _refuse(error)
+        return await self._complete(request, "text", text, ids, prompt if text.echo else "")
+
+    async def _complete(
+        self, request: web.Request, kind: Kind, asked: GenerationRequest, ids: list[int], echo: str
+    ) -> web.StreamResponse:
+        """Admit, generate and answer a validated request (whole or streamed)."""
+        backend = self.backend
+        try:
+            max_tokens = answer_room(len(ids), asked.max_tokens, backend.context)
+        except RequestError as error:
+            self.telemetry.count("invalid")
             return _refuse(error)
         try:
             async with self.admission.slot() as queued_s:
                 try:
-                    route = await self.backend.wait_ready_layout(ROUTE_WAIT_S)
+                    route = await backend.wait_ready_layout(ROUTE_WAIT_S)
                 except NoRouteError as error:
+                    self.telemetry.count("not_ready")
                     return _error(503, f"the cluster is not ready: {error}", "service_unavailable", "not_ready")
                 completion = Completion(prompt_tokens=len(ids), layout_id=route.layout_id, queued_s=queued_s)
-                text = TextStream(tokenizer, chat.stops)
-                tokens = self._tokens(ids, chat, max_tokens, completion)
-                if chat.stream:
-                    return await self._stream(request, chat, completion, text, tokens)
-                return await self._whole(chat, completion, text, tokens)
+                if kind == "text":
+                    completion.id = "cmpl-" + completion.id.removeprefix("chatcmpl-")
+                shape = Shape(kind, asked.model, completion)
+                text = TextStream(backend.tokenizer(), asked.stops)
+                tokens = self._tokens(ids, asked, max_tokens, completion)
+                outcome = "cancelled"  # unless it gets further: the client went away
+                try:
+                    if asked.stream:
+                        response, outcome = await self._stream(request, asked, shape, text, tokens, echo)
+                    else:
+                        response, outcome = await self._whole(shape, text, tokens, echo)
+                    return response
+                finally:
+                    self._finish(kind, completion, outcome, queued_s)
         except QueueFull as full:
+            self.telemetry.count("queue_full")
             response = _error(429, f"the cluster is busy: {full}", "rate_limit_exceeded", "queue_full")
             response.headers["Retry-After"] = str(full.retry_after_s)
             return response
+        except ShuttingDown as stopping:
+            self.telemetry.count("draining")
+            return _error(503, str(stopping), "service_unavailable", "shutting_down")
+
+    def _finish(self, kind: Kind, completion: Completion, outcome: str, queued_s: float) -> None:
+        """Record how a generating request ended."""
+        timing = completion.timing or self._timing(completion)
+        record = ReplyRecord(
+            id=completion.id,
+            kind=kind,
+            outcome=outcome,
+            finished=time.time(),
+            seconds=round(time.time() - completion.created, 3),
+            queued_s=round(queued_s, 3),
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=len(completion.token_ids),
+            layout_id=completion.layout_id,
+            failovers=[asdict(r) for r in completion.recoveries],
+            timing=timing,
+            steps=completion.timings,
+        )
+        self.telemetry.finish(record)
+
+    def _timing(self, completion: Completion) -> dict[str, Any] | None:
+        """Where the reply's time went, beside the plan's prediction (set on `completion`)."""
+        try:
+            names, predicted = timing_context(self.backend.status(), completion.layout_id)
+        except Exception:  # the status is a nicety here: the reply must not fail over it
+            log.exception("no status for the reply's timing")
+            names, predicted = {}, None
+        completion.timing = summarize(completion.timings, names, predicted)
+        return completion.timing
 
     async def _whole(
-        self, chat: ChatRequest, completion: Completion, text: TextStream, tokens: AsyncGenerator[int, None]
-    ) -> web.Response:
+        self, shape: Shape, text: TextStream, tokens: AsyncGenerator[int, None], echo: str
+    ) -> tuple[web.Response, str]:
+        completion = shape.completion
         try:
             async for token in tokens:
                 text.add(token)
@@ -227,30 +314,15 @@ class Api:
                     completion.finish_reason = "stop"
                     break
         except PeerError as error:
-            log.warning("chat completion failed: %s", error)
-            return _error(502, f"generation failed: {error}", "server_error", "generation_failed")
+            log.warning("completion failed: %s", error)
+            return _error(502, f"generation failed: {error}", "server_error", "generation_failed"), "failed"
         finally:
             await tokens.aclose()  # also when the client went away: the stages free the session now
-        body = {
-            "id": completion.id,
-            "object": "chat.completion",
-            "created": completion.created,
-            "model": chat.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text.text},
-                    "finish_reason": completion.finish_reason,
-                    "logprobs": None,
-                }
-            ],
-            "usage": completion.usage(),
-            "edgeshard": completion.extra(),
-        }
-        return web.json_response(body)
+        self._timing(completion)
+        return web.json_response(shape.whole(echo + text.text)), "completed"
 
     async def _tokens(
-        self, ids: list[int], chat: ChatRequest, max_tokens: int, completion: Completion
+        self, ids: list[int], asked: GenerationRequest, max_tokens: int, completion: Completion
     ) -> AsyncGenerator[int, None]:
         """Token ids, recorded in `completion`; an end-of-sequence token sets finish "stop"."""
         backend = self.backend
@@ -258,10 +330,11 @@ class Api:
             backend.origin,
             backend.wait_ready_layout,
             ids,
-            chat.sampling,
+            asked.sampling,
             max_tokens,
             backend.stop_ids(),
             recoveries=completion.recoveries,
+            timings=completion.timings,
         ):
             completion.token_ids.append(token)
             self.meter.add()
@@ -272,45 +345,39 @@ class Api:
     async def _stream(
         self,
         request: web.Request,
-        chat: ChatRequest,
-        completion: Completion,
+        asked: GenerationRequest,
+        shape: Shape,
         text: TextStream,
         tokens: AsyncGenerator[int, None],
-    ) -> web.StreamResponse:
+        echo: str,
+    ) -> tuple[web.StreamResponse, str]:
+        completion = shape.completion
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-
-        async def send(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> None:
-            chunk = {
-                "id": completion.id,
-                "object": "chat.completion.chunk",
-                "created": completion.created,
-                "model": chat.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-                **extra,
-            }
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-
-        await send({"role": "assistant", "content": ""})
+        usage: dict[str, Any] = {"usage": None} if asked.include_usage else {}
+        await response.write(shape.chunk(echo if shape.kind == "text" else "", first=True, **usage))
         try:
             async for token in tokens:
                 new = text.add(token)
                 if new:
-                    await send({"content": new})
+                    await response.write(shape.chunk(new, **usage))
                 if text.stopped:
                     completion.finish_reason = "stop"
                     break
         except PeerError as error:
-            log.warning("streamed chat completion failed: %s", error)
-            failure = {"error": {"message": f"generation failed: {error}", "type": "server_error"}}
-            await response.write(f"data: {json.dumps(failure)}\n\n".encode())
-            await response.write(b"data: [DONE]\n\n")
-            return response
+            log.warning("streamed completion failed: %s", error)
+            await response.write(failure_event(f"generation failed: {error}"))
+            await response.write(DONE)
+            return response, "failed"
         finally:
             await tokens.aclose()
         tail = text.text[len(text.shown) :]  # text held back while it could still become a stop string
         if tail and not text.stopped:
-            await send({"content": tail})
-        await send({}, completion.finish_reason, usage=completion.usage(), edgeshard=completion.extra())
-        await response.write(b"data: [DONE]\n\n")
-        return response
+            await response.write(shape.chunk(tail, **usage))
+        self._timing(completion)
+        last = {"usage": None} if asked.include_usage else {"usage": completion.usage()}
+        await response.write(shape.chunk(None, completion.finish_reason, edgeshard=completion.extra(), **last))
+        if asked.include_usage:
+            await response.write(shape.usage_chunk())
+        await response.write(DONE)
+        return response, "completed"

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..pipeline.failover import Recovery
+from ..pipeline.timing import StepTiming
 from ..wire import SamplingParams
 
 DEFAULT_MAX_TOKENS = 512
@@ -49,15 +50,30 @@ class RequestError(ValueError):
 
 
 @dataclass
-class ChatRequest:
-    """A validated chat completion request."""
+class GenerationRequest:
+    """What every completion request says beside its prompt."""
 
-    messages: list[dict[str, str]]
     max_tokens: int | None
     sampling: SamplingParams
     stops: list[str]
     stream: bool
     model: str
+    include_usage: bool  # stream_options.include_usage: a last chunk with the usage
+
+
+@dataclass
+class ChatRequest(GenerationRequest):
+    """A validated chat completion request."""
+
+    messages: list[dict[str, str]]
+
+
+@dataclass
+class TextRequest(GenerationRequest):
+    """A validated (legacy) text completion request: a prompt as text or token ids."""
+
+    prompt: str | list[int]
+    echo: bool  # the prompt's text before the answer
 
 
 def too_large() -> RequestError:
@@ -181,13 +197,8 @@ def _seed(seed: Any) -> int:
     return int(seed) % 2**32  # the wire carries 32-bit seeds
 
 
-def parse_chat_request(body: Any, default_model: str, context: int | None = None) -> ChatRequest:
-    """Validate an OpenAI chat completion body (RequestError names the field).
-
-    `context`: the positions a session holds, which a max_tokens may not exceed (None: unchecked)."""
-    if not isinstance(body, dict):
-        raise RequestError("the body must be a JSON object")
-    messages = _messages(body.get("messages"))
+def _options(body: dict[str, Any], default_model: str, context: int | None) -> dict[str, Any]:
+    """The fields every completion request shares, validated."""
     limit = _max_tokens(body, context)
     n = body.get("n")
     if n is not None and (not _is_int(n) or n != 1):
@@ -195,6 +206,15 @@ def parse_chat_request(body: Any, default_model: str, context: int | None = None
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise RequestError("stream must be true or false", "stream")
+    options = body.get("stream_options")
+    if options is not None and (not isinstance(options, dict) or not stream):
+        raise RequestError("stream_options is an object, and only for stream: true", "stream_options")
+    include_usage = (options or {}).get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise RequestError("stream_options.include_usage must be true or false", "stream_options.include_usage")
+    logprobs = body.get("logprobs")
+    if logprobs not in (None, False, 0):
+        raise RequestError("logprobs are not supported by this server", "logprobs", "unsupported_parameter")
     sampling = SamplingParams(
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, open_low=True),
@@ -203,7 +223,60 @@ def parse_chat_request(body: Any, default_model: str, context: int | None = None
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise RequestError("model must be a string", "model")
-    return ChatRequest(messages, limit, sampling, _stops(body.get("stop")), bool(stream), model or default_model)
+    return {
+        "max_tokens": limit,
+        "sampling": sampling,
+        "stops": _stops(body.get("stop")),
+        "stream": bool(stream),
+        "model": model or default_model,
+        "include_usage": include_usage,
+    }
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise RequestError("the body must be a JSON object")
+    return body
+
+
+def parse_chat_request(body: Any, default_model: str, context: int | None = None) -> ChatRequest:
+    """Validate an OpenAI chat completion body (RequestError names the field).
+
+    `context`: the positions a session holds, which a max_tokens may not exceed (None: unchecked)."""
+    body = _object(body)
+    messages = _messages(body.get("messages"))
+    return ChatRequest(messages=messages, **_options(body, default_model, context))
+
+
+def _prompt(prompt: Any) -> str | list[int]:
+    """One prompt: a string, token ids, or a list holding exactly one of those."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]  # one prompt in a batch of one
+    if isinstance(prompt, str):
+        if not prompt:
+            raise RequestError("prompt must not be empty", "prompt")
+        return _text(prompt, "prompt")
+    if isinstance(prompt, list) and prompt and all(_is_int(i) and 0 <= i < 2**31 for i in prompt):
+        return [int(i) for i in prompt]
+    message = "prompt must be one string or one non-empty list of token ids (one prompt per request)"
+    raise RequestError(message, "prompt")
+
+
+def parse_text_request(body: Any, default_model: str, context: int | None = None) -> TextRequest:
+    """Validate an OpenAI (legacy) completion body; max_tokens defaults to 16, as OpenAI's."""
+    body = _object(body)
+    prompt = _prompt(body.get("prompt"))
+    echo = body.get("echo", False)
+    if not isinstance(echo, bool):
+        raise RequestError("echo must be true or false", "echo")
+    if body.get("suffix") is not None:
+        raise RequestError("suffix is not supported by this server", "suffix", "unsupported_parameter")
+    if body.get("best_of") not in (None, 1):
+        raise RequestError("best_of must be 1", "best_of")
+    options = _options(body, default_model, context)
+    if options["max_tokens"] is None:
+        options["max_tokens"] = min(16, context) if context else 16
+    return TextRequest(prompt=prompt, echo=echo, **options)
 
 
 def check_model(model: str, served: str) -> None:
@@ -239,6 +312,8 @@ class Completion:
     layout_id: str = ""
     recoveries: list[Recovery] = field(default_factory=list)
     queued_s: float = 0.0  # waited for a session slot (admission)
+    timings: list[StepTiming] = field(default_factory=list)  # every step, as the origin saw it
+    timing: dict[str, Any] | None = None  # their summary (`pipeline.timing.summarize`), at the end
 
     def extra(self) -> dict[str, Any]:
         return {
@@ -246,6 +321,7 @@ class Completion:
             "queued_s": round(self.queued_s, 3),
             "token_ids": self.token_ids,
             "failovers": [asdict(r) for r in self.recoveries],
+            "timing": self.timing,
         }
 
     def usage(self) -> dict[str, int]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from edgeshard.discovery.records import PeerId, PeerRecord
 from edgeshard.solver import (
@@ -31,6 +32,7 @@ from edgeshard.solver import (
     Stage,
     Unit,
     assess,
+    stage_ms,
 )
 
 from ..model.batches import batch_factor
@@ -132,6 +134,24 @@ def predicted_tps(
     except InvalidPlanError:
         return None
     return 1e9 / per_token_ns if per_token_ns else None
+
+
+def predict_stages(
+    plan: dict[str, Any], records: Sequence[PeerRecord], own: PeerRecord, units: Sequence[Unit], sessions: int
+) -> None:
+    """Put the planner's per-token figures on a status document's plan stages (costs of one
+    token in a pass of `sessions`): `predicted_compute_ms`, and `predicted_transfer_ms` out of
+    the stage; nothing when the stages are not a valid plan of this view."""
+    fit, _excluded = plannable(records, own)
+    cluster = cluster_from_view(fit, own.model[:16], units, source_of(fit), max(1, sessions))
+    stages = [Stage(DeviceId(s["peer"]), s["start"], s["end"]) for s in plan["stages"]]
+    try:
+        compute, transfer = stage_ms(cluster, stages)
+    except InvalidPlanError:
+        return
+    for stage, compute_ms, transfer_ms in zip(plan["stages"], compute, transfer, strict=True):
+        stage["predicted_compute_ms"] = round(compute_ms, 3)
+        stage["predicted_transfer_ms"] = round(transfer_ms, 3)
 
 
 def describe_plan(plan: Plan, layout_id: str, peers: int, batch: int, names: Mapping[str, str] | None = None) -> str:

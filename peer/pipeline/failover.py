@@ -20,6 +20,7 @@ from ..errors import PeerError, StageError
 from ..wire import SamplingParams, WireDtype
 from .layouts import LayoutSource, ReadyLayout
 from .origin import Origin
+from .timing import StepTiming
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,10 @@ async def generate_with_failover(
     wire_dtype: WireDtype = "float32",
     recovery_timeout_s: float = 60.0,
     recoveries: list[Recovery] | None = None,
+    timings: list[StepTiming] | None = None,
 ) -> AsyncIterator[int]:
-    """Stream token ids like `Origin.generate`, replaying on another route after a failure."""
+    """Stream token ids like `Origin.generate`, replaying on another route after a failure
+    (fail-overs go to `recoveries`, each step's timing to `timings`, when given)."""
     produced: list[int] = []
     failed_at: float | None = None
     reason, old_layout = "", ""
@@ -81,6 +84,7 @@ async def generate_with_failover(
                 stop_ids,
                 layout_id=route.layout_id,
                 wire_dtype=wire_dtype,
+                timings=timings,
             )
             async with contextlib.aclosing(tokens):  # the session is closed at once, even when we stop early
                 async for token in tokens:

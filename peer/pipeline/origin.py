@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncGenerator, Sequence
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from .. import wire
 from ..errors import StageError
 from ..wire import Close, Error, Frame, InputIds, Open, Sampled, SamplingParams, WireDtype
 from .links import STAGE_PATH, Links, Reply, Sign, frame_endpoint
+from .timing import StepTiming
 
 STEP_TIMEOUT_S = 120.0
 PREFILL_CHUNK_TOKENS = 256
@@ -80,8 +82,10 @@ class Origin:
         layout_id: str = "",
         wire_dtype: WireDtype = "float32",
         timeout_s: float = STEP_TIMEOUT_S,
+        timings: list[StepTiming] | None = None,
     ) -> AsyncGenerator[int, None]:
-        """Stream generated token ids (stop ids are not yielded)."""
+        """Stream generated token ids (stop ids are not yielded); each step's timing goes to
+        `timings` when given."""
         session = secrets.token_hex(8)
         queue: asyncio.Queue[Sampled | Error] = asyncio.Queue()
         self._queues[session] = queue
@@ -89,6 +93,7 @@ class Origin:
         stage0 = route[0]
 
         async def step(position: int, feed: Sequence[int]) -> int:
+            sent = time.time()
             await self.links.send(stage0, InputIds(session, position, tuple(feed)))
             try:
                 reply = await asyncio.wait_for(queue.get(), timeout_s)
@@ -99,6 +104,9 @@ class Origin:
             expected = position + len(feed)
             if reply.position != expected:
                 raise StageError(f"token for position {reply.position}, expected {expected}", "out-of-order")
+            if timings is not None:
+                prefill = position < len(prompt_ids)
+                timings.append(StepTiming(tuple(route), sent, time.time(), prefill, reply.trace))
             return reply.token_id
 
         try:

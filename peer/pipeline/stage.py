@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -38,7 +38,9 @@ from ..wire import Close, Error, Frame, Hidden, InputIds, Open, Sampled, Samplin
 from .batcher import Batcher
 from .hidden import hidden_frame, hidden_tensor
 from .links import STAGE_PATH, Links, Reply, Sign, frame_endpoint
+from .timing import Arrival
 
+Stamp = Callable[[], wire.Trace]  # a step's trace with this stage's entry, its hold ending now
 # (route, hop, origin) → why an Open is refused, or None
 Admit = Callable[[tuple[str, ...], int, str], str | None]
 
@@ -93,6 +95,7 @@ class StageServer:
         self.admit = admit  # vets an Open's route and origin before this stage dials them
         self.links = links or Links(on_frame=self._on_returned, on_close=self._on_link_closed, sign=sign)
         self.routes: dict[str, SessionRoute] = {}
+        self._arrivals: dict[str, Arrival] = {}  # each waiting step's arrival, for its trace
         self.max_sessions = max_sessions
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard")
         self.batcher: Batcher[list[Outbound | None]] = Batcher(self._compute, self._deliver, max_batch=max_sessions)
@@ -108,6 +111,7 @@ class StageServer:
             dropped, self.routes = self.routes, {}
             for session in dropped:
                 self.batcher.drop(session)
+                self._arrivals.pop(session, None)
         self.shard, self.layout_id = shard, layout_id
         for session, route in dropped.items():  # after the swap: no step slips into the new shard
             await self._send_to(route.origin, session, Error(session, "stale-plan", "this stage now holds other units"))
@@ -198,6 +202,7 @@ class StageServer:
         """Forget a session here and tell the next stage to do the same."""
         route = self.routes.pop(session, None)
         self.batcher.drop(session)
+        self._arrivals.pop(session, None)
         if self._closing:  # shutting down: the worker and the links are going away with everything
             return
         shard = self.shard
@@ -278,7 +283,7 @@ class StageServer:
                     raise ProtocolError("wrong-stage", "token ids go to the stage holding the embedding")
                 if max(frame.token_ids) >= shard.config.vocab_size:
                     raise ProtocolError("bad-token", f"token id beyond the vocabulary ({shard.config.vocab_size})")
-                self._submit(frame.session, frame.position, torch.tensor(frame.token_ids, dtype=torch.long))
+                self._submit(frame.session, frame.position, torch.tensor(frame.token_ids, dtype=torch.long), ())
             case Hidden():
                 shard = self._shard()
                 if shard.has_embedding:
@@ -288,7 +293,7 @@ class StageServer:
                         "bad-shape",
                         f"hidden size {frame.shape[1]}, model has {shard.config.hidden_size}",
                     )
-                self._submit(frame.session, frame.position, hidden_tensor(frame))
+                self._submit(frame.session, frame.position, hidden_tensor(frame), frame.trace)
             case Close():
                 # Its caches go on the worker after the pass in flight; the link's other
                 # frames (other sessions' steps) must not wait for that.
@@ -302,17 +307,19 @@ class StageServer:
             raise ProtocolError("not-serving", "this peer holds no units in the current plan")
         return self.shard
 
-    def _submit(self, session: str, position: int, inputs: torch.Tensor) -> None:
+    def _submit(self, session: str, position: int, inputs: torch.Tensor, trace: wire.Trace) -> None:
         if session not in self.routes:
             raise SessionError(f"unknown session {session} (no open frame)")
         self.batcher.submit(Step(session, position, inputs))
+        self._arrivals[session] = Arrival.now(trace)
 
     # --- passes -----------------------------------------------------------------------------
 
     async def _compute(self, batch: Sequence[Step]) -> list[Outbound | None]:
         shard = self._shard()
         routes = [self.routes.get(step.session) for step in batch]
-        return await self.run_on_worker(partial(_run_pass, shard, batch, routes))
+        arrivals = [self._arrivals.pop(step.session, None) for step in batch]
+        return await self.run_on_worker(partial(_run_pass, shard, batch, routes, arrivals))
 
     async def _deliver(self, _batch: Sequence[Step], outputs: list[Outbound | None]) -> None:
         # Sends run beside the next pass: a slow link delays its own sessions, not the stage.
@@ -339,21 +346,26 @@ class StageServer:
         self.worker.shutdown(wait=True)
 
 
-def _run_pass(shard: Shard, batch: Sequence[Step], routes: Sequence[SessionRoute | None]) -> list[Outbound | None]:
+def _run_pass(
+    shard: Shard, batch: Sequence[Step], routes: Sequence[SessionRoute | None], arrivals: Sequence[Arrival | None]
+) -> list[Outbound | None]:
     """On the worker: one pass over the batch, then per step the frame that goes on, already
-    sampled (last stage) or copied to the host and encoded (any other)."""
+    sampled (last stage) or copied to the host and encoded (any other), with the step's trace."""
+    started = time.monotonic()
     try:
         results: Sequence[torch.Tensor | BaseException] = shard.run_batch(batch)
     except Exception as error:  # a fault of ours: these sessions fail, the stage goes on
         log.exception("stage fault in a pass of %d steps", len(batch))
         results = [error] * len(batch)
+    ended = time.monotonic()
     outputs: list[Outbound | None] = []
-    for step, route, result in zip(batch, routes, results, strict=True):
+    for step, route, result, arrival in zip(batch, routes, results, arrivals, strict=True):
         if route is None:  # closed while it waited
             outputs.append(None)
             continue
         try:
-            outputs.append(_outbound(step, route, result))
+            stamp = partial(arrival.stamp, started, ended) if arrival is not None else tuple
+            outputs.append(_outbound(step, route, result, stamp))
         except Exception as error:  # sampling or encoding failed: this session's fault report
             log.exception("stage fault after the pass, session %s", step.session)
             report = encode(Error(step.session, "stage-fault", str(error)))
@@ -361,8 +373,9 @@ def _run_pass(shard: Shard, batch: Sequence[Step], routes: Sequence[SessionRoute
     return outputs
 
 
-def _outbound(step: Step, route: SessionRoute, result: torch.Tensor | BaseException) -> Outbound:
-    """The frame one step's result becomes: an error, the sampled token, or hidden states."""
+def _outbound(step: Step, route: SessionRoute, result: torch.Tensor | BaseException, stamp: Stamp) -> Outbound:
+    """The frame one step's result becomes: an error, the sampled token, or hidden states (with
+    the step's trace, stamped once sampling or the copy to the host is done)."""
     session = step.session
     if isinstance(result, BaseException):
         code = type(result).__name__ if isinstance(result, SessionError) else "stage-fault"
@@ -370,8 +383,9 @@ def _outbound(step: Step, route: SessionRoute, result: torch.Tensor | BaseExcept
     if route.next_url is None:
         following = step.position + int(step.inputs.shape[0])
         token = sample(result, route.sampling, following)
-        return Outbound(session, route.origin, encode(Sampled(session, following, token)), True)
-    data = encode(hidden_frame(session, step.position, result, route.wire_dtype))
+        return Outbound(session, route.origin, encode(Sampled(session, following, token, stamp())), True)
+    hidden = hidden_frame(session, step.position, result, route.wire_dtype)
+    data = encode(replace(hidden, trace=stamp()))
     if len(data) > wire.MAX_FRAME_BYTES:
         refusal = Error(session, "too-large", f"{len(data)} bytes of hidden states exceed the frame limit")
         return Outbound(session, route.origin, encode(refusal), True)

@@ -103,3 +103,92 @@ async def test_the_handlers_generate_through_any_backend(default_source: GGUFMod
             assert answer["model"] == "test-model" and answer["edgeshard"]["layout_id"] == "fixed"
         finally:
             await runner.cleanup()
+
+
+def _stream(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every server-sent event's JSON, up to [DONE]."""
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    events = []
+    with urllib.request.urlopen(request, timeout=120) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if line == "data: [DONE]":
+                return events
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+    raise AssertionError("the stream ended without [DONE]")
+
+
+@dataclass
+class PlannedBackend(ClusterBackend):
+    """A backend whose status names the stages and the planner's figures for the fixed layout."""
+
+    def status(self) -> dict[str, Any]:
+        assert self.cluster is not None
+        stages = [
+            {"device": f"dev{i}", "address": url.removeprefix("http://"), "predicted_compute_ms": 1.5 * (i + 1)}
+            | {"predicted_transfer_ms": 0.25}
+            for i, url in enumerate(self.cluster.route)
+        ]
+        return {"ready": True, "plan": {"layout_id": "fixed", "stages": stages}}
+
+
+@pytest.mark.slow
+async def test_text_completions_and_where_each_tokens_time_went(default_source: GGUFModel) -> None:
+    ranges = even_split(unit_count(default_source.config), 3)
+    async with LocalCluster("default", ranges, source=default_source) as cluster:
+        backend = PlannedBackend(default_source, cluster)
+        api = Api(backend)
+        runner, url = await start_server(api.add_routes)
+        try:
+            prompt = "The capital of France is"
+            ids = list(default_source.tokenizer().encode(prompt))
+            stream = cluster.origin.generate(cluster.route, ids, SamplingParams(), 8, backend.stop_ids())
+            direct = [t async for t in stream]
+            body = {"prompt": prompt, "max_tokens": 8, "temperature": 0}
+            status, whole = await asyncio.to_thread(_post, f"{url}/v1/completions", body)
+            assert status == 200, whole
+            assert whole["object"] == "text_completion" and whole["id"].startswith("cmpl-")
+            assert whole["edgeshard"]["token_ids"] == direct
+            text = whole["choices"][0]["text"]
+            assert text == default_source.tokenizer().decode(direct, skip_special_tokens=True)
+            status, echoed = await asyncio.to_thread(
+                _post, f"{url}/v1/completions", {**body, "prompt": [ids], "echo": True}
+            )
+            assert status == 200 and echoed["choices"][0]["text"] == prompt + text
+
+            events = await asyncio.to_thread(
+                _stream, f"{url}/v1/completions", {**body, "stream": True, "stream_options": {"include_usage": True}}
+            )
+            assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == text
+            assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == len(direct)
+            assert all(e["usage"] is None for e in events[:-1])
+
+            # Where the time went: one entry per stage, per link (origin → 3 stages → origin).
+            timing = whole["edgeshard"]["timing"]
+            assert timing["steps"] == len(direct) - 1  # the first token comes from the prompt's pass
+            assert [s["device"] for s in timing["stages"]] == ["dev0", "dev1", "dev2"]
+            assert [s["predicted_compute_ms"] for s in timing["stages"]] == [1.5, 3.0, 4.5]
+            assert [(link["from"], link["to"]) for link in timing["links"]] == [
+                ("origin", "dev0"),
+                ("dev0", "dev1"),
+                ("dev1", "dev2"),
+                ("dev2", "origin"),
+            ]
+            assert timing["links"][0]["predicted_ms"] is None and timing["links"][1]["predicted_ms"] == 0.25
+            assert timing["predicted_ms_per_token"] == pytest.approx(1.5 + 3.0 + 4.5 + 3 * 0.25)
+            assert all(s["compute_ms"] > 0 and s["queue_ms"] >= 0 for s in timing["stages"])
+            assert timing["ttft_ms"] > 0
+            # Each token's wall time is its stages' hold plus its transfers: nothing unaccounted.
+            held = sum(s["queue_ms"] + s["compute_ms"] + s["other_ms"] for s in timing["stages"])
+            assert held + timing["transfer_ms"] == pytest.approx(timing["ms_per_token"], rel=0.02, abs=0.05)
+
+            # The telemetry kept each reply and how it ended; a malformed request is counted too.
+            status, refused = await asyncio.to_thread(_post, f"{url}/v1/completions", {**body, "n": 2})
+            assert status == 400 and refused["error"]["param"] == "n"
+            outcomes = api.telemetry.outcomes
+            assert outcomes["completed"] == 3 and outcomes["invalid"] == 1
+            last = api.telemetry.last()
+            assert last is not None and last.kind == "text" and last.timing is not None
+        finally:
+            await runner.cleanup()

@@ -17,6 +17,7 @@ from edgeshard.peer.wire import (
     Open,
     Sampled,
     SamplingParams,
+    StageTime,
     decode,
     decode_message,
     encode,
@@ -168,3 +169,17 @@ def test_a_batch_message_carries_frames_in_order_and_nothing_nested() -> None:
         decode(message)  # `decode` reads single frames only
     with pytest.raises(ProtocolError):
         decode_message(msgpack.packb({"t": "batch", "frames": []}))
+
+
+def test_a_trace_rides_hidden_and_sampled_frames_and_bad_ones_are_refused() -> None:
+    trace = (StageTime(1.7e9, 0.001, 0.05, 0.052), StageTime(1.7e9 + 0.06, 0.0, 0.04, 0.041))
+    sampled = Sampled("s", 7, 42, trace)
+    assert decode(encode(sampled)) == sampled
+    hidden = hidden_frame("s", 3, torch.ones(1, 4), "float32")
+    traced = decode(encode(Hidden("s", 3, "float32", (1, 4), hidden.data, trace)))
+    assert isinstance(traced, Hidden) and traced.trace == trace
+    assert decode(encode(Sampled("s", 7, 42))) == Sampled("s", 7, 42)  # no trace: the field is left out
+    base = {"t": "sampled", "s": "s", "pos": 7, "id": 42}
+    for bad in ([[1.0, -0.1, 0.0, 0.0]], [[1.0, 0.0, 0.0]], [[1.0, True, 0.0, 0.0]], [[0.0] * 4] * 65, "x"):
+        with pytest.raises(ProtocolError):
+            decode(msgpack.packb(base | {"tm": bad}))

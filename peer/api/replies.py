@@ -1,0 +1,85 @@
+"""The bodies of a completion's answer, whole or streamed, in OpenAI's two shapes: chat
+(`chat.completion`, a message or a delta per choice) and text (`text_completion`, text per
+choice). Pure: the handlers write what these return."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..pipeline.timing import Predicted
+from .schemas import Completion
+
+Kind = Literal["chat", "text"]
+DONE = b"data: [DONE]\n\n"
+SCHEMES = ("http", "https")  # a stage's URL is its peer address under either (with --tls)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How one kind of completion is written."""
+
+    kind: Kind
+    model: str
+    completion: Completion
+
+    def _base(self, obj: str) -> dict[str, Any]:
+        return {"id": self.completion.id, "object": obj, "created": self.completion.created, "model": self.model}
+
+    def whole(self, text: str) -> dict[str, Any]:
+        """The non-streamed response body."""
+        completion = self.completion
+        choice: dict[str, Any] = {"index": 0, "finish_reason": completion.finish_reason, "logprobs": None}
+        if self.kind == "chat":
+            choice["message"] = {"role": "assistant", "content": text}
+            body = self._base("chat.completion")
+        else:
+            choice["text"] = text
+            body = self._base("text_completion")
+        return body | {"choices": [choice], "usage": completion.usage(), "edgeshard": completion.extra()}
+
+    def chunk(self, text: str | None, finish: str | None = None, first: bool = False, **extra: Any) -> bytes:
+        """One server-sent event: a piece of text (None: no content, as the closing chunk)."""
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if self.kind == "chat":
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if text is not None:
+                delta["content"] = text
+            choice["delta"] = delta
+            body = self._base("chat.completion.chunk")
+        else:
+            choice["text"] = text or ""
+            body = self._base("text_completion")
+        return event(body | {"choices": [choice], **extra})
+
+    def usage_chunk(self) -> bytes:
+        """The last chunk of `stream_options.include_usage`: no choices, the usage."""
+        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        return event(self._base(obj) | {"choices": [], "usage": self.completion.usage()})
+
+
+def event(body: dict[str, Any]) -> bytes:
+    """A JSON body as one server-sent event."""
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def failure_event(message: str) -> bytes:
+    """A failure in the middle of a stream (the status line went out long ago)."""
+    return event({"error": {"message": message, "type": "server_error", "param": None, "code": "generation_failed"}})
+
+
+def timing_context(status: dict[str, Any], layout_id: str) -> tuple[dict[str, str], Predicted | None]:
+    """Device names by stage URL, and the planner's per-stage figures, from the status document's
+    plan when it is the layout the reply ran on."""
+    plan = status.get("plan") or {}
+    if plan.get("layout_id") != layout_id:
+        return {}, None
+    stages = plan.get("stages") or []
+    names = {f"{scheme}://{s['address']}": s["device"] for s in stages if s.get("address") for scheme in SCHEMES}
+    try:
+        compute = tuple(float(s["predicted_compute_ms"]) for s in stages)
+        transfer = tuple(float(s["predicted_transfer_ms"]) for s in stages)
+    except (KeyError, TypeError, ValueError):
+        return names, None
+    return names, Predicted(compute, transfer)
