@@ -38,6 +38,7 @@ from ..pipeline.layouts import ReadyLayout
 from ..pipeline.origin import Origin
 from ..pipeline.timing import summarize
 from .admission import Admission, QueueFull, ShuttingDown, TokenMeter
+from .events import ClusterEvents
 from .replies import DONE, Kind, Shape, failure_event, timing_context
 from .schemas import (
     MAX_BODY_BYTES,
@@ -176,6 +177,7 @@ class Api:
         self.meter = TokenMeter()
         self.api_key = api_key
         self.telemetry = Telemetry()
+        self.events = ClusterEvents(backend.status, self.telemetry)
 
     def load(self) -> dict[str, Any]:
         """What this API carries now: sessions generating and waiting, refusals, tokens/s."""
@@ -194,6 +196,7 @@ class Api:
         """Mount /v1/models, the completions, and /v1/status, and the middleware that checks the
         API key on every route of `app` (the API has an app of its own)."""
         app.middlewares.append(_guard(self.api_key, self.telemetry))
+        self.events.add_to(app)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.text_completions)
