@@ -39,6 +39,7 @@ from ..pipeline.origin import Origin
 from ..pipeline.timing import summarize
 from .admission import Admission, QueueFull, ShuttingDown, TokenMeter
 from .events import ClusterEvents
+from .metrics import Metrics
 from .replies import DONE, Kind, Shape, failure_event, timing_context
 from .schemas import (
     MAX_BODY_BYTES,
@@ -201,6 +202,7 @@ class Api:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.text_completions)
         app.router.add_get("/v1/status", self.status)
+        app.router.add_get("/metrics", Metrics(self.backend.status, self.telemetry, self.events, self.meter).endpoint)
 
     async def models(self, _request: web.Request) -> web.Response:
         """GET /v1/models."""
