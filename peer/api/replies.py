@@ -13,7 +13,7 @@ from .schemas import Completion
 
 Kind = Literal["chat", "text"]
 DONE = b"data: [DONE]\n\n"
-SCHEMES = ("http", "https")  # a stage's URL is its peer address under either (with --tls)
+PREFIXES = ("", "http://", "https://")  # a route names a stage by its peer address, or a URL of it
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def timing_context(status: dict[str, Any], layout_id: str) -> tuple[dict[str, st
     if plan.get("layout_id") != layout_id:
         return {}, None
     stages = plan.get("stages") or []
-    names = {f"{scheme}://{s['address']}": s["device"] for s in stages if s.get("address") for scheme in SCHEMES}
+    names = {prefix + s["address"]: s["device"] for s in stages if s.get("address") for prefix in PREFIXES}
     try:
         compute = tuple(float(s["predicted_compute_ms"]) for s in stages)
         transfer = tuple(float(s["predicted_transfer_ms"]) for s in stages)
