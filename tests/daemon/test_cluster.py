@@ -208,17 +208,21 @@ def test_sigkill_of_a_middle_stage_mid_generation_loses_no_token(
 
 
 def test_the_chat_repl_and_status_command_talk_to_a_running_peer(mdns_cluster: list[Peer]) -> None:
+    """Piped input (no terminal): the REPL reads plain lines, commands included; the terminal
+    REPL is tests/daemon/test_chat_repl.py's."""
     api = mdns_cluster[0].api
     repl = subprocess.run(
         [sys.executable, "-m", "edgeshard.peer.cli", "chat", "--api", api, "--max-tokens", "12"],
-        input="What is two plus two?\n/quit\n",
+        input="What is two plus two?\n/plan\n/stats\n/quit\nnever sent\n",
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert repl.returncode == 0, repl.stderr
     answer = repl.stdout.split("assistant> ", 1)[1]
-    assert answer.strip(), repl.stdout
+    assert answer.split("you> ", 1)[0].strip(), repl.stdout
+    assert "predicted:" in repl.stdout and "time to first token" in repl.stdout
+    assert repl.stdout.count("assistant> ") == 1
     status = subprocess.run(
         [sys.executable, "-m", "edgeshard.peer.cli", "status", "--api", api],
         capture_output=True,
