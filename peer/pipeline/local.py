@@ -96,6 +96,9 @@ class LocalCluster:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 env=environment,
+                # Not in the terminal's process group: a Ctrl-C that stops a chat reply must not
+                # stop the stages. They end with our stdin's EOF (or our SIGTERM) instead.
+                start_new_session=True,
             )
             self._children.append(child)
         for child in self._children:
