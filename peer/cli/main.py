@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import PeerError
-from . import chat, cluster, generate, init, status
+from . import chat, cluster, doctor, generate, init, status
 from . import plan as plan_command
 
 EXIT_USAGE = 2
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_arguments(commands.add_parser("cluster", help="run N edgeshard-peer processes on this machine"))
     status.add_arguments(commands.add_parser("status", help="a running peer's view of the cluster and its plan"))
     init.add_arguments(commands.add_parser("init", help="write a new cluster secret for --secret-file"))
+    doctor.add_arguments(commands.add_parser("doctor", help="why a cluster does not form: checks from this host"))
     return parser
 
 
@@ -40,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cluster": cluster.main,
         "status": status.main,
         "init": init.main,
+        "doctor": doctor.main,
     }
     try:
         return run[args.command](args)
