@@ -4,7 +4,9 @@ Each round this peer beats its own heartbeat, picks `fanout` targets (random liv
 bootstrap addresses and mDNS finds it has no record for yet), and POSTs `/gossip` with its digest
 and its records; the target merges them and answers with every record the sender's digest shows it
 lacks. Then dead peers are swept. Every request has a timeout; a malformed body gets a 400 and
-changes nothing. Requests are signed with the cluster secret (`auth`; the receiving server's
+changes nothing. `leave` pushes this peer's own death certificate to every peer at once (a
+stop on purpose); `suspect` checks a peer now on an unauthenticated hint (an mDNS goodbye).
+Requests are signed with the cluster secret (`auth`; the receiving server's
 middleware checks them) and a reply counts only when it is signed too.
 """
 
@@ -71,6 +73,7 @@ class Gossip:
         self.clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._nudged = asyncio.Event()
+        self._checks: dict[str, asyncio.Task[bool]] = {}  # address: its check under way
 
     def add_routes(self, app: web.Application) -> None:
         """Mount the /gossip endpoint."""
@@ -120,8 +123,8 @@ class Gossip:
         chosen = self.rng.sample(peers, min(self.fanout, len(peers)))
         return chosen + fresh
 
-    async def exchange(self, address: str) -> None:
-        """One push-pull exchange with the peer at `address`."""
+    async def exchange(self, address: str) -> bool:
+        """One push-pull exchange with the peer at `address`; whether a signed reply came."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
         members = self.membership
@@ -135,37 +138,67 @@ class Gossip:
             async with post as response:
                 if response.status != 200:
                     log.warning("gossip with %s: HTTP %s", address, response.status)
-                    return
+                    return False
                 reply = await read_capped(response, MAX_BODY)
                 if reply is None:
                     log.warning("gossip reply from %s is over %d bytes: ignored", address, MAX_BODY)
-                    return
+                    return False
                 if not self.auth.check_reply(headers, response.headers.get(RESPONSE_HEADER), reply):
                     log.warning("gossip reply from %s is not signed with this cluster's secret: ignored", address)
-                    return
+                    return False
         except aiohttp.ClientConnectorError as error:
             # Refused: nothing listens there any more (a crashed or stopped process). A frozen
             # or unreachable host times out instead and is left to the failure detector.
             if isinstance(error.os_error, ConnectionRefusedError):
                 self._confirm_dead(address)
             log.debug("gossip with %s failed: %s", address, error)
-            return
+            return False
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             log.debug("gossip with %s failed: %s", address, error or type(error).__name__)
-            return
+            return False
         except ValueError as error:  # e.g. a pin that cannot be built: that exchange, not the round
             log.warning("gossip with %s failed: %s", address, error)
-            return
+            return False
         try:
             exchange = decode_exchange(reply)
         except RecordError as error:
             log.warning("bad gossip reply from %s: %s", address, error)
-            return
+            return False
         self._merge(exchange)
+        return True
 
     async def check(self, address: str) -> None:
         """Exchange with `address` now (a link to it broke: is it gone?)."""
         await self.exchange(address)
+
+    def suspect(self, peer: PeerId) -> bool:
+        """Check `peer` now, on a hint that it is gone which anyone could forge (an mDNS goodbye):
+        one exchange with it, in the background. Only what that shows removes it: a refused
+        connection, or its own leave certificate in the reply; a peer that answers stays, and a
+        silent one is left to the failure detector. False when it is not a member, or is being
+        checked already (a flood of goodbyes costs one exchange at a time per peer)."""
+        record = self.membership.records.get(peer)
+        if record is None or peer == self.membership.own.peer_id or record.address in self._checks:
+            return False
+        address = record.address
+        task = asyncio.get_running_loop().create_task(self.exchange(address))
+        self._checks[address] = task
+        task.add_done_callback(lambda done: self._checked(address, done))
+        return True
+
+    def _checked(self, address: str, task: asyncio.Task[bool]) -> None:
+        self._checks.pop(address, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("checking %s failed", address, exc_info=task.exception())
+
+    async def leave(self) -> int:
+        """Leave for good: certify our own departure (`Membership.leave`) and push it to every
+        peer we know at once, so that each re-plans now instead of waiting out the failure
+        detector (a peer we cannot reach now hears it from the others). Returns how many answered."""
+        own = self.membership.leave()
+        others = sorted(r.address for r in self.membership.records.values() if r.peer_id != own.peer_id)
+        answered = await asyncio.gather(*(self.exchange(address) for address in others))
+        return sum(answered)
 
     async def round(self) -> list[PeerId]:
         """One gossip round; returns the peers that left the view in it (silent or refused)."""
@@ -197,7 +230,11 @@ class Gossip:
             await self.close()
 
     async def close(self) -> None:
-        """Close the HTTP client."""
+        """Stop the checks under way; close the HTTP client."""
+        for task in list(self._checks.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._session is not None:
             await self._session.close()
             self._session = None

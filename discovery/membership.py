@@ -13,6 +13,10 @@ we refute it SWIM-style by taking a higher incarnation (`on_incarnation` keeps i
 A death certificate is the last signed record its issuer held of the dead peer: it removes that
 record and older ones of the same incarnation, never a later life, and claims no more than
 the peer itself once signed.
+
+A peer that stops on purpose certifies its own departure the same way (`leave`): its last record
+becomes its own certificate, and from then on its record never changes (no heartbeat, no
+announcement, no refutation), so no copy of it can outlive the certificate anywhere.
 """
 
 from __future__ import annotations
@@ -49,19 +53,25 @@ class Membership:
     obituaries: dict[PeerId, PeerRecord] = field(default_factory=dict)
     twins: set[str] = field(default_factory=set)  # other addresses using our id (a cloned state dir)
     now: float = 0.0  # the time of the last transition (tombstones expire against it)
+    leaving: bool = False  # we certified our own departure: our record is frozen
 
     def __post_init__(self) -> None:
         self.own = self.sign(self.own)
         self.records[self.own.peer_id] = self.own
 
     def beat(self) -> PeerRecord:
-        """Advance our own heartbeat (once per gossip round)."""
+        """Advance our own heartbeat (once per gossip round); never once we are leaving."""
+        if self.leaving:
+            return self.own
         self.own = self.sign(self.own.beat())
         self.records[self.own.peer_id] = self.own
         return self.own
 
     def announce(self, **changes: object) -> PeerRecord:
-        """Change our own record (e.g. the plan we serve); the next beat carries it."""
+        """Change our own record (e.g. the plan we serve); the next beat carries it. Once we are
+        leaving, nothing changes."""
+        if self.leaving:
+            return self.own
         self.own = replace(self.own, **changes)  # type: ignore[arg-type]
         return self.beat()
 
@@ -90,7 +100,7 @@ class Membership:
         return changed
 
     def _about_us(self, record: PeerRecord) -> None:
-        if record.clock < self.own.clock:
+        if record.clock < self.own.clock or self.leaving:
             return  # an older life of ours (perhaps at an address we had before): harmless
         if record.address != self.own.address:
             if record.address not in self.twins and len(self.twins) < 16:
@@ -151,6 +161,14 @@ class Membership:
         self.obituaries[peer] = self.records[peer]
         self._remove(peer)
         return True
+
+    def leave(self) -> PeerRecord:
+        """We are going: certify our own departure with our last signed record, as a refused
+        connection would, and freeze that record. Whoever gets the certificate drops us at once
+        (and passes it on); it claims nothing we did not sign. Returns the certificate."""
+        self.leaving = True
+        self.obituaries[self.own.peer_id] = self.own
+        return self.own
 
     def bury(self, obituaries: Iterable[PeerRecord]) -> list[PeerId]:
         """Apply gossiped death certificates; a record newer than the certificate survives

@@ -1,9 +1,15 @@
 """`edgeshard-peer`: the daemon one runs on every device (by hand, or as the systemd service).
 
 Settings come from /etc/edgeshard/peer.toml (or --config), EDGESHARD_PEER_* variables, then
-flags. SIGTERM and SIGINT stop it cleanly: mDNS goodbye, sockets closed, so the others re-plan
-at once instead of waiting out the failure detector. Under systemd (Type=notify) it reports
-READY=1 once it serves.
+flags. Under systemd (Type=notify) it reports READY=1 once it serves, and WATCHDOG=1 from its
+event loop when the unit has WatchdogSec= (`service`).
+
+SIGTERM and SIGINT stop it gracefully (`stop`): STOPPING=1; the API refuses new requests (503
+`shutting_down`) while those generating here finish, for up to `DRAIN_S` less `STAGE_DRAIN_S`;
+then the peer leaves the cluster (its own death certificate pushed to every peer, an mDNS
+goodbye), so the others re-plan at once instead of waiting out the failure detector, and the
+sessions passing through its stage fail over at their origins; once they are gone (or
+`STAGE_DRAIN_S` has passed) it closes and exits 0. A second signal cuts the waits short.
 """
 
 from __future__ import annotations
@@ -14,15 +20,20 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from edgeshard.solver import OBJECTIVES, STRATEGIES
 
 from ..errors import PeerError
 from ..model.options import DTYPE_NAMES
 from .config import DEFAULT_CONFIG, ENV_PREFIX, ConfigError, PeerConfig, load_config
+from .service import DRAIN_S, STAGE_DRAIN_S, notify, start_watchdog, stop_task, wait_until
+
+if TYPE_CHECKING:
+    from .node import PeerNode
 
 log = logging.getLogger("edgeshard.peer")
 
@@ -67,40 +78,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _notify(state: str) -> None:
-    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if systemd set it."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    address = "\0" + path[1:] if path.startswith("@") else path
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(state.encode(), address)
-
-
 async def serve(config: PeerConfig) -> None:
-    """Run the peer until SIGTERM/SIGINT."""
+    """Run the peer until SIGTERM/SIGINT, then stop it gracefully."""
     from .node import PeerNode  # torch and transformers load here, after the arguments are checked
 
     node = PeerNode(config)
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()  # a first signal stops, a second hurries
+
+    def on_signal() -> None:
+        (hurry if stop.is_set() else stop).set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
+    watchdog = None
     try:
         await node.start()
-        _notify("READY=1")
+        notify("READY=1")
+        watchdog = start_watchdog()
         running = asyncio.create_task(node.run())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if running.done():
+            stopping.cancel()
             running.result()  # a crash of the peer's loops: raise it
-        log.info("stopping")
-        _notify("STOPPING=1")
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
+        await graceful_stop(node, running, hurry)
     finally:
+        await stop_task(watchdog)
         await node.close()
+
+
+async def graceful_stop(node: PeerNode, running: asyncio.Task[None], hurry: asyncio.Event) -> None:
+    """Refuse new requests, let ours finish, leave the cluster, let our stage's sessions go."""
+    notify("STOPPING=1")
+    deadline = time.monotonic() + DRAIN_S
+    admission = node.api.admission
+    admission.close()
+    log.info("stopping: refusing new requests; %d generating here may finish", admission.active)
+    if not await wait_until(lambda: admission.active == 0, deadline - STAGE_DRAIN_S, hurry):
+        log.warning("stopping: %d requests still generating here are cut off", admission.active)
+    running.cancel()  # gossip, plans and probes end: our record changes no more
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    told = await node.leave()
+    log.info("left the cluster: %d peer(s) told directly, mDNS goodbye sent", told)
+    if not await wait_until(lambda: not node.stage.busy(), deadline, hurry):
+        log.warning("stopping: %d sessions still pass through this stage", node.stage.status()["sessions"])
+    log.info("stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from aiohttp import web
 from edgeshard.discovery.auth import middleware
 from edgeshard.discovery.gossip import MAX_BODY as GOSSIP_MAX
 from edgeshard.discovery.gossip import Gossip
-from edgeshard.discovery.mdns import Found, MdnsDiscovery
+from edgeshard.discovery.mdns import MdnsDiscovery
 from edgeshard.discovery.membership import Membership
 from edgeshard.discovery.probe import PROBE_PATH, probe_endpoint
 from edgeshard.discovery.records import PeerId
@@ -61,8 +61,9 @@ from .lifecycle import (
     planned,
     ready_layout,
 )
-from .planview import describe_plan, plannable, predicted_tps, route_problem, view_of
+from .planview import describe_plan, plannable, predict_stages, predicted_tps, route_problem, view_of
 from .probing import LinkFigures, probe_forever
+from .roster import Roster
 from .security import Security
 from .shards import build_shard, loaded_line
 from .stability import hold_still
@@ -94,15 +95,12 @@ class PeerNode:
         self.links = LinkFigures()
         self.started = time.monotonic()
         self._runners: list[web.AppRunner] = []
-        self._wake = asyncio.Event()
-        self._departures = 0  # peers that left the view so far: each one re-plans at once
-        self._excluded_logged: dict[PeerId, str] = {}
-        self._addresses: dict[PeerId, str] = {}
         # Set in start():
         self.source: ModelSource
         self.units: list[Unit]
         self.membership: Membership
         self.gossip: Gossip
+        self.roster: Roster
         self.identity: Identity
         self._tokenizer: PreTrainedTokenizerBase
         self.api: Api
@@ -138,15 +136,18 @@ class PeerNode:
         bootstrap = [f"{scheme}://{address}" if "://" not in address else address for address in config.bootstrap]
         self.pin = self.stage.links.pin = self.origin.links.pin = self.security.pin(self.membership.view)
         gossip = (self.membership, bootstrap, config.gossip_interval_s)
-        self.gossip = Gossip(*gossip, on_change=self._on_change, auth=self.security.auth, pin=self.pin)
+        self.gossip = Gossip(*gossip, auth=self.security.auth, pin=self.pin)
+        self.roster = Roster(config.cluster, self.membership, self.gossip, self.links, self.origin)
+        self.gossip.on_change = self.roster.changed
 
         api_host, api_port = split_host_port(config.api_listen, API_PORT)
         self.api = Api(self, Admission(config.sessions, config.queue), api_key=config.api_key)
         runner, api_url = await start_server(self.api.add_routes, api_host, api_port, cancel_on_disconnect=True)
         self._runners.append(runner)
         if config.mdns:
-            where = (self.peer_id, advertised, bound_port, config.cluster, fingerprint, self._on_found)
-            self.mdns = MdnsDiscovery(*where, interfaces=config.interface or None, tls=bool(tls))
+            where = (self.peer_id, advertised, bound_port, config.cluster, fingerprint, self.roster.found)
+            on_lost, interfaces = self.roster.lost, config.interface or None
+            self.mdns = MdnsDiscovery(*where, on_lost, interfaces=interfaces, tls=bool(tls))
             await self.mdns.start()
         log.info("%s", startup_line(self.identity, api_url, fingerprint, memory, sum(profile.unit_ms)))
         self.security.announce()
@@ -173,12 +174,24 @@ class PeerNode:
                 probe_forever(
                     self.peer_id,
                     self.membership.view,
-                    self._on_link_measured,
+                    self.roster.link_measured,
                     self.stage.busy,
                     self.security.auth,
                     self.pin,
                 )
             )
+
+    async def leave(self) -> int:
+        """Leave the cluster (this process is stopping; `run` is over): our record frozen and
+        certified dead by ourselves, the certificate pushed to every peer at once, an mDNS goodbye.
+        The others re-plan without us now; our stage and origin go on serving until `close`.
+        Returns how many peers heard it directly."""
+        told = await self.gossip.leave()
+        if self.mdns is not None:
+            with contextlib.suppress(Exception):
+                await self.mdns.stop()
+            self.mdns = None
+        return told
 
     async def close(self) -> None:
         """Say goodbye over mDNS, stop serving, free the shard."""
@@ -248,54 +261,16 @@ class PeerNode:
             load["predicted_tps"] = predicted_tps(*figures, load["generating"])
             load["predicted_tps_full"] = predicted_tps(*figures, self.config.sessions)
             document["plan"]["sessions_per_pass"] = self._batch()  # what its costs are per token of
+            predict_stages(document["plan"], records, self.membership.own, self.units, self._batch())
         document["api"] = load
         document["security"] = self.security.status()
         return document
 
-    def _on_found(self, found: Found) -> None:
-        if found.cluster != self.config.cluster:
-            log.info("mDNS: ignoring %s at %s: it belongs to cluster %r", found.peer_id, found.address, found.cluster)
-            return
-        if found.peer_id not in self.membership.records:
-            log.debug("mDNS: found %s at %s", found.peer_id, found.address)
-        self.gossip.add_candidate(found.address)
-
-    def _on_change(self, joined: list[PeerId], left: list[PeerId]) -> None:
-        for peer in joined:
-            record = self.membership.records.get(peer)
-            if record is not None and peer not in self._addresses:
-                log.info("peer %s (id %s) joined (%s)", record.label, peer, record.address)
-            if record is not None:
-                self._addresses[peer] = record.address
-        for peer in left:
-            address = self._addresses.pop(peer, "")
-            self._excluded_logged.pop(peer, None)
-            self.links.forget(peer)
-            log.warning("peer %s left: declared dead", peer)
-            if address:
-                self.origin.abort_route(address, "peer-dead", f"peer {peer} was declared dead")
-        self._departures += len(left)
-        self._wake.set()
-
-    def _on_link_measured(self, peer: PeerId, mbps: float, rtt_ms: float) -> None:
-        published = self.links.measured(peer, mbps, rtt_ms)
-        if published is None:
-            return
-        self.membership.announce(links=self.links.links(self.membership.records))
-        log.info(
-            "link to %s: %.0f Mbps, %.2f ms round trip (measured %.0f Mbps, %.2f ms)", peer, *published, mbps, rtt_ms
-        )
-
     def current_view(self) -> View:
         """The view this peer would plan now (compatible live peers only)."""
-        view, excluded = view_of(
-            self.membership.view(), self.membership.own, self.units, self._departures, self._batch()
-        )
-        for peer, why in excluded.items():
-            if self._excluded_logged.get(peer) != why:
-                self._excluded_logged[peer] = why
-                record = self.membership.records.get(peer)
-                log.warning("peer %s is left out of the plan: it %s", record.label if record else peer, why)
+        members = self.membership
+        view, excluded = view_of(members.view(), members.own, self.units, self.roster.departures, self._batch())
+        self.roster.excluded(excluded)
         return view
 
     def _holding(self) -> Holding:
@@ -323,9 +298,9 @@ class PeerNode:
         self.lifecycle, action = decide(self.current_view(), self.lifecycle, self._holding(), self.peer_id, now)
         match action:
             case Wait(until):
-                self._wake.clear()
+                self.roster.wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, min(until - now, PLAN_POLL_S)))
+                    await asyncio.wait_for(self.roster.wake.wait(), max(0.0, min(until - now, PLAN_POLL_S)))
             case Solve(view):
                 await self._solve(view)
             case Load(start, end, layout):
