@@ -78,6 +78,14 @@ def host_port(address: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
+def least_offset(stamped: float, sent: float, received: float) -> float:
+    """The smallest offset of a remote clock from ours that an HTTP Date header allows: the remote
+    read `stamped` (truncated to the second) between our `sent` and `received`, so its offset lies
+    in [stamped - received, stamped + 1 - sent]; a slow answer widens that, never fakes a skew."""
+    low, high = stamped - received, stamped + 1 - sent
+    return low if low > 0 else high if high < 0 else 0.0
+
+
 def _is_loopback(host: str) -> bool:
     return host == "localhost" or host.startswith("127.") or host == "::1"
 
@@ -300,10 +308,10 @@ def check_clock(f: Findings) -> Check:
     worst = max(abs(v) for v in f.skew_s.values())
     hint = "run NTP (systemd-timesyncd, chrony) on every device; boards without a real-time clock need it"
     if worst > SIGNATURE_WINDOW_S / 2:
-        summary = f"clocks differ by up to {worst:.0f} s ({note}): signed requests are refused beyond 60 s"
+        summary = f"clocks differ by at least {worst:.0f} s ({note}): signed requests are refused beyond 60 s"
         return Check("clock", "fail", summary, details, hint=hint)
     if worst > SKEW_WARN_S:
-        return Check("clock", "warn", f"clocks differ by up to {worst:.0f} s ({note})", details, hint=hint)
+        return Check("clock", "warn", f"clocks differ by at least {worst:.0f} s ({note})", details, hint=hint)
     return Check(
         "clock", "ok", f"{len(f.skew_s)} peers' clocks within {SKEW_WARN_S:.0f} s of this host's ({note})", details
     )

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..api.client import DEFAULT_API
-from .checkup import Findings, Reach, Seen, exit_code, host_port, judge, render, to_json
+from .checkup import Findings, Reach, Seen, exit_code, host_port, judge, least_offset, render, to_json
 
 CONNECT_TRIES = 3
 
@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def fetch_status(api: str, api_key: str, timeout_s: float) -> tuple[dict[str, Any], float]:
-    """GET /v1/status; the status and the API's clock minus ours (from its Date header), in s."""
+    """GET /v1/status; the status and the least offset of the API's clock from ours that its Date
+    header allows, in s."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     request = urllib.request.Request(api.rstrip("/") + "/v1/status", headers=headers)
     sent = time.time()
@@ -78,8 +79,7 @@ def fetch_status(api: str, api_key: str, timeout_s: float) -> tuple[dict[str, An
     received = time.time()
     skew = 0.0
     if date:
-        # Date is truncated to the second: its middle, against the middle of our round trip.
-        skew = email.utils.parsedate_to_datetime(date).timestamp() + 0.5 - (sent + received) / 2
+        skew = least_offset(email.utils.parsedate_to_datetime(date).timestamp(), sent, received)
     status: dict[str, Any] = json.loads(body)
     return status, skew
 

@@ -18,6 +18,7 @@ from edgeshard.peer.cli.checkup import (
     exit_code,
     host_port,
     judge,
+    least_offset,
     render,
     to_json,
 )
@@ -176,6 +177,13 @@ def test_clock_skew(skew: float, level: str) -> None:
     clock = by_name(judge(healthy(skew_s={"a": 0.0, "b": skew})))["clock"]
     assert clock.level == level
     assert "1 s resolution" in clock.summary
+
+
+def test_the_date_header_gives_the_least_skew_it_allows() -> None:
+    assert least_offset(1000.0, 1000.2, 1000.4) == 0.0  # read within our round trip's second
+    assert least_offset(1000.0, 999.0, 1003.0) == 0.0  # a slow answer allows any small skew
+    assert least_offset(1010.0, 1000.2, 1000.4) == pytest.approx(9.6)  # ahead: at least 9.6 s
+    assert least_offset(990.0, 1000.2, 1000.4) == pytest.approx(-9.2)  # behind: at least 9.2 s
 
 
 def test_only_the_local_clock_is_a_warning() -> None:
