@@ -45,7 +45,7 @@ BRIDGE = "es-br0"
 PREFIX = "198.18.0"
 BRIDGE_ADDRESS = f"{PREFIX}.254"
 PEER_PORT, API_PORT = 7420, 7421
-STOP_WAIT_S = 10.0  # how long `stop` gives a peer to leave after SIGTERM before SIGKILL
+STOP_WAIT_S = 30.0  # SIGTERM to SIGKILL, as the unit's TimeoutStopSec: a peer drains for up to 20 s
 
 
 def secret_path(state: Path | None = None) -> Path:
