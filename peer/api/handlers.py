@@ -38,6 +38,7 @@ from ..pipeline.layouts import ReadyLayout
 from ..pipeline.origin import Origin
 from ..pipeline.timing import summarize
 from .admission import Admission, QueueFull, ShuttingDown, TokenMeter
+from .dashboard import dashboard_admits, mount_dashboard
 from .events import ClusterEvents
 from .metrics import Metrics
 from .replies import DONE, Kind, Shape, failure_event, timing_context
@@ -116,7 +117,8 @@ def _guard(api_key: str, telemetry: Telemetry) -> Middleware:
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if key and not _authorized(request.headers.get("Authorization", ""), key):
+        # The dashboard's page and, with its cookie, its data on GET (a browser cannot send the header).
+        if key and not (_authorized(request.headers.get("Authorization", ""), key) or dashboard_admits(request, key)):
             telemetry.count("unauthorized")
             given = "Authorization" in request.headers
             message = "Incorrect API key provided" if given else "No API key: send Authorization: Bearer <api key>"
@@ -202,6 +204,7 @@ class Api:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.text_completions)
         app.router.add_get("/v1/status", self.status)
+        mount_dashboard(app, self)  # GET /, /v1/dashboard, /v1/dashboard/events
         app.router.add_get("/metrics", Metrics(self.backend.status, self.telemetry, self.events, self.meter).endpoint)
 
     async def models(self, _request: web.Request) -> web.Response:

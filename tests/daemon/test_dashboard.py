@@ -1,0 +1,175 @@
+"""The dashboard in a real browser (headless Chromium driven by selenium) against the session's
+3-peer cluster: the page shows the peers, the plan's stages and the measured links, then, with
+no reload, a chat completion's per-stage timing and the new token count arrive over the
+server-sent events. A screenshot of the page is kept (EDGESHARD_DASHBOARD_SCREENSHOT: where to
+also write it, e.g. docs/dashboard.png)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.wait import WebDriverWait
+
+from .peers import Peer, client, wait_until
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2-135m-instruct"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,900",
+)
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+    if CHROMIUM is None or DRIVER is None:
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def until(driver: webdriver.Chrome, check: Callable[[], T | None], what: str, timeout_s: float = 60) -> T:
+    """Poll the page until `check` gives a value (a redraw may swap elements under it)."""
+
+    def attempt(_driver: Any) -> T | None:
+        try:
+            return check()
+        except StaleElementReferenceException:
+            return None
+
+    try:
+        value: T = WebDriverWait(driver, timeout_s, poll_frequency=0.2).until(attempt)
+        return value
+    except TimeoutException:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        raise AssertionError(f"the page never showed {what}; it shows:\n{body[:3000]}") from None
+
+
+def texts(driver: webdriver.Chrome, css: str) -> list[str]:
+    return [element.text for element in driver.find_elements(By.CSS_SELECTOR, css)]
+
+
+def shown_links(driver: webdriver.Chrome) -> dict[tuple[str, str], str]:
+    cells = driver.find_elements(By.CSS_SELECTOR, "#links td.link")
+    return {(c.get_attribute("data-from") or "", c.get_attribute("data-to") or ""): c.text for c in cells}
+
+
+def status_links(status: dict[str, Any]) -> dict[tuple[str, str], float]:
+    return {(p["name"], link["name"]): link["mbps"] for p in status["peers"] for link in p["links"]}
+
+
+def test_the_dashboard_shows_the_cluster_and_a_reply_arrives_live(
+    surface_cluster: list[Peer], browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    peer = surface_cluster[0]
+    names = sorted(p.name for p in surface_cluster)
+    status = wait_until(lambda: s if (s := peer.status()) and s["ready"] else None, 120, "a ready peer")
+    browser.get(peer.api + "/")
+    assert browser.title == "EdgeShard"
+
+    shown = until(
+        browser,
+        lambda: r if sorted(r := texts(browser, "#peers tbody tr td:first-child b")) == names else None,
+        "the three peers",
+    )
+    assert sorted(shown) == names
+    healths = until(
+        browser,
+        lambda: h if (h := texts(browser, "#peers tbody .chip")) and set(h) == {"alive"} else None,
+        "every peer alive",
+    )
+    assert len(healths) == 3
+
+    # The plan bar: one segment per stage, in order, named by device, as wide as its units.
+    stages = status["plan"]["stages"]
+    assert len(stages) == 3  # 256 MiB each: the model needs all three
+    segments = until(
+        browser,
+        lambda: s if len(s := browser.find_elements(By.CSS_SELECTOR, "#plan-bar .segment")) == len(stages) else None,
+        "the plan bar",
+    )
+    assert [s.get_attribute("data-device") for s in segments] == [st["device"] for st in stages]
+    assert [s.find_element(By.TAG_NAME, "b").text for s in segments] == [st["device"] for st in stages]
+    widths = [s.size["width"] for s in segments]
+    units = [st["end"] - st["start"] for st in stages]
+    for width, count in zip(widths, units, strict=True):  # flex-grow by units: widths in proportion
+        assert abs(width / sum(widths) - count / sum(units)) < 0.05
+    assert set(texts(browser, "#plan-legend b")) == set(names)
+
+    # The links: every measured link, with its bandwidth and round trip, in the matrix and the graph.
+    def links_match() -> dict[tuple[str, str], str] | None:
+        current = peer.status()
+        cells = shown_links(browser)
+        if current is None or not cells or set(cells) != set(status_links(current)):
+            return None
+        return cells
+
+    cells = until(browser, links_match, "the measured links")
+    assert len(cells) == 6  # every peer measures the other two
+    for text in cells.values():
+        assert re.fullmatch(r"[\d.]+ [MG]bps · [\d.]+ ms", text), text
+    labels = texts(browser, "#links-graph text.edge-label")
+    assert len(labels) == 6 and all("bps" in label for label in labels)
+
+    # A reply, and the page updates without a reload: its per-stage timing and the token count.
+    browser.execute_script("window.__sameDocument = 'kept'")
+    tokens_before = int(browser.find_element(By.ID, "tokens").text)
+    answer = client(peer).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Name three colours."}], temperature=0, max_tokens=16
+    )
+    generated = answer.usage.completion_tokens if answer.usage else 0
+    assert generated > 0
+    until(
+        browser,
+        lambda: browser.find_element(By.ID, "timing").get_attribute("data-reply") == answer.id or None,
+        "the reply's timing",
+        30,
+    )
+    rows = browser.find_elements(By.CSS_SELECTOR, "#timing [data-stage]")
+    assert [r.get_attribute("data-stage") for r in rows] == [st["device"] for st in stages]
+    for row in rows:
+        assert re.search(r"[\d.]+ \+ [\d.]+ \+ [\d.]+ ms \(predicted [\d.]+\)", row.text), row.text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#timing [data-link]")) == len(stages) + 1
+    tokens = until(
+        browser,
+        lambda: t if (t := int(browser.find_element(By.ID, "tokens").text)) >= tokens_before + generated else None,
+        "the new token count",
+        30,
+    )
+    assert tokens == tokens_before + generated  # nothing else asked this API meanwhile
+    assert browser.execute_script("return window.__sameDocument") == "kept"  # no reload: the stream did it
+    assert browser.find_elements(By.CSS_SELECTOR, f'#replies tr[data-reply="{answer.id}"]')
+    assert browser.find_element(By.ID, "live").text == "● live"
+
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, min(int(height) + 140, 2400))  # the whole page, 1280 wide
+    browser.save_screenshot(str(tmp_path / "dashboard.png"))
+    if target := os.environ.get("EDGESHARD_DASHBOARD_SCREENSHOT"):
+        browser.save_screenshot(target)
