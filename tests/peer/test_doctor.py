@@ -128,6 +128,9 @@ def test_an_unreachable_live_peer_fails_a_dead_one_warns() -> None:
     dead = status(peers=[peer("a"), peer("b", health="dead"), peer("c")])
     ports = by_name(judge(healthy(status=dead, reach=reach)))["ports"]
     assert ports.level == "warn"
+    suspect = status(peers=[peer("a"), peer("b", health="suspect"), peer("c")])
+    ports = by_name(judge(healthy(status=suspect)))["ports"]
+    assert ports.level == "warn" and ports.summary == "nb answers here but is suspect in the view"
 
 
 def test_a_loopback_address_among_lan_ones_fails() -> None:
