@@ -255,3 +255,15 @@ async def test_with_an_api_key_the_page_asks_for_it_and_its_cookie_reads_the_das
         async with session.get(url + "/v1/status", headers={"Authorization": f"Bearer {KEY}"}) as response:
             assert response.status == 200
     assert api.telemetry.outcomes["unauthorized"] >= 5
+
+
+async def test_a_client_that_leaves_stops_listening(served: tuple[Api, StatusBackend, str, list[Any]]) -> None:
+    api, _backend, url, _runner = served
+    before = (len(api.telemetry._listeners), len(api.events._listeners))
+    async with aiohttp.ClientSession() as session, session.get(url + "/v1/dashboard/events") as response:
+        assert (await next_event(response))[0] == "snapshot"
+        assert (len(api.telemetry._listeners), len(api.events._listeners)) == (before[0] + 1, before[1] + 1)
+    deadline = time.monotonic() + 5
+    while (len(api.telemetry._listeners), len(api.events._listeners)) != before and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert (len(api.telemetry._listeners), len(api.events._listeners)) == before  # the handler was cancelled
