@@ -11,7 +11,10 @@ OpenAI's fields; clients that do not know it ignore it. Every outcome is counted
 
 Every malformed request gets a 4xx in OpenAI's error shape (`schemas` says what is refused),
 never a 500; with an `api_key` every route wants `Authorization: Bearer <key>`, the header
-OpenAI's clients send their api key in.
+OpenAI's clients send their api key in (the dashboard's page, and its data for a browser that
+holds its cookie, excepted: `dashboard`). Without a key the API is on loopback (the daemon
+refuses otherwise) and answers only requests addressed to a loopback name, so a web page that
+points its own domain at 127.0.0.1 (DNS rebinding) cannot use or read it.
 
 The handlers serve any `Backend`: the daemon's node is one; a test can bring another.
 """
@@ -19,7 +22,6 @@ The handlers serve any `Backend`: the daemon's node is one; a test can bring ano
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -27,7 +29,6 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 from jinja2 import TemplateError  # what transformers' chat templates raise (torch requires jinja2)
 from transformers import PreTrainedTokenizerBase
 
@@ -38,8 +39,9 @@ from ..pipeline.layouts import ReadyLayout
 from ..pipeline.origin import Origin
 from ..pipeline.timing import summarize
 from .admission import Admission, QueueFull, ShuttingDown, TokenMeter
-from .dashboard import dashboard_admits, mount_dashboard
+from .dashboard import mount_dashboard
 from .events import ClusterEvents
+from .guard import guard, refuse
 from .metrics import Metrics
 from .replies import DONE, Kind, Shape, failure_event, timing_context
 from .schemas import (
@@ -93,55 +95,6 @@ class Backend(Protocol):
 
 def _error(status: int, message: str, kind: str, code: str | None = None) -> web.Response:
     return web.json_response(error_body(message, kind, code), status=status)
-
-
-def _refuse(error: RequestError) -> web.Response:
-    return web.json_response(error.body(), status=error.status)
-
-
-def _authorized(header: str, key: bytes) -> bool:
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    try:
-        given = token.strip().encode("utf-8", "surrogateescape")  # aiohttp's decoding of odd bytes
-    except UnicodeEncodeError:
-        return False
-    return hmac.compare_digest(given, key)  # constant time: the key cannot be guessed byte by byte
-
-
-def _guard(api_key: str, telemetry: Telemetry) -> Middleware:
-    """A middleware: the API key check (when there is one), and aiohttp's own 404/405 answers
-    rewritten in OpenAI's error shape so that clients can read them."""
-    key = api_key.encode()
-
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # The dashboard's page and, with its cookie, its data on GET (a browser cannot send the header).
-        if key and not (_authorized(request.headers.get("Authorization", ""), key) or dashboard_admits(request, key)):
-            telemetry.count("unauthorized")
-            given = "Authorization" in request.headers
-            message = "Incorrect API key provided" if given else "No API key: send Authorization: Bearer <api key>"
-            response = _refuse(RequestError(message, code="invalid_api_key", status=401))
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response
-        try:
-            return await handler(request)
-        except web.HTTPException as error:
-            if error.status < 400:
-                raise
-            if error.status == 404:
-                message, code = f"Unknown request URL: {request.method} {request.path}", "unknown_url"
-            elif error.status == 405:
-                message, code = f"{request.method} is not allowed on {request.path}", "method_not_allowed"
-            else:
-                message, code = error.reason, None
-            response = _refuse(RequestError(message, code=code, status=error.status))
-            if "Allow" in error.headers:
-                response.headers["Allow"] = error.headers["Allow"]
-            return response
-
-    return guard
 
 
 async def _read_json(request: web.Request) -> Any:
@@ -198,7 +151,7 @@ class Api:
     def add_routes(self, app: web.Application) -> None:
         """Mount /v1/models, the completions, and /v1/status, and the middleware that checks the
         API key on every route of `app` (the API has an app of its own)."""
-        app.middlewares.append(_guard(self.api_key, self.telemetry))
+        app.middlewares.append(guard(self.api_key, self.telemetry))
         self.events.add_to(app)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
@@ -226,7 +179,7 @@ class Api:
             ids = await asyncio.to_thread(_prompt_ids, backend.tokenizer(), chat.messages)
         except RequestError as error:
             self.telemetry.count("invalid")
-            return _refuse(error)
+            return refuse(error)
         return await self._complete(request, "chat", chat, ids, "")
 
     async def text_completions(self, request: web.Request) -> web.StreamResponse:
@@ -238,7 +191,7 @@ class Api:
             ids, prompt = await asyncio.to_thread(_text_prompt, backend.tokenizer(), text.prompt)
         except RequestError as error:
             self.telemetry.count("invalid")
-            return _refuse(error)
+            return refuse(error)
         return await self._complete(request, "text", text, ids, prompt if text.echo else "")
 
     async def _complete(
@@ -250,7 +203,7 @@ class Api:
             max_tokens = answer_room(len(ids), asked.max_tokens, backend.context)
         except RequestError as error:
             self.telemetry.count("invalid")
-            return _refuse(error)
+            return refuse(error)
         try:
             async with self.admission.slot() as queued_s:
                 try:

@@ -192,3 +192,23 @@ async def test_text_completions_and_where_each_tokens_time_went(default_source: 
             assert last is not None and last.kind == "text" and last.timing is not None
         finally:
             await runner.cleanup()
+
+
+def _get_as(url: str, host: str) -> int:
+    request = urllib.request.Request(url, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+async def test_an_api_without_a_key_answers_only_requests_to_a_loopback_name(not_ready: str) -> None:
+    """DNS rebinding: a page on evil.example that resolves its name to 127.0.0.1 reaches the
+    API's socket, but its requests name evil.example as Host."""
+    port = not_ready.rsplit(":", 1)[1]
+    models = f"{not_ready}/v1/models"
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.2"):
+        assert await asyncio.to_thread(_get_as, models, host) == 200, host
+    for host in (f"evil.example:{port}", "127.0.0.1.evil.example", "198.18.0.1"):
+        assert await asyncio.to_thread(_get_as, models, host) == 403, host

@@ -286,7 +286,8 @@ def test_a_chunked_body_past_the_bound_gets_413(api: ThreadedServer) -> None:
         ("POST", "/v1/models", 405, "method_not_allowed"),
         ("DELETE", "/v1/status", 405, "method_not_allowed"),
         ("GET", "/v1/nothing", 404, "unknown_url"),
-        ("POST", "/", 404, "unknown_url"),
+        ("POST", "/", 405, "method_not_allowed"),  # GET / is the dashboard
+        ("POST", "/v2/nothing", 404, "unknown_url"),
     ],
 )
 def test_wrong_methods_and_paths_get_openai_errors(
