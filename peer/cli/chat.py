@@ -10,7 +10,7 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..api.client import ApiError, chat_stream, get_status, texts
@@ -152,37 +152,8 @@ class LocalBackend:
         return describe_error(error)
 
 
-Answer = Callable[[list[dict[str, str]], int], Awaitable[str]]
-
-
-class _AnswerBackend:
-    """An answer function (given the history and the turn, it streams and returns the reply)."""
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-
-    async def reply(
-        self, messages: list[dict[str, str]], settings: Settings, turn: int, show: Show, stats: ReplyStats
-    ) -> str:
-        return await self.answer(messages, turn)
-
-    async def plan(self) -> str:
-        return "no plan here"
-
-    async def peers(self) -> str:
-        return "no peers here"
-
-    def describe_error(self, error: PeerError) -> str:
-        return describe_error(error)
-
-
 async def _read_line(prompt: str) -> str | None:
     return await read_plain_line(prompt)
-
-
-async def repl(system: str | None, answer: Answer) -> None:
-    """The REPL over an answer function, lines read with `_read_line`."""
-    await Repl(_AnswerBackend(answer), Settings(system=system), lambda prompt: _read_line(prompt)).run()
 
 
 def _reader(interactive: bool) -> Reader:

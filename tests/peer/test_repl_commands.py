@@ -292,3 +292,10 @@ def test_ctrl_c_stops_the_reply_and_leaves_the_turn_out(capsys: pytest.CaptureFi
     assert [m["content"] for m in after] == ["be brief", "hi", "echo: hi", "after"]  # no "hang", no partial
     assert repl.last is not None and not repl.last.interrupted  # /stats describes the last finished reply
     assert math.isclose(repl.settings.temperature, 0.0)
+
+
+def test_a_failed_turn_leaves_no_trace_and_the_chat_goes_on(capsys: pytest.CaptureFixture[str]) -> None:
+    repl, backend = scripted(["fail", "ok", "/quit"])
+    asyncio.run(repl.run())
+    assert backend.seen[1][0] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "ok"}]
+    assert "(no answer: HTTP 429" in capsys.readouterr().out

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 
 import pytest
-from edgeshard.peer.api.client import ApiError
-from edgeshard.peer.cli import chat
 from edgeshard.peer.model.files import GGUFModel
 from edgeshard.peer.model.text import TextStream, chat_ids, stop_token_ids
 
@@ -59,25 +56,3 @@ def test_chat_repl_keeps_the_conversation() -> None:
     assert len(answers) == 2
     assert "Paris" in answers[0] and "Rome" in answers[1]  # the second answer needed the first turn
     assert "(conversation forgotten)" in result.stdout
-
-
-def test_a_failed_turn_does_not_end_the_chat(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    lines = iter(["a long question", "a short one", None])
-    seen: list[list[dict[str, str]]] = []
-
-    async def read_line(_prompt: str) -> str | None:
-        return next(lines)
-
-    async def answer(history: list[dict[str, str]], turn: int) -> str:
-        seen.append(list(history))
-        if len(seen) == 1:
-            raise ApiError("HTTP 400: context_length_exceeded: this model's context is 512 tokens")
-        return "fine"
-
-    monkeypatch.setattr(chat, "_read_line", read_line)
-    asyncio.run(chat.repl(None, answer))
-    out = capsys.readouterr().out
-    assert "(no answer: HTTP 400" in out and "/reset starts afresh" in out
-    assert seen[1] == [{"role": "user", "content": "a short one"}]  # the failed turn left no trace
