@@ -78,7 +78,7 @@ class Admission:
             try:
                 await turn  # the slot is handed over by _release, already counted in `active`
             except asyncio.CancelledError:
-                if turn.done() and not turn.cancelled():
+                if turn.done() and not turn.cancelled() and turn.exception() is None:
                     self._release()  # handed over as we were cancelled: pass it on
                 else:
                     with contextlib.suppress(ValueError):  # _release may have skipped it already

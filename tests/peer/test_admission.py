@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from edgeshard.peer.api.admission import Admission, QueueFull, TokenMeter
+from edgeshard.peer.api.admission import Admission, QueueFull, ShuttingDown, TokenMeter
 
 
 async def test_requests_beyond_the_slots_wait_in_order_and_beyond_the_queue_are_refused() -> None:
@@ -67,3 +67,28 @@ def test_the_token_meter_counts_a_sliding_window() -> None:
         meter.add(now=float(second))
     assert meter.rate(now=19.5) == pytest.approx(1.0)
     assert meter.rate(now=100.0) == 0.0 and meter.total == 20
+
+
+async def test_closing_while_a_queued_client_goes_away_keeps_the_count_true() -> None:
+    """close() refuses a queued request as its client disconnects in the same tick: the request
+    held no slot, so none may be given back (the stop's drain waits on `active`)."""
+    admission = Admission(capacity=1, queue_bound=4)
+    release = asyncio.Event()
+
+    async def request() -> None:
+        async with admission.slot():
+            await release.wait()
+
+    generating = asyncio.create_task(request())
+    await asyncio.sleep(0)
+    queued = asyncio.create_task(request())
+    await asyncio.sleep(0.01)
+    assert admission.active == 1 and admission.queued == 1
+    admission.close()
+    queued.cancel()
+    with pytest.raises((asyncio.CancelledError, ShuttingDown)):
+        await queued
+    assert admission.active == 1  # the one still generating
+    release.set()
+    await generating
+    assert admission.active == 0
