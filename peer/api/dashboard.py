@@ -6,8 +6,8 @@ server-sent events.
   the recent events, the outcome and event counts.
 - `GET /v1/dashboard/events`: a `snapshot` at once; another at most once a TICK_S when anything
   in it changed, and every PERIOD_S regardless; each `reply` and `event` as it happens; a comment
-  every HEARTBEAT_S. Each client has a bounded queue: a client that falls behind loses single
-  items and is sent a fresh snapshot (which holds them) instead. The streams end when the app
+  every HEARTBEAT_S. Each client has a bounded queue: a client that falls behind loses what was
+  queued and is sent a fresh snapshot (which holds it) instead. The streams end when the app
   shuts down.
 
 With an API key a browser cannot send `Authorization` on a page load or an EventSource. The page
@@ -186,12 +186,15 @@ class Outbox:
             self.items.append((kind, data))
         self._ready.set()
 
-    def take(self) -> list[tuple[str, dict[str, Any]]]:
-        """What is queued, oldest first; the queue empties (all of it, after an overflow)."""
-        items = [] if self.overflowed else list(self.items)
+    def take(self) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
+        """What is queued, oldest first, and whether the client is owed a snapshot (after an
+        overflow nothing queued goes out: the snapshot holds it). Empties the queue and clears
+        the debt together, so an overflow while the items are written is not lost."""
+        overflowed, self.overflowed = self.overflowed, False
+        items = [] if overflowed else list(self.items)
         self.items.clear()
         self._ready.clear()
-        return items
+        return items, overflowed
 
     def close(self) -> None:
         self.closing = True
@@ -283,11 +286,10 @@ class Dashboard:
         try:
             await response.write(f"retry: {RETRY_MS}\n\n".encode())
             while not outbox.closing:
-                if outbox.overflowed:
-                    pacer.owed = True
-                for kind, data in outbox.take():
+                items, overflowed = outbox.take()
+                pacer.owed = pacer.owed or overflowed
+                for kind, data in items:
                     await response.write(sse(kind, data))
-                outbox.overflowed = False
                 now = self.clock()
                 if pacer.may_look(now):
                     document = self.document()

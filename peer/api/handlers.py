@@ -224,6 +224,9 @@ class Api:
                     else:
                         response, outcome = await self._whole(shape, text, tokens, echo)
                     return response
+                except Exception:  # a fault of ours (not the client going away): counted as one
+                    outcome = "failed"
+                    raise
                 finally:
                     self._finish(kind, completion, outcome, queued_s)
         except QueueFull as full:
@@ -243,7 +246,7 @@ class Api:
             kind=kind,
             outcome=outcome,
             finished=time.time(),
-            seconds=round(time.time() - completion.created, 3),
+            seconds=round(time.monotonic() - completion.admitted, 3),
             queued_s=round(queued_s, 3),
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=len(completion.token_ids),
@@ -257,7 +260,9 @@ class Api:
     def _timing(self, completion: Completion) -> dict[str, Any] | None:
         """Where the reply's time went, beside the plan's prediction (set on `completion`)."""
         try:
-            names, predicted = timing_context(self.backend.status(), completion.layout_id)
+            # After a fail-over the reply ended on the last recovery's layout.
+            layout = completion.recoveries[-1].new_layout if completion.recoveries else completion.layout_id
+            names, predicted = timing_context(self.backend.status(), layout)
         except Exception:  # the status is a nicety here: the reply must not fail over it
             log.exception("no status for the reply's timing")
             names, predicted = {}, None

@@ -306,6 +306,7 @@ class Completion:
 
     id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
     created: int = field(default_factory=lambda: int(time.time()))
+    admitted: float = field(default_factory=time.monotonic)  # for durations: `created` is whole seconds
     prompt_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str = "length"

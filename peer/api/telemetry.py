@@ -8,7 +8,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..pipeline.timing import StepTiming
@@ -36,7 +36,7 @@ class ReplyRecord:
     layout_id: str
     failovers: list[dict[str, Any]]
     timing: dict[str, Any] | None
-    steps: list[StepTiming] = field(default_factory=list, repr=False)  # for histograms; not shown
+    steps: list[StepTiming] = field(default_factory=list, repr=False)  # for the listeners only: not kept
 
     def to_json(self) -> dict[str, Any]:
         """The record as the dashboard and /v1/replies show it (steps left out)."""
@@ -71,7 +71,7 @@ class Telemetry:
         """A request that generated has ended."""
         self.outcomes[record.outcome] += 1
         self.failovers += len(record.failovers)
-        self.replies.append(record)
+        self.replies.append(replace(record, steps=[]))  # a long reply's steps would hold megabytes
         for listener in list(self._listeners):
             try:
                 listener(record)

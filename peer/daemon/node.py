@@ -261,7 +261,7 @@ class PeerNode:
             load["predicted_tps"] = predicted_tps(*figures, load["generating"])
             load["predicted_tps_full"] = predicted_tps(*figures, self.config.sessions)
             document["plan"]["sessions_per_pass"] = self._batch()  # what its costs are per token of
-            predict_stages(document["plan"], records, self.membership.own, self.units, self._batch())
+            predict_stages(document["plan"], records, self.membership.own, self.units, 1)  # a token alone
         document["api"] = load
         document["security"] = self.security.status()
         return document

@@ -132,7 +132,7 @@ def summarize(
     ]
     return {
         "steps": len(decode),
-        "ttft_ms": round(sum(s.wall_s for s in prefill) * 1000, 3),
+        "ttft_ms": round((prefill[-1].received - prefill[0].sent) * 1000, 3) if prefill else None,
         "ms_per_token": _ms([s.wall_s for s in decode]),
         "stages": stages,
         "links": links,

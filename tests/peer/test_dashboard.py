@@ -102,12 +102,13 @@ async def test_a_clients_queue_is_bounded_and_an_overflow_owes_a_snapshot() -> N
     outbox = Outbox(bound=3)
     for index in range(2):
         outbox.put("event", {"seq": index})
-    assert [data["seq"] for _, data in outbox.take()] == [0, 1]
-    assert not outbox.overflowed and outbox.take() == []
+    assert [data["seq"] for _, data in outbox.take()[0]] == [0, 1]
+    assert outbox.take() == ([], False)
     for index in range(5):
         outbox.put("event", {"seq": index})
     assert len(outbox.items) == 3 and outbox.overflowed
-    assert outbox.take() == []  # dropped: the snapshot holds them
+    assert outbox.take() == ([], True)  # dropped: the snapshot holds them
+    assert not outbox.overflowed
     started = time.monotonic()
     await outbox.wait(0.05)
     assert time.monotonic() - started >= 0.04
