@@ -69,6 +69,11 @@ def _open(request: urllib.request.Request, timeout_s: float) -> Any:
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise ApiError(f"cannot reach {request.full_url}: {reason}", unreachable=True) from None
+    except (http.client.HTTPException, ValueError) as error:
+        # Something answered, but not HTTP (a TLS or peer port, another service: BadStatusLine),
+        # or the URL cannot be opened (InvalidURL for "host:None", an unknown scheme).
+        reason = f"{type(error).__name__}: {str(error).strip()[:80]}"
+        raise ApiError(f"no HTTP answer from {request.full_url} ({reason})", unreachable=True) from None
 
 
 def _headers(api_key: str) -> dict[str, str]:
@@ -76,12 +81,33 @@ def _headers(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+def get_json(api: str, path: str, timeout_s: float = 10.0, api_key: str = "") -> tuple[Any, http.client.HTTPMessage]:
+    """GET `path` of the API: the JSON body and the answer's headers (doctor reads `Date`).
+    ApiError for an error status, no (HTTP) answer, a broken read, or a body that is not JSON."""
+    url = api.rstrip("/") + path
+    try:
+        request = urllib.request.Request(url, headers=_headers(api_key))
+    except ValueError as error:  # no scheme: "unknown url type"
+        raise ApiError(f"not an http(s) URL: {url} ({error})") from None
+    with _open(request, timeout_s) as response:
+        try:
+            body = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            reason = str(error) or type(error).__name__
+            raise ApiError(f"the answer from {url} broke off: {reason}", unreachable=True) from None
+        headers: http.client.HTTPMessage = response.headers
+    try:
+        return json.loads(body), headers
+    except ValueError as error:  # also UnicodeDecodeError
+        raise ApiError(f"{url} did not answer JSON ({error}): not an EdgeShard API?") from None
+
+
 def get_status(api: str, timeout_s: float = 10.0, api_key: str = "") -> dict[str, Any]:
     """GET /v1/status."""
-    request = urllib.request.Request(api.rstrip("/") + "/v1/status", headers=_headers(api_key))
-    with _open(request, timeout_s) as response:
-        status: dict[str, Any] = json.load(response)
-        return status
+    status, _ = get_json(api, "/v1/status", timeout_s, api_key)
+    if not isinstance(status, dict):
+        raise ApiError(f"{api.rstrip('/')}/v1/status answered {type(status).__name__}, not a status object")
+    return status
 
 
 def texts(chunks: Iterable[dict[str, Any]]) -> Iterator[str]:

@@ -144,7 +144,7 @@ def check_mdns(f: Findings) -> Check:
         )
     cluster = (f.status or {}).get("cluster")
     view = _peer_names(f.status or {})
-    ours = [s for s in f.mdns if cluster is None or s.cluster.startswith(str(cluster))]
+    ours = [s for s in f.mdns if cluster is None or s.cluster == cluster]  # "home2" is not "home"
     strangers = sorted({s.cluster for s in f.mdns if s not in ours})
     details = [f"{view.get(s.peer_id, s.peer_id)} ({s.peer_id}) at {s.address or '?'}" for s in ours]
     if strangers:

@@ -2,9 +2,10 @@
 
 It reads the local peer's status (`--api`), browses mDNS for a moment, connects to every peer's
 port, reads the other peers' statuses where their APIs answer (`--peer-api`, or the local API's
-port on each peer's host), compares clocks by the HTTP `Date` header (1 s resolution: the status
-carries no wall clock) and this host's free memory; `checkup.judge` concludes. Standard library
-at import; zeroconf and psutil only inside the command.
+port on each peer's host; the API key goes to those guessed APIs only in a closed cluster),
+compares clocks by the HTTP `Date` header (1 s resolution: the status carries no wall clock) and
+this host's free memory; `checkup.judge` concludes. HTTP goes through `api.client` (standard
+library); zeroconf and psutil load only inside the command.
 """
 
 from __future__ import annotations
@@ -15,24 +16,15 @@ import json
 import os
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..api.client import DEFAULT_API
+from ..api.client import DEFAULT_API, ApiError, get_json
 from .checkup import Findings, Reach, Seen, exit_code, host_port, judge, least_offset, render, to_json
 
 CONNECT_TRIES = 3
-
-
-class NoAnswer(Exception):
-    """An API did not answer, or answered with an error (`status`: the HTTP status)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+DEFAULT_API_PORT = urlsplit(DEFAULT_API).port or 7421
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,31 +48,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the checks as a JSON list")
 
 
-def fetch_status(api: str, api_key: str, timeout_s: float) -> tuple[dict[str, Any], float]:
+def read_status(api: str, api_key: str, timeout_s: float) -> tuple[dict[str, Any], float | None]:
     """GET /v1/status; the status and the least offset of the API's clock from ours that its Date
-    header allows, in s."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    request = urllib.request.Request(api.rstrip("/") + "/v1/status", headers=headers)
+    header allows, in s (None without a readable Date). ApiError when no status comes."""
     sent = time.time()
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            body, date = response.read(), response.headers.get("Date")
-    except urllib.error.HTTPError as error:
-        body = error.read()
-        try:
-            message = str(json.loads(body)["error"]["message"])  # OpenAI's error shape: the API
-        except (ValueError, KeyError, TypeError):
-            text = body.decode(errors="replace").strip()[:80]
-            raise NoAnswer(f"HTTP {error.code} {text!r}: not an EdgeShard API (a peer port?)") from None
-        raise NoAnswer(f"HTTP {error.code}: {message}", error.code) from None
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise NoAnswer(f"cannot reach {request.full_url}: {reason}") from None
+        status, headers = get_json(api, "/v1/status", timeout_s, api_key)
+    except ApiError as error:
+        if error.status in (404, 405):  # an HTTP server without our API: a peer port?
+            raise ApiError(f"{error}: not an EdgeShard API (a peer port?)", status=error.status) from None
+        raise
     received = time.time()
-    skew = 0.0
+    if not isinstance(status, dict) or "peer" not in status:
+        raise ApiError(f"{api} answered JSON that is not an EdgeShard status: not an EdgeShard API?")
+    skew = None
+    date = headers.get("Date")
     if date:
-        skew = least_offset(email.utils.parsedate_to_datetime(date).timestamp(), sent, received)
-    status: dict[str, Any] = json.loads(body)
+        try:
+            skew = least_offset(email.utils.parsedate_to_datetime(date).timestamp(), sent, received)
+        except (TypeError, ValueError):  # a Date header that is not one
+            skew = None
     return status, skew
 
 
@@ -142,27 +129,46 @@ def _is_local(host: str) -> bool:
     return bool(wanted & mine)
 
 
-def _candidate_apis(api: str, status: dict[str, Any], given: Sequence[str]) -> list[str]:
-    """Where other peers' APIs may be: the URLs given, then the local API's port on each peer's host."""
+def _candidate_apis(api: str, status: dict[str, Any], given: Sequence[str]) -> list[tuple[str, bool]]:
+    """Where other peers' APIs may be, each with whether it was guessed: the URLs given, then the
+    local API's port (the API's default, 7421, when `api` names none) on each peer's host."""
     parts = urlsplit(api)
+    scheme = parts.scheme or "http"
+    try:
+        port = parts.port or (443 if scheme == "https" else DEFAULT_API_PORT)
+    except ValueError:  # "host:abc": no port to guess with
+        port = DEFAULT_API_PORT
     guesses = []
     for peer in status.get("peers") or ():
         host, _port = host_port(peer["address"])
-        if peer["id"] != status.get("peer"):
-            netloc = f"[{host}]:{parts.port}" if ":" in host else f"{host}:{parts.port}"
-            guesses.append(urlunsplit((parts.scheme, netloc, "", "", "")))
-    return list(dict.fromkeys([*given, *guesses]))
+        if peer["id"] != status.get("peer") and host:
+            netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            guesses.append(urlunsplit((scheme, netloc, "", "", "")))
+    found = dict.fromkeys(given, False)
+    for url in guesses:
+        found.setdefault(url, True)
+    return list(found.items())
+
+
+def key_for(guessed: bool, status: dict[str, Any], api_key: str) -> str:
+    """The API key to send to another peer's API: to the URLs given with --peer-api always (the
+    user named them); to a guessed one (an address from the peer's view) only when the local
+    status says the cluster is closed (a secret admits its peers): in an open cluster any host
+    can join the view, and a stranger's advertised address would receive the key."""
+    if not guessed:
+        return api_key
+    mode = (status.get("security") or {}).get("mode")
+    return api_key if mode is not None and mode != "open" else ""
 
 
 def gather(args: argparse.Namespace) -> Findings:
     """Everything the checks need, from the network and this host."""
     f = Findings(api=args.api, key_given=bool(args.api_key), mdns_seconds=args.mdns_seconds)
+    own_skew = None
     try:
-        f.status, own_skew = fetch_status(args.api, args.api_key, args.timeout)
-    except NoAnswer as error:
+        f.status, own_skew = read_status(args.api, args.api_key, args.timeout)
+    except ApiError as error:
         f.api_error, f.api_status = str(error), error.status
-    except ValueError as error:  # an answer that is not JSON
-        f.api_error = f"not an EdgeShard API at {args.api} ({error})"
     if args.mdns_seconds > 0:
         try:
             f.mdns = browse_mdns(args.mdns_seconds)
@@ -173,18 +179,20 @@ def gather(args: argparse.Namespace) -> Findings:
     status = f.status
     if status is None:
         return f
-    f.skew_s[status["peer"]] = round(own_skew, 1)
+    if own_skew is not None:
+        f.skew_s[status["peer"]] = round(own_skew, 1)
     for peer in status.get("peers") or ():
         f.reach[peer["id"]] = connect_ms(peer["address"], args.timeout)
     ids = {peer["id"] for peer in status.get("peers") or ()} - {status["peer"]}
-    for url in _candidate_apis(args.api, status, args.peer_api):
+    for url, guessed in _candidate_apis(args.api, status, args.peer_api):
         try:
-            other, skew = fetch_status(url, args.api_key, args.timeout)
-        except (NoAnswer, ValueError):
+            other, skew = read_status(url, key_for(guessed, status, args.api_key), args.timeout)
+        except ApiError:
             continue  # not an API, or not reachable from here: the local view stands in
         if other.get("peer") in ids and other["peer"] not in f.others:
             f.others[other["peer"]] = other
-            f.skew_s[other["peer"]] = round(skew, 1)
+            if skew is not None:
+                f.skew_s[other["peer"]] = round(skew, 1)
     f.memory_local = _is_local(urlsplit(args.api).hostname or "")
     if f.memory_local:
         import psutil

@@ -4,7 +4,8 @@ The chat itself is a `Backend` (a peer's API, or stage servers in this process);
 knows neither. Lines come from prompt_toolkit on a terminal (editing, history kept in a file) and
 from plain reads otherwise (`echo hi | edgeshard chat --api ...`). Ctrl-C during a reply stops
 that reply (the backend closes its stream, which frees the session on the cluster) and leaves
-the turn out of the conversation; Ctrl-C at the prompt does not leave, Ctrl-D and /quit do.
+the turn out of the conversation, and during /plan or /peers it stops the wait for the status;
+Ctrl-C at the prompt does not leave, Ctrl-D and /quit do.
 Standard library only at import: prompt_toolkit loads when a terminal asks for it.
 """
 
@@ -296,11 +297,22 @@ class Repl:
         elif command.kind == "stats":
             print(render_stats(self.last))
         elif command.kind in ("plan", "peers"):
-            try:
-                print(await (self.backend.plan() if command.kind == "plan" else self.backend.peers()))
-            except PeerError as error:
-                print(f"({self.backend.describe_error(error)})")
+            await self._show(self.backend.plan() if command.kind == "plan" else self.backend.peers())
         return True
+
+    async def _show(self, text: Awaitable[str]) -> None:
+        """Print what /plan or /peers fetches; Ctrl-C stops the wait (up to the status timeout)."""
+        task = await self._stoppable(text)
+        if task.cancelled():
+            print("(stopped)")
+            return
+        error = task.exception()
+        if error is None:
+            print(task.result())
+        elif isinstance(error, PeerError):
+            print(f"({self.backend.describe_error(error)})")
+        else:
+            raise error
 
     async def _turn(self, message: str) -> None:
         """Stream one reply; a failed or stopped turn leaves no trace in the conversation."""

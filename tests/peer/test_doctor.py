@@ -3,9 +3,15 @@ light command."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -22,6 +28,7 @@ from edgeshard.peer.cli.checkup import (
     render,
     to_json,
 )
+from edgeshard.peer.cli.doctor import _candidate_apis, add_arguments, gather, key_for
 
 GiB = 2**30
 
@@ -65,7 +72,7 @@ def healthy(**changes: Any) -> Findings:
     found = Findings(
         api="http://127.0.0.1:7421",
         status=status(),
-        mdns=[Seen("a", "home", "10.0.0.1:7420"), Seen("b", "home"), Seen("c", "home-2")],
+        mdns=[Seen("a", "home", "10.0.0.1:7420"), Seen("b", "home"), Seen("c", "home")],
         mdns_seconds=2,
         reach={p: Reach(connect_ms=0.4) for p in "abc"},
         skew_s={"a": 0.1, "b": -0.4},
@@ -118,6 +125,14 @@ def test_mdns_absent_is_a_warning_and_strangers_are_told_apart() -> None:
     assert unknown.level == "warn" and "not in the peer's view: q" in unknown.summary
     partial = by_name(judge(healthy(mdns=[Seen("a", "home")])))["mdns"]
     assert partial.level == "ok" and "not announced: nb, nc" in partial.summary
+
+
+def test_mdns_clusters_match_by_their_whole_name() -> None:
+    near = [Seen("a", "home"), Seen("b", "home2"), Seen("c", "home-2")]
+    mdns = by_name(judge(healthy(mdns=near)))["mdns"]
+    assert mdns.level == "ok" and mdns.summary.startswith("1 peers of this cluster")
+    assert "not announced: nb, nc" in mdns.summary
+    assert mdns.details[-1] == "also seen: peers of other clusters (home-2, home2)"
 
 
 def test_an_unreachable_live_peer_fails_a_dead_one_warns() -> None:
@@ -238,3 +253,110 @@ def test_doctor_is_a_light_command() -> None:
     assert (code, loaded) == (1, [])
     checks = json.loads("\n".join(run.stdout.strip().splitlines()[:-1]))
     assert [(c["name"], c["level"]) for c in checks] == [("api", "fail"), ("mdns", "warn")]
+
+
+def test_other_apis_are_guessed_on_the_local_apis_port_or_the_default() -> None:
+    view = status(peers=[peer("a"), peer("b"), peer("c") | {"address": "http://[fe80::3]:7420"}])
+    assert _candidate_apis("http://127.0.0.1:8000", view, []) == [
+        ("http://10.0.0.2:8000", True),
+        ("http://[fe80::3]:8000", True),
+    ]
+    given = "http://10.0.0.2:7421"
+    assert _candidate_apis("http://localhost", view, [given]) == [  # no port: the API's default
+        (given, False),
+        ("http://[fe80::3]:7421", True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("security", "guessed", "sent"),
+    [
+        ({"mode": "secret"}, True, "sk"),
+        ({"mode": "secret", "tls": True}, True, "sk"),
+        ({"mode": "open"}, True, ""),  # any host can be in an open cluster's view
+        (None, True, ""),  # unknown: the key stays here
+        ({"mode": "open"}, False, "sk"),  # --peer-api: the user named it
+    ],
+)
+def test_the_key_goes_to_guessed_apis_only_in_a_closed_cluster(
+    security: dict[str, Any] | None, guessed: bool, sent: str
+) -> None:
+    assert key_for(guessed, status(security=security), "sk") == sent
+
+
+class Recorder(ThreadingHTTPServer):
+    daemon_threads = True
+    status: dict[str, Any]
+    keys: list[str | None]
+
+
+class StatusHandler(BaseHTTPRequestHandler):
+    """The status it is given; every request's Authorization is kept."""
+
+    server: Recorder
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.keys.append(self.headers.get("Authorization"))
+        payload = json.dumps(self.server.status).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+def doctor_args(api: str, **changes: Any) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--api", api, "--mdns-seconds", "0", "--timeout", "0.5", "--api-key", "sk"])
+    for name, value in changes.items():
+        setattr(args, name, value)
+    return args
+
+
+@pytest.mark.parametrize(("mode", "guessed_key"), [("secret", "Bearer sk"), ("open", None)])
+def test_doctor_sends_the_key_to_a_guessed_api_only_in_a_closed_cluster(mode: str, guessed_key: str | None) -> None:
+    server = Recorder(("127.0.0.1", 0), StatusHandler)
+    port = server.server_address[1]
+    server.keys = []
+    # b's address is on this host: its API is guessed at the local API's port, i.e. this server.
+    here = {"address": "http://127.0.0.1:9"}
+    server.status = status(peers=[peer("a") | here, peer("b") | here], security={"mode": mode})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        found = gather(doctor_args(f"http://127.0.0.1:{port}"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert found.status is not None and found.api_error is None
+    assert server.keys == ["Bearer sk", guessed_key]
+
+
+@pytest.fixture
+def not_http() -> Iterator[str]:
+    """A port that answers, but not HTTP (an SSH banner)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    connection.recv(4096)
+                    connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("api", ["not http", "http://127.0.0.1:None", "http://127.0.0.1:x", "127.0.0.1:7421"])
+def test_an_api_that_is_not_one_is_a_failed_check_not_a_traceback(api: str, not_http: str) -> None:
+    found = gather(doctor_args(not_http if api == "not http" else api))
+    assert found.status is None and found.api_error
+    assert judge(found)[0].level == "fail"

@@ -5,7 +5,9 @@ once and the server sees the client leave, error answers keep their status; and 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from edgeshard.peer.api.client import ApiError, chat_stream, stream_chunks, texts
+from edgeshard.peer.api.client import ApiError, chat_stream, get_json, get_status, stream_chunks, texts
 
 FINAL = {"layout_id": "lay", "queued_s": 0.0, "token_ids": [1, 2], "failovers": [], "timing": {"steps": 1}}
 
@@ -34,6 +36,15 @@ class Handler(BaseHTTPRequestHandler):
     def _chunk(self, chunk: dict[str, Any]) -> None:
         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
         self.wfile.flush()
+
+    def do_GET(self) -> None:
+        payload = json.dumps({"peer": "a", "auth": self.headers.get("Authorization")}).encode()
+        if self.path == "/text":
+            payload = b"<html>not json</html>"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -123,6 +134,43 @@ def test_a_closed_port_is_unreachable() -> None:
     with pytest.raises(ApiError) as error:
         chat_stream("http://127.0.0.1:9", [{"role": "user", "content": "hi"}]).open()
     assert error.value.unreachable and error.value.status is None and "cannot reach" in str(error.value)
+
+
+def test_get_json_gives_the_body_and_the_headers(api: tuple[str, Server]) -> None:
+    url, _ = api
+    body, headers = get_json(url, "/v1/status", 5, "sk-1")
+    assert body == {"peer": "a", "auth": "Bearer sk-1"} and headers.get("Date")
+    assert get_status(url)["auth"] is None  # no key, no header
+    with pytest.raises(ApiError, match="did not answer JSON"):
+        get_json(url, "/text")
+
+
+@pytest.fixture
+def not_http() -> Iterator[str]:
+    """A port that answers, but not HTTP (an SSH banner, as a TLS or peer port would confuse urllib)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    connection.recv(4096)
+                    connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("where", ["not http", "http://127.0.0.1:None", "127.0.0.1:7421", "http://127.0.0.1:9"])
+def test_get_status_turns_every_failure_into_an_api_error(where: str, not_http: str) -> None:
+    url = not_http if where == "not http" else where
+    with pytest.raises(ApiError) as error:
+        get_status(url, timeout_s=5)
+    assert error.value.status is None and url in str(error.value)
 
 
 PROBE = """

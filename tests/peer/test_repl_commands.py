@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,7 @@ class FakeBackend:
     def __init__(self) -> None:
         self.seen: list[tuple[list[dict[str, str]], Settings]] = []
         self.cancelled = False
+        self.hang_status = False
 
     async def reply(
         self, messages: list[dict[str, str]], settings: Settings, turn: int, show: Show, stats: ReplyStats
@@ -237,10 +239,22 @@ class FakeBackend:
         stats.tokens = 2
         return f"echo: {message}"
 
+    async def _maybe_hang(self) -> None:
+        """A status that does not come (a peer gone quiet) until Ctrl-C, after "<ctrl-c soon> /plan"."""
+        if self.hang_status:
+            self.hang_status = False
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+
     async def plan(self) -> str:
+        await self._maybe_hang()
         return "PLAN"
 
     async def peers(self) -> str:
+        await self._maybe_hang()
         raise ApiError("cannot reach http://x", unreachable=True)
 
     def describe_error(self, error: PeerError) -> str:
@@ -256,6 +270,10 @@ def scripted(lines: list[str]) -> tuple[Repl, FakeBackend]:
         if line == "<ctrl-c soon>":  # Ctrl-C (SIGINT) while the next reply streams
             asyncio.get_running_loop().call_later(0.1, repl._on_sigint)
             return "hang"
+        if line is not None and line.startswith("<ctrl-c soon> "):  # ... while the command waits
+            asyncio.get_running_loop().call_later(0.1, repl._on_sigint)
+            backend.hang_status = True
+            return line.removeprefix("<ctrl-c soon> ")
         return line
 
     repl = Repl(backend, Settings(system="be brief", max_tokens=8), read)
@@ -292,6 +310,20 @@ def test_ctrl_c_stops_the_reply_and_leaves_the_turn_out(capsys: pytest.CaptureFi
     assert [m["content"] for m in after] == ["be brief", "hi", "echo: hi", "after"]  # no "hang", no partial
     assert repl.last is not None and not repl.last.interrupted  # /stats describes the last finished reply
     assert math.isclose(repl.settings.temperature, 0.0)
+
+
+@pytest.mark.parametrize("command", ["/plan", "/peers"])
+def test_ctrl_c_stops_a_slow_plan_or_peers(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    repl, backend = scripted([f"<ctrl-c soon> {command}", "hi", command, "/quit"])
+    started = time.monotonic()
+    asyncio.run(asyncio.wait_for(repl.run(), 10))
+    assert time.monotonic() - started < 5, "Ctrl-C did not stop the wait"
+    out = capsys.readouterr().out
+    assert backend.cancelled, "the command's wait was not cancelled"
+    assert out.count("(stopped)") == 1 and "(stopped)\n" in out
+    assert out.index("(stopped)") < out.index("assistant> echo: hi")  # and the chat goes on
+    assert [m["content"] for m in backend.seen[0][0]] == ["be brief", "hi"]
+    assert ("PLAN" if command == "/plan" else "Is edgeshard-peer running") in out  # the next one answers
 
 
 def test_a_failed_turn_leaves_no_trace_and_the_chat_goes_on(capsys: pytest.CaptureFixture[str]) -> None:
