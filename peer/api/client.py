@@ -253,17 +253,10 @@ def chat_stream(
     return ChatStream(api, body, timeout_s, api_key)
 
 
-def stream_chunks(
-    api: str,
-    messages: Sequence[dict[str, str]],
-    max_tokens: int = 256,
-    temperature: float = 0.0,
-    seed: int | None = None,
-    timeout_s: float = 600.0,
-    api_key: str = "",
-) -> Iterator[dict[str, Any]]:
-    """The streamed completion's chunks as JSON objects (the last carries usage and fail-overs)."""
-    with chat_stream(api, messages, max_tokens, temperature, seed, timeout_s, api_key).open() as stream:
+def stream_chunks(*args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """The chunks of `chat_stream(*args, **kwargs)`, opened and closed here (for a caller that
+    reads the whole answer)."""
+    with chat_stream(*args, **kwargs).open() as stream:
         yield from stream
 
 

@@ -4,13 +4,10 @@ light command."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -333,26 +330,6 @@ def test_doctor_sends_the_key_to_a_guessed_api_only_in_a_closed_cluster(mode: st
         server.server_close()
     assert found.status is not None and found.api_error is None
     assert server.keys == ["Bearer sk", guessed_key]
-
-
-@pytest.fixture
-def not_http() -> Iterator[str]:
-    """A port that answers, but not HTTP (an SSH banner)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                connection, _ = listener.accept()
-                with connection:
-                    connection.recv(4096)
-                    connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        listener.close()
 
 
 @pytest.mark.parametrize("api", ["not http", "http://127.0.0.1:None", "http://127.0.0.1:x", "127.0.0.1:7421"])

@@ -5,9 +5,7 @@ once and the server sees the client leave, error answers keep their status; and 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -143,26 +141,6 @@ def test_get_json_gives_the_body_and_the_headers(api: tuple[str, Server]) -> Non
     assert get_status(url)["auth"] is None  # no key, no header
     with pytest.raises(ApiError, match="did not answer JSON"):
         get_json(url, "/text")
-
-
-@pytest.fixture
-def not_http() -> Iterator[str]:
-    """A port that answers, but not HTTP (an SSH banner, as a TLS or peer port would confuse urllib)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                connection, _ = listener.accept()
-                with connection:
-                    connection.recv(4096)
-                    connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        listener.close()
 
 
 @pytest.mark.parametrize("where", ["not http", "http://127.0.0.1:None", "127.0.0.1:7421", "http://127.0.0.1:9"])
