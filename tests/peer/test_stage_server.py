@@ -212,7 +212,7 @@ def test_a_fault_after_the_pass_fails_only_its_own_session() -> None:
 
     steps = [Step("bad", 0, torch.tensor([1])), Step("good", 0, torch.tensor([1]))]
     route = SessionRoute(None, "http://origin", SamplingParams(temperature=1.0, seed=1), "float32", "")
-    outputs = _run_pass(Logits(), steps, [route, route])  # type: ignore[arg-type]
+    outputs = _run_pass(Logits(), steps, [route, route], [None, None])  # type: ignore[arg-type]
     bad, good = (decode(o.data) for o in outputs if o is not None)
     assert isinstance(bad, Error) and bad.session == "bad" and bad.code == "stage-fault"
     assert isinstance(good, Sampled) and good.session == "good" and good.token_id == 3

@@ -20,7 +20,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
-from .peers import Peer, client, wait_until
+from ..peers import Peer, client, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from .peers import Peer, agreed, client
+from ..peers import Peer, agreed, client
 
 pytestmark = pytest.mark.slow
 

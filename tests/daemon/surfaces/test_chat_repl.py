@@ -14,7 +14,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from .peers import Peer, free_port, wait_until
+from ..peers import Peer, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 

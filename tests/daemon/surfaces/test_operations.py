@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from .peers import Peer, client, free_port
+from ..peers import Peer, client, free_port
 
 pytestmark = pytest.mark.slow
 
