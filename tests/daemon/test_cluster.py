@@ -214,7 +214,7 @@ def test_sigkill_of_a_middle_stage_mid_generation_loses_no_token(
 
 def test_the_chat_repl_and_status_command_talk_to_a_running_peer(mdns_cluster: list[Peer]) -> None:
     """Piped input (no terminal): the REPL reads plain lines, commands included; the terminal
-    REPL is tests/daemon/test_chat_repl.py's."""
+    REPL is tests/daemon/surfaces/test_chat_repl.py's."""
     api = mdns_cluster[0].api
     repl = subprocess.run(
         [sys.executable, "-m", "edgeshard.peer.cli", "chat", "--api", api, "--max-tokens", "12"],
