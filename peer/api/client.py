@@ -260,6 +260,12 @@ def stream_chunks(*args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
         yield from stream
 
 
+def describe_stages(plan: dict[str, Any]) -> str:
+    """A status plan's stages as people read them: device[start:end) → …"""
+    stages = plan.get("stages") or ()
+    return " → ".join(f"{s.get('device') or s.get('peer')}[{s['start']}:{s['end']})" for s in stages)
+
+
 def describe_status(status: dict[str, Any]) -> str:
     """A readable summary of a peer's /v1/status."""
     security = status.get("security") or {}
@@ -281,9 +287,8 @@ def describe_status(status: dict[str, Any]) -> str:
         )
     plan = status.get("plan")
     if plan:
-        stages = " → ".join(f"{s['device']}[{s['start']}:{s['end']})" for s in plan["stages"])
         lines.append(
-            f"plan {plan['plan_id']} (layout {plan['layout_id']}, {plan['objective']}): {stages}; "
+            f"plan {plan['plan_id']} (layout {plan['layout_id']}, {plan['objective']}): {describe_stages(plan)}; "
             f"predicted {plan['latency_ms']:.1f} ms/token, {plan['throughput_tps']:.1f} tokens/s pipelined"
         )
     return "\n".join(lines)

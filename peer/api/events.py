@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .client import describe_stages
 from .telemetry import ReplyRecord, Telemetry
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,6 @@ def _peers(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def _layout(status: dict[str, Any]) -> str | None:
     plan = status.get("plan")
     return plan.get("layout_id") if plan else None
-
-
-def describe_stages(plan: dict[str, Any]) -> str:
-    """A plan's stages as people read them: device[start:end) → …"""
-    return " → ".join(f"{s.get('device', s.get('peer'))}[{s['start']}:{s['end']})" for s in plan.get("stages", []))
 
 
 def changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[tuple[str, str]]:

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from ..api.client import describe_stages
+
 Level = Literal["ok", "warn", "fail"]
 MARKS: dict[Level, str] = {"ok": "✓", "warn": "!", "fail": "✗"}
 
@@ -331,8 +333,7 @@ def check_plan(f: Findings) -> Check:
     plan = status.get("plan")
     details = []
     if plan:
-        stages = " → ".join(f"{s.get('device')}[{s['start']}:{s['end']})" for s in plan.get("stages", ()))
-        details.append(f"layout {plan.get('layout_id')} ({plan.get('objective')}): {stages}")
+        details.append(f"layout {plan.get('layout_id')} ({plan.get('objective')}): {describe_stages(plan)}")
     phase = status.get("phase")
     if status.get("ready"):
         return Check("plan", "ok", f"phase {phase}, ready", tuple(details))
