@@ -119,7 +119,8 @@ def summarize(
             }
         )
     ends = [ORIGIN, *labels, ORIGIN]
-    per_link = [_ms([s.transfers()[i] for s in decode]) for i in range(len(route) + 1)]
+    transfers = [s.transfers() for s in decode]  # once per step, not once per link
+    per_link = [_ms([t[i] for t in transfers]) for i in range(len(route) + 1)]
     links = [
         {
             "from": ends[i],
