@@ -14,6 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ..api.client import describe_stages
+from ..daemon.config import is_loopback
 
 Level = Literal["ok", "warn", "fail"]
 MARKS: dict[Level, str] = {"ok": "✓", "warn": "!", "fail": "✗"}
@@ -86,10 +87,6 @@ def least_offset(stamped: float, sent: float, received: float) -> float:
     in [stamped - received, stamped + 1 - sent]; a slow answer widens that, never fakes a skew."""
     low, high = stamped - received, stamped + 1 - sent
     return low if low > 0 else high if high < 0 else 0.0
-
-
-def _is_loopback(host: str) -> bool:
-    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _name(peer: Mapping[str, Any]) -> str:
@@ -183,7 +180,7 @@ def check_ports(f: Findings) -> Check:
     details: list[str] = []
     failed: list[str] = []
     warned: list[str] = []
-    loopback = {peer["id"] for peer in peers if _is_loopback(host_port(peer["address"])[0])}
+    loopback = {peer["id"] for peer in peers if is_loopback(host_port(peer["address"])[0])}
     for peer in peers:
         reach = f.reach.get(peer["id"], Reach(error="not tried"))
         health = peer.get("health", "alive")

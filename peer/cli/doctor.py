@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..api.client import DEFAULT_API, ApiError, get_json
+from ..daemon.config import is_loopback
 from .checkup import Findings, Reach, Seen, exit_code, host_port, judge, least_offset, render, to_json
 
 CONNECT_TRIES = 3
@@ -119,7 +120,7 @@ def _is_local(host: str) -> bool:
     """Whether `host` names this machine (the memory check means something only then)."""
     import psutil
 
-    if host in ("localhost", "::1") or host.startswith("127."):
+    if is_loopback(host):
         return True
     try:
         wanted = {info[4][0] for info in socket.getaddrinfo(host, None)}
