@@ -5,22 +5,22 @@ into one [1, N, H] tensor, so the weight-bound parts of a layer (norms, q/k/v/o 
 the MLP) read each weight matrix once per batch instead of once per session. Attention is the
 one part that differs per session: each slice attends to its own KV cache, with the same
 attention function transformers' Llama layer calls. The layers' own submodules do the maths,
-so a batch of one computes what `LlamaDecoderLayer` computes.
+so a batch of one computes what the family's decoder layer computes (families.py): Qwen2's
+biases live in its projections, and Qwen3's q_norm/k_norm are applied per head after the
+projection and before the rotary embedding, in the order `Qwen3Attention` applies them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 from transformers import DynamicCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.llama.modeling_llama import (
-    LlamaDecoderLayer,
-    apply_rotary_pos_emb,
-    eager_attention_forward,
-)
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def _attention_function(implementation: str | None) -> Callable[..., tuple[torch
 
 
 def layer_forward(
-    layer: LlamaDecoderLayer,
+    layer: nn.Module,
     local_index: int,
     hidden: torch.Tensor,
     cos_sin: tuple[torch.Tensor, torch.Tensor],
@@ -65,14 +65,17 @@ def layer_forward(
     masks: Sequence[torch.Tensor | None],
 ) -> torch.Tensor:
     """One decoder layer over the stacked rows [1, N, H] of every session in `slices`."""
-    attention = layer.self_attn
+    block: Any = layer  # a family's decoder layer (families.py): the submodules below
+    attention = block.self_attn
     head_dim = attention.head_dim
     residual = hidden
-    normed = layer.input_layernorm(hidden)
+    normed = block.input_layernorm(hidden)
     # [1, N, heads, D]: projections for the whole batch at once.
     queries = attention.q_proj(normed).view(1, hidden.shape[1], -1, head_dim)
     keys = attention.k_proj(normed).view(1, hidden.shape[1], -1, head_dim)
     values = attention.v_proj(normed).view(1, hidden.shape[1], -1, head_dim)
+    if hasattr(attention, "q_norm"):  # Qwen3: RMSNorm over each head's D, before the rotary
+        queries, keys = attention.q_norm(queries), attention.k_norm(keys)
     cos, sin = cos_sin
     attend = _attention_function(attention.config._attn_implementation)
     outputs = []
@@ -87,5 +90,5 @@ def layer_forward(
         outputs.append(out.reshape(1, part.length, -1))
     attended = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
     hidden = residual + attention.o_proj(attended.contiguous())
-    output: torch.Tensor = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    output: torch.Tensor = hidden + block.mlp(block.post_attention_layernorm(hidden))
     return output

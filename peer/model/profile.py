@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import torch
 from edgeshard.solver import Unit
-from transformers import LlamaConfig
+from transformers import PretrainedConfig
 
 from .batches import BATCHES
 from .files import ModelSource, atomic_write
@@ -50,7 +50,7 @@ class Profile:
     batch_scale: tuple[float, ...] = ()
 
 
-def unit_sizes(config: LlamaConfig, dtype: torch.dtype, context: int, sessions: int) -> list[Unit]:
+def unit_sizes(config: PretrainedConfig, dtype: torch.dtype, context: int, sessions: int) -> list[Unit]:
     """The model's units with their memory (weights + KV cache at `context` × `sessions`) and
     the bytes each sends on per decoded token (float32 hidden state; the head sends a token id)."""
     size = torch.empty((), dtype=dtype).element_size()

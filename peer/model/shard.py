@@ -1,9 +1,9 @@
 """A shard: the contiguous units one stage runs, with a KV cache per session.
 
 Units (docs/ARCHITECTURE.md): 0 = token embedding, 1..L = decoder layers, L+1 = final norm + LM head.
-The maths is transformers' own Llama modules (decoder layer, rotary embedding, RMSNorm); this
-module is the glue: which units, which cache, which device and dtype. Each decoder layer gets a
-*local* layer index, so a session's DynamicCache holds exactly this stage's layers.
+The maths is transformers' own modules of the model's family (families.py: decoder layer, rotary
+embedding, RMSNorm); this module is the glue: which units, which cache, which device and dtype.
+Each decoder layer gets a *local* layer index, so a session's DynamicCache holds exactly this stage's layers.
 
 `Shard.run` is synchronous torch code: callers run it off the event loop (see `worker`).
 """
@@ -19,15 +19,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from tqdm import tqdm
-from transformers import DynamicCache, LlamaConfig
-from transformers.models.llama.modeling_llama import (
-    LlamaDecoderLayer,
-    LlamaRMSNorm,
-    LlamaRotaryEmbedding,
-)
+from transformers import DynamicCache, PretrainedConfig
 
 from ..errors import PeerError
 from .batch import Slice, causal_mask, layer_forward
+from .families import config_family, context_limit
 from .files import ModelSource, iter_unit_tensors, unit_tensor_names
 
 
@@ -39,7 +35,7 @@ class ContextError(SessionError):
     """A request exceeds the configured context length: replaying it elsewhere cannot help."""
 
 
-def unit_count(config: LlamaConfig) -> int:
+def unit_count(config: PretrainedConfig) -> int:
     """Units in the chain: embedding, the decoder layers, norm + head."""
     return int(config.num_hidden_layers) + 2
 
@@ -72,7 +68,7 @@ class _Session:
 
 
 class Shard(nn.Module):
-    """Units [start, end) of a Llama model on one device."""
+    """Units [start, end) of a model (any family in families.py) on one device."""
 
     def __init__(
         self,
@@ -95,7 +91,7 @@ class Shard(nn.Module):
         self.config, self.start, self.end = config, start, end
         self.device, self.dtype = torch.device(device), dtype
         self.max_sessions = max_sessions
-        self.max_context = max_context or int(config.max_position_embeddings)
+        self.max_context = context_limit(config, max_context)
         self.idle_s = idle_s
         if slowdown < 1.0:
             raise ValueError("slowdown is a factor >= 1")
@@ -120,11 +116,12 @@ class Shard(nn.Module):
             leave=False,
         )
         tensors = {**reused, **dict(progress)}
+        family = config_family(config)
         with torch.device("meta"):
             self.layers = nn.ModuleList(
-                LlamaDecoderLayer(config, layer_idx=local) for local in range(len(self.layer_ids))
+                family.layer_class(config, layer_idx=local) for local in range(len(self.layer_ids))
             )
-            self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps) if self.has_head else None
+            self.norm = family.norm_class(config.hidden_size, eps=config.rms_norm_eps) if self.has_head else None
         state: dict[str, torch.Tensor] = {}
         for local, global_id in enumerate(self.layer_ids):
             prefix = f"model.layers.{global_id}."
@@ -143,7 +140,7 @@ class Shard(nn.Module):
             head_name = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
             self.head = tensors[head_name]
         # The rotary tables stay float32 (transformers computes cos/sin in float32, then casts).
-        self.rotary = LlamaRotaryEmbedding(config).to(self.device)
+        self.rotary = family.rotary_class(config).to(self.device)
         self.layers.to(device=self.device, dtype=dtype)
         if self.norm is not None:
             self.norm.to(device=self.device, dtype=dtype)
@@ -167,7 +164,7 @@ class Shard(nn.Module):
         if self.embedding is not None:
             held["model.embed_tokens.weight"] = self.embedding
         if self.norm is not None and self.head is not None:
-            held["model.norm.weight"] = self.norm.weight.data
+            held["model.norm.weight"] = self.norm.state_dict()["weight"]
             held["model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"] = self.head
         return held
 
@@ -275,7 +272,6 @@ class Shard(nn.Module):
             masks = [causal_mask(s.position, s.length, self.device) for s in slices]
             cos_sin = self.rotary(hidden, position_ids)
             for local, layer in enumerate(self.layers):
-                assert isinstance(layer, LlamaDecoderLayer)
                 hidden = layer_forward(layer, local, hidden, cos_sin, slices, masks)
         for (_index, step, state), part in zip(admitted, slices, strict=True):
             state.length = step.position + part.length

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import LlamaConfig, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 
 def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -23,7 +23,7 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | None, chat: str
     return chat_ids(tokenizer, [{"role": "user", "content": message}])
 
 
-def stop_token_ids(config: LlamaConfig) -> list[int]:
+def stop_token_ids(config: PretrainedConfig) -> list[int]:
     """The model's end-of-sequence id(s)."""
     eos = config.eos_token_id
     return [eos] if isinstance(eos, int) else list(eos or [])

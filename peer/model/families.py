@@ -1,0 +1,141 @@
+"""Model families: which transformers modules run each architecture, and how its GGUF reads.
+
+A family is one `model_type` (config.json) / `general.architecture` (GGUF). Every family here is
+a decoder of one shape: embedding, L layers of (RMSNorm, attention with rotary, RMSNorm, gated
+MLP), final RMSNorm and head. What differs is inside transformers' own modules (Qwen2's q/k/v
+biases, Qwen3's per-head q_norm/k_norm), so the shard builds each family's decoder layer,
+RMSNorm and rotary embedding, and `layer_forward` (batch.py) calls their submodules.
+
+The tensors a decoder layer needs are read off that family's layer class built on the meta
+device, so config switches that add tensors (Llama's `attention_bias`/`mlp_bias`, Qwen3's
+`attention_bias`) are followed without a list per family to keep in step.
+
+GGUF: llama.cpp writes Llama-architecture Q/K rows permuted for its rotary layout (Mistral is
+written as `llama` too); Qwen2/Qwen3 are not permuted. That is transformers' own rule: only its
+`llama` GGUF tensor processor reverses the permutation (modeling_gguf_pytorch_utils.py).
+
+Sliding windows (Mistral v0.1, Qwen2/3 with `use_sliding_window`): transformers masks keys more
+than `sliding_window` positions back (`kv_idx > q_idx - sliding_window`), so while a session is
+no longer than the window that mask is the plain causal one. Our attention has no window, so a
+shard of such a model caps its context at the window (`context_limit`): exact inside it, a
+ContextError past it, never a silently different answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, MistralConfig, PretrainedConfig, Qwen2Config, Qwen3Config
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+from transformers.models.mistral.modeling_mistral import (
+    MistralDecoderLayer,
+    MistralRMSNorm,
+    MistralRotaryEmbedding,
+)
+from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding
+from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RMSNorm, Qwen3RotaryEmbedding
+
+from ..errors import ModelFileError
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one model_type is built and read."""
+
+    model_type: str
+    config_class: type[PretrainedConfig]
+    layer_class: Callable[..., nn.Module]  # (config, layer_idx=...) -> decoder layer
+    norm_class: Callable[..., nn.Module]  # (hidden_size, eps=...) -> RMSNorm
+    rotary_class: Callable[..., nn.Module]  # (config) -> rotary embedding, called (x, position_ids)
+    gguf_architecture: str | None  # `general.architecture` of its GGUF files (metadata key prefix)
+    gguf_permuted: bool = False  # llama.cpp permuted the Q/K rows (undo on load)
+    gguf_layer_names: dict[str, str] = field(default_factory=dict)  # GGUF names beyond the common ones
+    needs: str = ""  # what a model of this family needs, for the docs and error messages
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        "llama",
+        LlamaConfig,
+        LlamaDecoderLayer,
+        LlamaRMSNorm,
+        LlamaRotaryEmbedding,
+        gguf_architecture="llama",
+        gguf_permuted=True,
+        needs="Llama 2/3/3.x, SmolLM, TinyLlama (rope scaling from config.json)",
+    ),
+    Family(
+        "mistral",
+        MistralConfig,
+        MistralDecoderLayer,
+        MistralRMSNorm,
+        MistralRotaryEmbedding,
+        gguf_architecture=None,  # llama.cpp writes Mistral as `llama`
+        needs="Mistral 7B (context capped at sliding_window when set)",
+    ),
+    Family(
+        "qwen2",
+        Qwen2Config,
+        Qwen2DecoderLayer,
+        Qwen2RMSNorm,
+        Qwen2RotaryEmbedding,
+        gguf_architecture="qwen2",
+        needs="Qwen2, Qwen2.5 (q/k/v biases)",
+    ),
+    Family(
+        "qwen3",
+        Qwen3Config,
+        Qwen3DecoderLayer,
+        Qwen3RMSNorm,
+        Qwen3RotaryEmbedding,
+        gguf_architecture="qwen3",
+        gguf_layer_names={"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"},
+        needs="Qwen3 dense models (per-head q/k RMSNorm)",
+    ),
+)
+
+
+def supported() -> str:
+    """The families, for messages: `llama, mistral, qwen2, qwen3`."""
+    return ", ".join(family.model_type for family in FAMILIES)
+
+
+def family_of(model_type: str | None) -> Family:
+    """The family of a config's model_type."""
+    for family in FAMILIES:
+        if family.model_type == model_type:
+            return family
+    raise ModelFileError(f"model type {model_type!r} is not supported; EdgeShard runs {supported()}")
+
+
+def gguf_family(architecture: str) -> Family:
+    """The family of a GGUF file's `general.architecture`."""
+    for family in FAMILIES:
+        if family.gguf_architecture == architecture:
+            return family
+    archs = ", ".join(f.gguf_architecture for f in FAMILIES if f.gguf_architecture)
+    raise ModelFileError(f"GGUF architecture {architecture!r} is not supported; EdgeShard runs {archs}")
+
+
+def config_family(config: PretrainedConfig) -> Family:
+    """The family of a loaded config."""
+    return family_of(config.model_type)
+
+
+def layer_tensor_suffixes(config: PretrainedConfig) -> list[str]:
+    """The names of one decoder layer's tensors (`self_attn.q_proj.weight`, ...), as its
+    family's layer class, built on the meta device for this config, holds them."""
+    with torch.device("meta"):
+        layer = config_family(config).layer_class(config, layer_idx=0)
+    return list(layer.state_dict())
+
+
+def context_limit(config: PretrainedConfig, wanted: int | None = None) -> int:
+    """The longest session a shard runs exactly: `wanted` (else max_position_embeddings),
+    capped at the sliding window where the model has one (see the module's docstring)."""
+    limit = int(wanted or config.max_position_embeddings)
+    window = getattr(config, "sliding_window", None)
+    return min(limit, int(window)) if window else limit

@@ -1,0 +1,246 @@
+"""Model families: a small random model of each, from a Hugging Face directory and from a GGUF
+file written the way llama.cpp's converter writes it, split over three stages, gives
+transformers' own greedy tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from edgeshard.peer.errors import ModelFileError
+from edgeshard.peer.model.families import context_limit, family_of
+from edgeshard.peer.model.files import GGUFModel, HuggingFaceModel, ModelSource, unit_tensor_names
+from edgeshard.peer.model.shard import ContextError, Shard, Step, even_split, unit_count
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+PROMPT = [3, 14, 15, 92, 65, 35, 89, 79]
+NEW_TOKENS = 12
+SHAPE = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=5,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-6,
+    initializer_range=0.2,  # decisive logits: greedy choices are not near-ties
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+CONFIGS: dict[str, PretrainedConfig] = {
+    # Llama 3.x rope scaling passes from config.json to the rotary embedding.
+    "llama": LlamaConfig(
+        **SHAPE,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    ),
+    "mistral": MistralConfig(**SHAPE, sliding_window=256, rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+    "qwen2": Qwen2Config(**SHAPE, rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+    # Qwen3's head_dim is its own (128 by default, as transformers assumes for a Qwen3 GGUF).
+    "qwen3": Qwen3Config(**SHAPE, head_dim=128, rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+}
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+GGUF_LAYER = {
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf `LlamaModel.permute` (Q/K rows for its rotary layout)."""
+    return (
+        weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def _gguf_name(name: str) -> str:
+    fixed = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    if name in fixed:
+        return fixed[name]
+    if name == "lm_head.weight":
+        return "output.weight"
+    _model, _layers, index, rest = name.split(".", 3)
+    module, kind = rest.rsplit(".", 1)
+    return f"blk.{index}.{GGUF_LAYER[module]}.{kind}"
+
+
+def _write_gguf(model: PreTrainedModel, path: Path, family: str) -> None:
+    """float32 tensors under llama.cpp's names and metadata keys; Q/K permuted for `llama`."""
+    config, arch = model.config, GGUF_ARCH[family]
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(f"{family}-test")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_bos_token_id(config.bos_token_id)
+    writer.add_eos_token_id(config.eos_token_id)
+    for name, tensor in model.state_dict().items():
+        weights = tensor.float().numpy()
+        if arch == "llama" and ".q_proj." in name:
+            weights = _permute(weights, config.num_attention_heads)
+        elif arch == "llama" and ".k_proj." in name:
+            weights = _permute(weights, config.num_key_value_heads)
+        writer.add_tensor(_gguf_name(name), np.ascontiguousarray(weights))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _reference(model: PreTrainedModel) -> list[int]:
+    with torch.inference_mode():
+        output = model.generate(
+            torch.tensor([PROMPT]),
+            attention_mask=torch.ones(1, len(PROMPT), dtype=torch.long),
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+        )
+    return [int(t) for t in output[0, len(PROMPT) :]]
+
+
+def _three_stages(source: ModelSource) -> list[int]:
+    """Greedy tokens from three shards over consecutive unit ranges, chained in-process."""
+    shards = [Shard(source, start, end) for start, end in even_split(unit_count(source.config), 3)]
+    tokens: list[int] = []
+    inputs, position = torch.tensor(PROMPT), 0
+    for _ in range(NEW_TOKENS):
+        hidden = inputs
+        for shard in shards:
+            hidden = shard.run("s", position, hidden)
+        position += len(inputs)
+        logits = hidden.clone()
+        logits[source.config.eos_token_id] = float("-inf")  # as generate's min_new_tokens does
+        tokens.append(int(logits.argmax()))
+        inputs = torch.tensor(tokens[-1:])
+    return tokens
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def family_files(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    family = str(request.param)
+    directory = tmp_path_factory.mktemp(family)
+    torch.manual_seed(20240611)
+    model = AutoModelForCausalLM.from_config(CONFIGS[family], dtype=torch.float32)
+    model.save_pretrained(str(directory))
+    _write_gguf(model, directory / "model.gguf", family)
+    return family, directory
+
+
+def test_hf_directory_matches_transformers(family_files: tuple[str, Path], tmp_path: Path) -> None:
+    family, directory = family_files
+    source = HuggingFaceModel(directory, tmp_path)
+    assert source.config.model_type == family
+    reference = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    expected = _reference(reference)
+    assert _three_stages(source) == expected
+    if family == "llama":  # the llama3 scaling reached our rotary embedding (else tokens could agree by luck)
+        shard = Shard(source, 0, 2)
+        assert shard.rotary.rope_type == "llama3"  # type: ignore[comparison-overlap]
+
+
+def test_gguf_matches_transformers_loading_it(family_files: tuple[str, Path], tmp_path: Path) -> None:
+    family, directory = family_files
+    source = GGUFModel(directory / "model.gguf", tmp_path)
+    assert source.family.gguf_architecture == GGUF_ARCH[family]
+    reference = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file="model.gguf", dtype=torch.float32)
+    expected = _reference(reference.eval())
+    assert _three_stages(source) == expected
+    if family != "llama":  # default rope: the GGUF is the HF model (Llama's GGUF drops the llama3 scaling)
+        hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+        assert expected == _reference(hf)
+
+
+def test_layer_tensors_are_the_layer_classes_own(family_files: tuple[str, Path], tmp_path: Path) -> None:
+    family, directory = family_files
+    source = HuggingFaceModel(directory, tmp_path)
+    names = set(unit_tensor_names(source.config, 1))
+    extra = {
+        "llama": set(),
+        "mistral": set(),
+        "qwen2": {f"model.layers.0.self_attn.{p}_proj.bias" for p in "qkv"},
+        "qwen3": {"model.layers.0.self_attn.q_norm.weight", "model.layers.0.self_attn.k_norm.weight"},
+    }[family]
+    assert extra <= names and len(names) == 9 + len(extra)
+    gguf_source = GGUFModel(directory / "model.gguf", tmp_path)
+    assert set(unit_tensor_names(gguf_source.config, 1)) == names
+
+
+def test_a_qwen3_batch_computes_what_each_step_computes_alone(tmp_path_factory: pytest.TempPathFactory) -> None:
+    directory = tmp_path_factory.mktemp("qwen3-batch")
+    torch.manual_seed(7)
+    AutoModelForCausalLM.from_config(CONFIGS["qwen3"]).save_pretrained(str(directory))
+    source = HuggingFaceModel(directory, directory)
+    units = unit_count(source.config)
+    alone, together = Shard(source, 0, units), Shard(source, 0, units)
+    prompts = {"a": [3, 14, 15], "b": [9, 2, 6, 5, 3, 5]}
+    for session, ids in prompts.items():
+        alone.run(session, 0, torch.tensor(ids))
+    together.run_batch([Step(s, 0, torch.tensor(ids)) for s, ids in prompts.items()])
+    steps = [Step("a", 3, torch.tensor([7])), Step("b", 6, torch.tensor([1, 2]))]
+    expected = [alone.run(step.session, step.position, step.inputs) for step in steps]
+    for got, want in zip(together.run_batch(steps), expected, strict=True):
+        assert isinstance(got, torch.Tensor)
+        assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_a_sliding_window_caps_the_context(family_files: tuple[str, Path], tmp_path: Path) -> None:
+    family, directory = family_files
+    source = HuggingFaceModel(directory, tmp_path)
+    window = 256 if family == "mistral" else None
+    assert context_limit(source.config) == (window or 512)
+    if window:
+        shard = Shard(source, 0, 1, max_context=1024)
+        assert shard.max_context == window
+        with pytest.raises(ContextError):
+            shard.run("s", 0, torch.zeros(window + 1, dtype=torch.long))
+
+
+def test_other_families_are_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="llama, mistral, qwen2, qwen3"):
+        family_of("gpt2")
+    directory = tmp_path / "gpt2"
+    directory.mkdir()
+    (directory / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ModelFileError, match="'gpt2' is not supported"):
+        _ = HuggingFaceModel(directory, tmp_path).config
