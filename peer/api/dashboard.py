@@ -205,7 +205,8 @@ class Outbox:
         if self._ready.is_set():
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: on 3.11 it can swallow a cancel
+                await self._ready.wait()
 
 
 def sse(kind: str, data: dict[str, Any]) -> bytes:

@@ -317,9 +317,25 @@ class Api:
         tokens: AsyncGenerator[int, None],
         echo: str,
     ) -> tuple[web.StreamResponse, str]:
-        completion = shape.completion
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+            return response, await self._events(response, asked, shape, text, tokens, echo)
+        except ConnectionResetError:  # the client went away between two writes: as a cancel
+            await tokens.aclose()
+            return response, "cancelled"
+
+    async def _events(
+        self,
+        response: web.StreamResponse,
+        asked: GenerationRequest,
+        shape: Shape,
+        text: TextStream,
+        tokens: AsyncGenerator[int, None],
+        echo: str,
+    ) -> str:
+        """Write the stream's events; the outcome."""
+        completion = shape.completion
         usage: dict[str, Any] = {"usage": None} if asked.include_usage else {}
         await response.write(shape.chunk(echo if shape.kind == "text" else "", first=True, **usage))
         try:
@@ -334,7 +350,7 @@ class Api:
             log.warning("streamed completion failed: %s", error)
             await response.write(failure_event(f"generation failed: {error}"))
             await response.write(DONE)
-            return response, "failed"
+            return "failed"
         finally:
             await tokens.aclose()
         tail = text.text[len(text.shown) :]  # text held back while it could still become a stop string
@@ -346,4 +362,4 @@ class Api:
         if asked.include_usage:
             await response.write(shape.usage_chunk())
         await response.write(DONE)
-        return response, "completed"
+        return "completed"

@@ -300,7 +300,8 @@ class PeerNode:
             case Wait(until):
                 self.roster.wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.roster.wake.wait(), max(0.0, min(until - now, PLAN_POLL_S)))
+                    async with asyncio.timeout(max(0.0, min(until - now, PLAN_POLL_S))):
+                        await self.roster.wake.wait()
             case Solve(view):
                 await self._solve(view)
             case Load(start, end, layout):

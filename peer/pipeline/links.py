@@ -146,7 +146,8 @@ class Links:
     async def _send_message(self, url: str, message: bytes) -> None:
         socket = await self._socket(url)
         try:
-            await asyncio.wait_for(socket.send_bytes(message), SEND_TIMEOUT_S)
+            async with asyncio.timeout(SEND_TIMEOUT_S):  # not wait_for: on 3.11 it can swallow a cancel
+                await socket.send_bytes(message)
         except (ConnectionError, aiohttp.ClientError, TimeoutError, RuntimeError) as error:
             await socket.close()
             raise StageError(f"link to {url} broke: {error or type(error).__name__}") from error
@@ -191,7 +192,8 @@ def frame_endpoint(
         async def reply(frame: Frame) -> None:
             async with send_lock:
                 if not socket.closed:
-                    await asyncio.wait_for(socket.send_bytes(encode(frame)), SEND_TIMEOUT_S)
+                    async with asyncio.timeout(SEND_TIMEOUT_S):
+                        await socket.send_bytes(encode(frame))
 
         try:
             async for message in socket:

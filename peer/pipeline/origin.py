@@ -95,8 +95,9 @@ class Origin:
         async def step(position: int, feed: Sequence[int]) -> int:
             sent = time.time()
             await self.links.send(stage0, InputIds(session, position, tuple(feed)))
-            try:
-                reply = await asyncio.wait_for(queue.get(), timeout_s)
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel (client gone)
+                async with asyncio.timeout(timeout_s):
+                    reply = await queue.get()
             except TimeoutError:
                 raise StageError(f"no token within {timeout_s:.0f}s (session {session})", "timeout") from None
             if isinstance(reply, Error):

@@ -145,6 +145,13 @@ def make_peers(
     return peers
 
 
+def record_tail(log: str, count: int = 30) -> str:
+    """The last `count` log records, one line each: a traceback cannot crowd out the records
+    that say what happened before it."""
+    records = [line[:300] for line in log.splitlines() if line[:2].isdigit()]
+    return "\n".join(records[-count:])
+
+
 def wait_until(check: Callable[[], T | None], timeout: float, what: str, peers: Sequence[Peer] = ()) -> T:
     """Poll `check` until it returns a value; on timeout fail with the peers' log tails."""
     deadline = time.monotonic() + timeout
@@ -156,7 +163,7 @@ def wait_until(check: Callable[[], T | None], timeout: float, what: str, peers: 
             if peer.process is not None and peer.process.poll() is not None and not peer.extra.get("killed"):
                 raise AssertionError(f"{peer.name} exited ({peer.process.returncode}):\n{peer.log()[-3000:]}")
         time.sleep(0.2)
-    tails = "\n".join(f"--- {p.name}\n{p.log()[-2500:]}" for p in peers)
+    tails = "\n".join(f"--- {p.name}\n{record_tail(p.log())}" for p in peers)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
 
 

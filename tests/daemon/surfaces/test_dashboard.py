@@ -152,10 +152,14 @@ def test_the_dashboard_shows_the_cluster_and_a_reply_arrives_live(
         "the reply's timing",
         30,
     )
-    rows = browser.find_elements(By.CSS_SELECTOR, "#timing [data-stage]")
-    assert [r.get_attribute("data-stage") for r in rows] == [st["device"] for st in stages]
-    for row in rows:
-        assert re.search(r"[\d.]+ \+ [\d.]+ \+ [\d.]+ ms \(predicted [\d.]+\)", row.text), row.text
+    # One read of the whole block: the page redraws it on every event, which would leave
+    # elements found one call earlier stale.
+    rows = browser.execute_script(
+        "return [...document.querySelectorAll('#timing [data-stage]')].map(r => [r.dataset.stage, r.innerText])"
+    )
+    assert [stage for stage, _text in rows] == [st["device"] for st in stages]
+    for _stage, text in rows:
+        assert re.search(r"[\d.]+ \+ [\d.]+ \+ [\d.]+ ms \(predicted [\d.]+\)", text), text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#timing [data-link]")) == len(stages) + 1
     tokens = until(
         browser,
