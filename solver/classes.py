@@ -32,7 +32,11 @@ class DeviceClass:
 
 
 def _same_profile(costs: CostModel, a: int, b: int) -> bool:
-    return costs.memory[a] == costs.memory[b] and costs.compute_prefix[a] == costs.compute_prefix[b]
+    return (
+        costs.memory[a] == costs.memory[b]
+        and costs.compute_prefix[a] == costs.compute_prefix[b]
+        and costs.device_bytes[a] == costs.device_bytes[b]
+    )
 
 
 def _interchangeable(costs: CostModel, universe: list[int], members: list[int], candidate: int) -> bool:

@@ -47,6 +47,9 @@ class Device:
     id: DeviceId
     memory_bytes: int
     unit_ms: tuple[float, ...]
+    # What each unit takes on this device, when its weights are held in a form of their own
+    # (a device with int4 weights holds a layer in a fraction of the bytes); () = the model's.
+    unit_bytes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class Cluster:
                 "name": self.model.name,
                 "units": [{"name": u.name, "bytes": u.bytes, "out_bytes": u.out_bytes} for u in self.model.units],
             },
-            "devices": [{"id": d.id, "memory_bytes": d.memory_bytes, "unit_ms": list(d.unit_ms)} for d in self.devices],
+            "devices": [_device_document(d) for d in self.devices],
             "network": {
                 "default_mbps": self.network.default_mbps,
                 "default_latency_ms": self.network.default_latency_ms,
@@ -192,7 +195,7 @@ def parse_cluster(document: Any) -> Cluster:
     seen: set[str] = set()
     for index, raw in enumerate(_list(top["devices"], "devices")):
         path = f"devices[{index}]"
-        device_doc = _fields(raw, path, {"id", "memory_bytes", "unit_ms"}, set())
+        device_doc = _fields(raw, path, {"id", "memory_bytes", "unit_ms"}, {"unit_bytes"})
         device_id = _string(device_doc["id"], f"{path}.id")
         if device_id in seen:
             raise ClusterFileError(f"{path}.id", f"duplicate device id {device_id!r}")
@@ -200,11 +203,15 @@ def parse_cluster(document: Any) -> Cluster:
         unit_ms = _list(device_doc["unit_ms"], f"{path}.unit_ms")
         if len(unit_ms) != len(units):
             raise ClusterFileError(f"{path}.unit_ms", f"has {len(unit_ms)} entries, the model has {len(units)} units")
+        unit_bytes = _list(device_doc.get("unit_bytes", []), f"{path}.unit_bytes", nonempty=False)
+        if unit_bytes and len(unit_bytes) != len(units):
+            raise ClusterFileError(f"{path}.unit_bytes", f"has {len(unit_bytes)} entries, the model has {len(units)}")
         devices.append(
             Device(
                 id=DeviceId(device_id),
                 memory_bytes=_integer(device_doc["memory_bytes"], f"{path}.memory_bytes"),
                 unit_ms=tuple(_number(ms, f"{path}.unit_ms[{i}]") for i, ms in enumerate(unit_ms)),
+                unit_bytes=tuple(_integer(b, f"{path}.unit_bytes[{i}]") for i, b in enumerate(unit_bytes)),
             )
         )
 
@@ -248,3 +255,10 @@ def parse_cluster(document: Any) -> Cluster:
         network=network,
         source=DeviceId(source) if source is not None else None,
     )
+
+
+def _device_document(device: Device) -> dict[str, Any]:
+    document: dict[str, Any] = {"id": device.id, "memory_bytes": device.memory_bytes, "unit_ms": list(device.unit_ms)}
+    if device.unit_bytes:  # absent when the model's sizes hold: plan ids of such clusters stay as they were
+        document["unit_bytes"] = list(device.unit_bytes)
+    return document

@@ -52,12 +52,35 @@ class CostModel:
         return None if self.cluster.source is None else self.index[self.cluster.source]
 
     @cached_property
+    def device_bytes(self) -> tuple[tuple[int, ...], ...]:
+        """device_bytes[d][j] - device_bytes[d][i] = memory of units [i, j) on device d (its own
+        sizes when its weights take a form of their own, else the model's)."""
+        model = tuple(unit.bytes for unit in self.cluster.model.units)
+        tables = []
+        for device in self.cluster.devices:
+            prefix = [0]
+            for size in device.unit_bytes or model:
+                prefix.append(prefix[-1] + size)
+            tables.append(tuple(prefix))
+        return tuple(tables)
+
+    @cached_property
     def bytes_prefix(self) -> tuple[int, ...]:
-        """bytes_prefix[j] - bytes_prefix[i] = memory of units [i, j)."""
+        """bytes_prefix[j] - bytes_prefix[i] = the least memory units [i, j) take on any device
+        (each unit's smallest size): a bound the search prunes with, exact when all agree."""
+        sizes = [unit.bytes for unit in self.cluster.model.units]
+        for device in self.cluster.devices:
+            if device.unit_bytes:
+                sizes = [min(a, b) for a, b in zip(sizes, device.unit_bytes, strict=True)]
         prefix = [0]
-        for unit in self.cluster.model.units:
-            prefix.append(prefix[-1] + unit.bytes)
+        for size in sizes:
+            prefix.append(prefix[-1] + size)
         return tuple(prefix)
+
+    def unit_bytes(self, device: int, start: int, end: int) -> int:
+        """Memory of units [start, end) on a device."""
+        prefix = self.device_bytes[device]
+        return prefix[end] - prefix[start]
 
     @cached_property
     def out_bytes(self) -> tuple[int, ...]:
@@ -107,4 +130,4 @@ class CostModel:
 
     def fits(self, device: int, start: int, end: int) -> bool:
         """Whether units [start, end) fit in the device's memory."""
-        return self.bytes_prefix[end] - self.bytes_prefix[start] <= self.memory[device]
+        return self.unit_bytes(device, start, end) <= self.memory[device]

@@ -51,10 +51,11 @@ def infeasibility_reason(costs: CostModel) -> str:
             f"{gib(total - available)} missing"
         )
     largest = max(costs.memory)
-    for unit in costs.cluster.model.units:
-        if unit.bytes > largest:
-            return f"unit {unit.name!r} needs {gib(unit.bytes)}; the largest device offers {gib(largest)}"
-    if costs.source is not None and costs.memory[costs.source] < costs.cluster.model.units[0].bytes:
+    for index, unit in enumerate(costs.cluster.model.units):
+        if all(not costs.fits(d, index, index + 1) for d in range(len(costs.ids))):
+            least = min(costs.unit_bytes(d, index, index + 1) for d in range(len(costs.ids)))
+            return f"unit {unit.name!r} needs {gib(least)}; the largest device offers {gib(largest)}"
+    if costs.source is not None and not costs.fits(costs.source, 0, 1):
         return f"the source {costs.ids[costs.source]!r} cannot hold unit 0"
     return (
         f"the devices offer {gib(available)} for {gib(total)}, but the units cannot be cut into "

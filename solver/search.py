@@ -157,7 +157,7 @@ class _Tables:
         return self._counting[key]
 
     def _max_ends(self, k: int) -> list[int]:
-        bytes_prefix, prefix = self.costs.bytes_prefix, self.prefix[k]
+        bytes_prefix, prefix = self.costs.device_bytes[self.classes[k].representative], self.prefix[k]
         ends, end = [], 0
         for start in range(self.units):
             end = max(end, start)
