@@ -73,6 +73,7 @@ class PeerRecord:
     settings: str = ""  # what shapes the plan beyond the model (dtype, context, sessions, objective)
     units: tuple[int, ...] = ()  # (start, end) of the units held for `serving`, or ()
     batch_scale: tuple[float, ...] = ()  # a decode pass of 1, 2, 4, 8, 16 sessions over one's
+    unit_bytes: tuple[int, ...] = ()  # memory per unit on this device (its weight form), or ()
     name: str = ""  # the label people gave the peer (--name); not unique, never trusted
     key: bytes = b""  # Ed25519 public key; the id is its hash
     cert: str = ""  # SHA-256 of the peer's TLS certificate (--tls), pinned by those who dial it
@@ -150,6 +151,7 @@ def _to_wire(record: PeerRecord) -> dict[str, Any]:
         "set": record.settings,
         "units": list(record.units),
         "bs": list(record.batch_scale),
+        "ub": list(record.unit_bytes),
     }
 
 
@@ -346,6 +348,13 @@ def _parse(body: Any) -> PeerRecord:
         and (not units or units[0] < units[1])
     ):
         raise RecordError("units: [] or [start, end]")
+    unit_bytes = body.get("ub", [])
+    if not (
+        isinstance(unit_bytes, list)
+        and len(unit_bytes) in (0, len(unit_ms))
+        and all(_integer(x, 1, MAX_MEMORY) for x in unit_bytes)
+    ):
+        raise RecordError("ub: none, or bytes per unit (as many as unit_ms)")
     source = body.get("src", False)
     if not isinstance(source, bool):
         raise RecordError("src: true or false")
@@ -365,6 +374,7 @@ def _parse(body: Any) -> PeerRecord:
         settings=_text(body, "set", 256, ""),
         units=tuple(units),
         batch_scale=_numbers(body, "bs", 1e-6, 1e6, 16),
+        unit_bytes=tuple(unit_bytes),
         name=name,
         key=key,
         cert=_certificate(_text(body, "cert", 64, "")),

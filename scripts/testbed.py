@@ -181,6 +181,7 @@ def peer_command(host: str, options: dict[str, Any], secret: Path | None) -> lis
         "--context", str(options["context"]),
         "--sessions", str(options["sessions"]),
         "--objective", options["objective"],
+        "--weights", options.get("weights", "float32"),
         "--strategy", options["strategy"],
         "--emulate-slowdown", options["slowdown"].get(host, "1"),
         "--state-dir", str(STATE / host),
@@ -420,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     bring_up.add_argument("--context", type=int, default=512)
     bring_up.add_argument("--objective", choices=["latency", "throughput"], default="latency")
     bring_up.add_argument("--sessions", type=int, default=4, help="concurrent sessions per stage (default 4)")
+    bring_up.add_argument("--weights", default="float32", help="weight form of every peer (the paper's: float32)")
     bring_up.add_argument("--strategy", default="edgeshard", help="plan with a baseline instead (benchmarks)")
     bring_up.add_argument("--source", metavar="hI", help="the host where prompts come from: stage 0 runs there")
     bring_up.add_argument("--cluster", default="testbed")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..api.client import ApiError, chat_stream, get_status, texts
 from ..errors import PeerError
-from ..model.options import DEFAULT_MODEL, DTYPE_NAMES
+from ..model.options import DEFAULT_MODEL, WEIGHT_CHOICES, WEIGHTS_HELP
 from .render import ReplyStats, describe_error, render_local_plan, render_peers, render_plan
 from .repl import HELP, MAX_TEMPERATURE, Reader, Repl, Settings, Show, read_plain_line, terminal_reader
 
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (greedy) to 2; /temperature changes it")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
+    parser.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto", help=WEIGHTS_HELP)
     parser.add_argument("--device", default="auto")
 
 
@@ -171,7 +171,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 async def run_chat(args: argparse.Namespace, interactive: bool = False) -> None:
     """The REPL over stage servers started for the session."""
     # The engine loads here: `edgeshard chat --api` never imports torch.
-    from ..model.devices import pick_device
+    from ..model.devices import pick_device, resolve_form
     from ..model.files import open_model
     from ..model.shard import even_split, unit_count
     from ..model.text import stop_token_ids
@@ -180,8 +180,10 @@ async def run_chat(args: argparse.Namespace, interactive: bool = False) -> None:
     settings = _settings(args)
     source = open_model(args.model)
     ranges = even_split(unit_count(source.config), args.stages)
+    device = pick_device(args.device)
+    weights = resolve_form(args.weights, device)
     async with LocalCluster(
-        args.model, ranges, processes=args.processes, dtype=args.dtype, device=pick_device(args.device), source=source
+        args.model, ranges, processes=args.processes, weights=weights, device=device, source=source
     ) as cluster:
         print(f"{len(ranges)} stages: {', '.join(f'[{a}, {b})' for a, b in ranges)}. {HELP}", file=sys.stderr)
         backend = LocalBackend(args.model, cluster, source.tokenizer(), stop_token_ids(source.config))

@@ -254,14 +254,14 @@ def check_agreement(f: Findings) -> Check:
             problems.append(f"{name} is in cluster {other.get('cluster')!r}, this peer in {status.get('cluster')!r}")
         layouts[peer_id] = (other.get("plan") or {}).get("layout_id")
     source = f"{len(f.others) + 1} peers' statuses" if f.others else "this peer's view: no other peer's API answered"
-    details = (f"model {status.get('model', {}).get('spec')} ({fingerprint[:12]}), dtype {status.get('dtype')}",)
+    details = (f"model {status.get('model', {}).get('spec')} ({fingerprint[:12]}), weights {status.get('weights')}",)
     if problems:
         return Check(
             "agreement",
             "fail",
             "; ".join(problems),
             details,
-            hint="start every peer with the same model file and the same --dtype, --context, --sessions, "
+            hint="start every peer with the same model file and the same --context, --sessions, "
             "--objective (and --tls on all or none), from the same EdgeShard version",
         )
     if len({layout for layout in layouts.values()}) > 1:

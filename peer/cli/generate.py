@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PeerError
-from ..model.options import DEFAULT_MODEL, DTYPE_NAMES
+from ..model.options import DEFAULT_MODEL, WEIGHT_CHOICES, WEIGHTS_HELP
 from ..wire import SamplingParams
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="compute dtype of the stages")
+    parser.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto", help=WEIGHTS_HELP)
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     parser.add_argument("--wire-dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
@@ -64,7 +64,7 @@ def split_from_plan(path: str, units: int) -> list[tuple[int, int]]:
 async def run_generate(args: argparse.Namespace, source: ModelSource | None = None) -> dict[str, Any]:
     """Generate as the options say; streams text to stdout unless --json."""
     # The engine loads here, not when `edgeshard` parses its arguments.
-    from ..model.devices import pick_device
+    from ..model.devices import pick_device, resolve_form
     from ..model.files import open_model
     from ..model.shard import even_split, unit_count
     from ..model.text import TextStream, prompt_ids, stop_token_ids
@@ -79,7 +79,12 @@ async def run_generate(args: argparse.Namespace, source: ModelSource | None = No
     stream = TextStream(tokenizer, args.stop)
     device = pick_device(args.device)
     async with LocalCluster(
-        args.model, ranges, processes=args.processes, dtype=args.dtype, device=device, source=source
+        args.model,
+        ranges,
+        processes=args.processes,
+        weights=resolve_form(args.weights, device),
+        device=device,
+        source=source,
     ) as cluster:
         started = time.perf_counter()
         first_at = started

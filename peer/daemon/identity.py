@@ -26,6 +26,7 @@ class Identity:
     peer_id: PeerId
     address: str  # peer traffic URL
     device: str
+    form: str = "float32"  # how this device holds its units' weights (--weights, resolved)
 
 
 def advertised_host(config: PeerConfig, listen_host: str) -> str:
@@ -47,7 +48,8 @@ def advertised_host(config: PeerConfig, listen_host: str) -> str:
 def planning_settings(config: PeerConfig) -> str:
     """What shapes a plan beyond the model: peers that differ here cannot share one (the wire
     version too: stages that cannot read each other's frames must not share a route)."""
-    settings = f"{config.dtype}/context={config.context}/sessions={config.sessions}/{config.objective}"
+    # Not the weight form: each device holds its own, and its record says what its units take.
+    settings = f"context={config.context}/sessions={config.sessions}/{config.objective}"
     if config.tls:  # a TLS peer and a plain one cannot open links to each other
         settings += "/tls"
     if config.strategy != EXACT:  # a benchmark's baseline plan
@@ -56,7 +58,14 @@ def planning_settings(config: PeerConfig) -> str:
 
 
 def first_record(
-    identity: Identity, fingerprint: str, memory_bytes: int, profile: Profile, key: bytes, incarnation: int, cert: str
+    identity: Identity,
+    fingerprint: str,
+    memory_bytes: int,
+    profile: Profile,
+    key: bytes,
+    incarnation: int,
+    cert: str,
+    unit_bytes: tuple[int, ...] = (),
 ) -> PeerRecord:
     """Our gossip record at start (`incarnation`: from the state directory, above any before;
     `cert`: our TLS certificate's fingerprint under --tls, else "")."""
@@ -77,6 +86,7 @@ def first_record(
         prefill_ms=profile.prefill_ms,
         settings=planning_settings(config),
         batch_scale=profile.batch_scale,
+        unit_bytes=unit_bytes,
     )
 
 
@@ -86,7 +96,7 @@ def startup_line(identity: Identity, api_url: str, fingerprint: str, memory: int
     return (
         f"peer {config.label} (id {identity.peer_id}) up: peers on {identity.address}, API on {api_url}, "
         f"cluster {config.cluster!r}, "
-        f"model {config.model} ({fingerprint[:12]}), {identity.device} {config.dtype}, "
+        f"model {config.model} ({fingerprint[:12]}), {identity.device} {identity.form} weights, "
         f"memory budget {memory / 2**30:.2f} GiB, {ms_per_token:.2f} ms/token on this device alone"
     )
 

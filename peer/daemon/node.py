@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from aiohttp import web
 from edgeshard.discovery.auth import middleware
 from edgeshard.discovery.gossip import MAX_BODY as GOSSIP_MAX
@@ -34,9 +35,10 @@ from ..api.admission import Admission
 from ..api.handlers import Api
 from ..api.schemas import served_model_name
 from ..errors import PeerError
-from ..model.devices import DTYPES, pick_device
+from ..model.devices import pick_device
 from ..model.files import ModelSource, default_cache_dir, open_model
-from ..model.profile import load_or_measure, memory_budget, unit_sizes
+from ..model.options import WeightForm
+from ..model.profile import choose_form, device_unit_bytes, memory_budget, unit_sizes
 from ..model.text import stop_token_ids
 from ..pipeline.failover import NoRouteError, wait_for
 from ..pipeline.layouts import ReadyLayout
@@ -113,11 +115,14 @@ class PeerNode:
         source, self.origin.hidden_size = self.source, int(self.source.config.hidden_size)
         fingerprint: str = await asyncio.to_thread(lambda: source.fingerprint)
         self._tokenizer = await asyncio.to_thread(source.tokenizer)  # converted once, before the API opens
-        dtype = DTYPES[config.dtype]
         profile = await asyncio.to_thread(
-            load_or_measure, source, self.cache_dir, self.device, dtype, config.emulate_slowdown, config.reprofile
+            choose_form, source, self.cache_dir, self.device, config.weights, config.emulate_slowdown, config.reprofile
         )
-        self.units = unit_sizes(source.config, dtype, config.context, config.sessions)
+        self.form: WeightForm = profile.form  # type: ignore[assignment]  # a form choose_form measured
+        # The model's units at float32 (what every peer computes alike); this device's own sizes
+        # in its form travel in its record.
+        self.units = unit_sizes(source.config, torch.float32, config.context, config.sessions)
+        unit_bytes = device_unit_bytes(profile, source.config, config.context, config.sessions)
         memory = memory_budget(self.device, config.max_memory)
 
         host, port = split_host_port(config.listen, PEER_PORT)
@@ -129,9 +134,9 @@ class PeerNode:
         advertised = advertised_host(config, host)
         peer_url = f"{scheme}://{advertised}:{bound_port}"
         self.origin.url = peer_url + ORIGIN_PREFIX
-        self.identity = Identity(config, self.peer_id, peer_url, self.device)
+        self.identity = Identity(config, self.peer_id, peer_url, self.device, self.form)
         key, incarnation = self.state.signer.public_key, self.state.next_incarnation()
-        own = first_record(self.identity, fingerprint, memory, profile, key, incarnation, fingerprint_tls)
+        own = first_record(self.identity, fingerprint, memory, profile, key, incarnation, fingerprint_tls, unit_bytes)
         self.membership = signed_membership(own, self.state, config.dead_after_s)
         bootstrap = [f"{scheme}://{address}" if "://" not in address else address for address in config.bootstrap]
         self.pin = self.stage.links.pin = self.origin.links.pin = self.security.pin(self.membership.view)
@@ -349,7 +354,7 @@ class PeerNode:
         started = time.perf_counter()
         try:
             shard = await self.stage.run_on_worker(
-                lambda: build_shard(self.source, self.config, self.device, start, end, current)
+                lambda: build_shard(self.source, self.config, self.device, self.form, start, end, current)
             )
         except (MemoryError, RuntimeError, OSError, ValueError, PeerError) as error:
             log.error("cannot load units [%d, %d): %s; leaving the plan", start, end, error)

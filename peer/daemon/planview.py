@@ -66,7 +66,8 @@ def cluster_from_view(
     for r in ordered:
         per_token = batch_factor(r.batch_scale, batch) / batch
         times = tuple(round_significant(round_significant(ms) * per_token) for ms in r.unit_ms)
-        devices.append(Device(DeviceId(r.peer_id), r.memory_bytes // MEMORY_STEP * MEMORY_STEP, times))
+        memory = r.memory_bytes // MEMORY_STEP * MEMORY_STEP
+        devices.append(Device(DeviceId(r.peer_id), memory, times, r.unit_bytes))
     measured: dict[tuple[str, str], tuple[float, float]] = {}
     for record in ordered:
         for link in record.links:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ..model.devices import DTYPES
 from ..model.files import ModelSource
+from ..model.options import WeightForm
 from ..model.shard import Shard
 from .config import PeerConfig
 
 
 def build_shard(
-    source: ModelSource, config: PeerConfig, device: str, start: int, end: int, previous: Shard | None
+    source: ModelSource, config: PeerConfig, device: str, form: WeightForm, start: int, end: int, previous: Shard | None
 ) -> Shard:
     """Units [start, end) of the model, taking over the tensors `previous` already holds."""
     return Shard(
@@ -17,7 +17,7 @@ def build_shard(
         start,
         end,
         device=device,
-        dtype=DTYPES[config.dtype],
+        weights=form,
         max_sessions=config.sessions,
         max_context=config.context,
         slowdown=config.emulate_slowdown,

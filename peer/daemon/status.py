@@ -44,7 +44,7 @@ def status_document(
         "cluster": config.cluster,
         "model": {"spec": config.model, "fingerprint": own.model},
         "device": identity.device,
-        "dtype": config.dtype,
+        "weights": identity.form,
         "uptime_s": round(uptime_s, 1),
         "phase": state.phase,
         "ready": ready,

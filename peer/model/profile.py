@@ -23,12 +23,15 @@ from edgeshard.solver import Unit
 from transformers import PretrainedConfig
 
 from .batches import BATCHES
+from .devices import default_form, resolve_form
 from .files import ModelSource, atomic_write
+from .options import WeightForm
 from .shard import Shard, Step, unit_count
+from .weights import compute_dtype
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 3
+PROFILE_VERSION = 4
 PROMPT_TOKENS = 32
 DECODE_STEPS = 8
 RUNTIME_RESERVE_BYTES = 768 * 2**20  # the interpreter, torch and transformers themselves
@@ -48,6 +51,8 @@ class Profile:
     threads: int
     slowdown: float
     batch_scale: tuple[float, ...] = ()
+    form: str = "float32"  # how the units' weights were held (model/weights.py)
+    weight_bytes: tuple[int, ...] = ()  # per unit, the bytes its weights take in that form
 
 
 def unit_sizes(config: PretrainedConfig, dtype: torch.dtype, context: int, sessions: int) -> list[Unit]:
@@ -60,7 +65,7 @@ def unit_sizes(config: PretrainedConfig, dtype: torch.dtype, context: int, sessi
     head_dim = int(getattr(config, "head_dim", 0) or hidden // heads)
     matrix = int(config.vocab_size) * hidden * size
     layer = (hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * inter + 2 * hidden) * size
-    kv_cache = 2 * kv_heads * head_dim * context * sessions * size
+    kv_cache = kv_cache_bytes(config, dtype, context, sessions)
     hop = hidden * 4 + WIRE_OVERHEAD_BYTES
     # A tied head still needs the embedding matrix on the head's stage (counted in both units;
     # only a one-stage plan holds it once, so this errs on the safe side).
@@ -68,6 +73,24 @@ def unit_sizes(config: PretrainedConfig, dtype: torch.dtype, context: int, sessi
     units += [Unit(f"layer{i}", layer + kv_cache, hop) for i in range(int(config.num_hidden_layers))]
     units.append(Unit("head", matrix + hidden * size, 16))
     return units
+
+
+def kv_cache_bytes(config: PretrainedConfig, dtype: torch.dtype, context: int, sessions: int) -> int:
+    """One decoder layer's KV caches: `sessions` sessions of `context` positions."""
+    heads = int(config.num_attention_heads)
+    kv_heads = int(config.num_key_value_heads or heads)
+    head_dim = int(getattr(config, "head_dim", 0) or int(config.hidden_size) // heads)
+    return 2 * kv_heads * head_dim * context * sessions * torch.empty((), dtype=dtype).element_size()
+
+
+def device_unit_bytes(profile: Profile, config: PretrainedConfig, context: int, sessions: int) -> tuple[int, ...]:
+    """Memory per unit on this device when its weights take a compact form: the weights as the
+    profile weighed them, plus each layer's KV caches. () for float32 (the model's sizes)."""
+    if not profile.weight_bytes or profile.form == "float32":
+        return ()
+    cache = kv_cache_bytes(config, compute_dtype(profile.form), context, sessions)  # type: ignore[arg-type]
+    embed, *layers, head = profile.weight_bytes
+    return (embed, *[weights + cache for weights in layers], head)
 
 
 def memory_budget(device: str, max_memory: int | None) -> int:
@@ -103,17 +126,19 @@ def _time_unit(shard: Shard, first: torch.Tensor, steps: torch.Tensor, device: s
     return min(timings[1:]), prefill  # the first step warms up
 
 
-def measure(source: ModelSource, device: str, dtype: torch.dtype, slowdown: float = 1.0) -> Profile:
-    """Time the embedding, one decoder layer and the head on this device."""
+def measure(source: ModelSource, device: str, form: WeightForm, slowdown: float = 1.0) -> Profile:
+    """Time the embedding, one decoder layer and the head on this device, weights in `form`;
+    and weigh what each holds."""
     config = source.config
     total = unit_count(config)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, int(config.vocab_size), (PROMPT_TOKENS + DECODE_STEPS,), generator=generator)
     hidden = torch.randn(PROMPT_TOKENS + DECODE_STEPS, int(config.hidden_size), generator=generator) * 0.1
-    measured = []
+    measured, weighed = [], []
     for start, inputs in ((0, ids), (1, hidden), (total - 1, hidden)):
-        shard = Shard(source, start, start + 1, device=device, dtype=dtype, max_sessions=1, slowdown=slowdown)
+        shard = Shard(source, start, start + 1, device=device, weights=form, max_sessions=1, slowdown=slowdown)
         measured.append(_time_unit(shard, inputs[:PROMPT_TOKENS], inputs[PROMPT_TOKENS:], device))
+        weighed.append(shard.weight_bytes())
         del shard
     (embed, embed_p), (layer, layer_p), (head, head_p) = measured
     layers = total - 2
@@ -121,22 +146,24 @@ def measure(source: ModelSource, device: str, dtype: torch.dtype, slowdown: floa
         unit_ms=(embed, *[layer] * layers, head),
         prefill_ms=(embed_p, *[layer_p] * layers, head_p),
         device=device,
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=str(compute_dtype(form)).removeprefix("torch."),
         threads=torch.get_num_threads(),
         slowdown=slowdown,
-        batch_scale=_batch_scale(source, device, dtype, slowdown, hidden),
+        batch_scale=_batch_scale(source, device, form, slowdown, hidden),
+        form=form,
+        weight_bytes=(weighed[0], *[weighed[1]] * layers, weighed[2]),
     )
 
 
 def _batch_scale(
-    source: ModelSource, device: str, dtype: torch.dtype, slowdown: float, hidden: torch.Tensor
+    source: ModelSource, device: str, form: WeightForm, slowdown: float, hidden: torch.Tensor
 ) -> tuple[float, ...]:
     """Decode-pass time of one decoder layer for each of BATCHES sessions, over one session's.
 
     The batch sizes take turns, round after round, and each keeps its fastest pass, so a burst
     of competing load (peers profiling side by side at start) cannot favour one size; a bigger
     batch never counts as cheaper than a smaller one."""
-    shard = Shard(source, 1, 2, device=device, dtype=dtype, max_sessions=sum(BATCHES), slowdown=slowdown)
+    shard = Shard(source, 1, 2, device=device, weights=form, max_sessions=sum(BATCHES), slowdown=slowdown)
     sessions = {batch: [f"b{batch}-{i}" for i in range(batch)] for batch in BATCHES}
     for names in sessions.values():
         shard.run_batch([Step(s, 0, hidden[:PROMPT_TOKENS]) for s in names])
@@ -156,13 +183,24 @@ def _batch_scale(
     return tuple(scale)
 
 
+def choose_form(
+    source: ModelSource, cache_dir: Path, device: str, choice: str, slowdown: float = 1.0, fresh: bool = False
+) -> Profile:
+    """The profile of the form this device holds weights in: `choice`, or for `auto` the faster
+    of float32 and the device's compact default (each profiled once, then cached)."""
+    if choice != "auto":
+        return load_or_measure(source, cache_dir, device, resolve_form(choice, device), slowdown, fresh)
+    candidates: list[WeightForm] = list(dict.fromkeys([default_form(device), "float32"]))
+    profiles = [load_or_measure(source, cache_dir, device, form, slowdown, fresh) for form in candidates]
+    return min(profiles, key=lambda p: sum(p.unit_ms))  # ties: the compact one, listed first
+
+
 def load_or_measure(
-    source: ModelSource, cache_dir: Path, device: str, dtype: torch.dtype, slowdown: float = 1.0, fresh: bool = False
+    source: ModelSource, cache_dir: Path, device: str, form: WeightForm, slowdown: float = 1.0, fresh: bool = False
 ) -> Profile:
     """The cached profile for this model and device, measured on first use (or when `fresh`: a
     profile taken while the device was busy with something else stays slow until re-measured)."""
-    name = str(dtype).removeprefix("torch.")
-    key = f"v{PROFILE_VERSION}-{device.replace(':', '_')}-{name}-t{torch.get_num_threads()}-x{slowdown:g}"
+    key = f"v{PROFILE_VERSION}-{device.replace(':', '_')}-{form}-t{torch.get_num_threads()}-x{slowdown:g}"
     path = cache_dir / "profiles" / f"{source.fingerprint[:32]}-{key}.json"
     try:
         if fresh:
@@ -174,6 +212,7 @@ def load_or_measure(
                 "unit_ms": tuple(stored["unit_ms"]),
                 "prefill_ms": tuple(stored["prefill_ms"]),
                 "batch_scale": tuple(stored["batch_scale"]),
+                "weight_bytes": tuple(stored["weight_bytes"]),
             }
         )
         log.info("device profile from %s", path)
@@ -181,11 +220,12 @@ def load_or_measure(
     except (OSError, ValueError, TypeError, KeyError):
         pass
     started = time.perf_counter()
-    profile = measure(source, device, dtype, slowdown)
+    profile = measure(source, device, form, slowdown)
     atomic_write(path, json.dumps(asdict(profile)).encode())
     log.info(
-        "profiled this device in %.1f s: embed %.3f ms, decoder layer %.3f ms, head %.3f ms per token; "
+        "profiled this device (%s weights) in %.1f s: embed %.3f ms, decoder layer %.3f ms, head %.3f ms per token; "
         "a pass of %s sessions takes %s× one session's",
+        form,
         time.perf_counter() - started,
         profile.unit_ms[0],
         profile.unit_ms[1],

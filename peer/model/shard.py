@@ -24,7 +24,22 @@ from transformers import DynamicCache, PretrainedConfig
 from ..errors import PeerError
 from .batch import Slice, causal_mask, layer_forward
 from .families import config_family, context_limit
-from .files import ModelSource, iter_unit_tensors, unit_tensor_names
+from .files import ModelSource, unit_tensor_names
+from .options import WeightForm
+from .weights import (
+    EMBEDDING,
+    HEAD,
+    Compact,
+    Int4Weight,
+    Int8Weight,
+    RefinedHead,
+    Table,
+    compute_dtype,
+    is_quantized,
+    layer_target,
+    linear_module,
+    load_weight,
+)
 
 
 class SessionError(PeerError):
@@ -33,6 +48,13 @@ class SessionError(PeerError):
 
 class ContextError(SessionError):
     """A request exceeds the configured context length: replaying it elsewhere cannot help."""
+
+
+_FLOAT_FORMS: dict[torch.dtype, WeightForm] = {
+    torch.float32: "float32",
+    torch.bfloat16: "bfloat16",
+    torch.float16: "float16",
+}
 
 
 def unit_count(config: PretrainedConfig) -> int:
@@ -82,8 +104,12 @@ class Shard(nn.Module):
         idle_s: float = 600.0,
         slowdown: float = 1.0,
         reuse: Shard | None = None,
+        weights: WeightForm | None = None,
     ) -> None:
         super().__init__()
+        # The weight form (weights.py); without one, the plain float form of `dtype`.
+        self.form: WeightForm = weights or _FLOAT_FORMS[dtype]
+        dtype = compute_dtype(self.form)
         config = source.config
         total = unit_count(config)
         if not 0 <= start < end <= total:
@@ -101,21 +127,25 @@ class Shard(nn.Module):
         first_layer, last_layer = max(start, 1) - 1, min(end, total - 1) - 1
         self.layer_ids = list(range(first_layer, last_layer))
 
-        names = {n for unit in range(start, end) for n in unit_tensor_names(config, unit)}
+        order = [n for unit in range(start, end) for n in unit_tensor_names(config, unit)]
+        names = set(order)
         # Tensors the previous shard of this peer already holds are taken over, not reloaded:
         # a re-plan that moves a split point by a few layers loads only those layers.
         reused = {n: t for n, t in reuse.held_tensors().items() if n in names} if reuse is not None else {}
         self.reused_tensors = len(reused)
+        # The embedding and head load below: a tied matrix may be wanted in two forms.
+        tables = {EMBEDDING, HEAD}
+        wanted = [n for n in sorted(names, key=order.index) if n not in reused and n not in tables]
         # A progress bar on a terminal (tqdm stays quiet when stderr is not one).
         progress = tqdm(
-            iter_unit_tensors(source, range(start, end), skip=reused),
-            total=len(names) - len(reused),
+            ((n, load_weight(source, n, layer_target(n, self.form))) for n in wanted),
+            total=len(wanted),
             desc=f"loading units [{start}, {end})",
             unit="tensor",
             disable=None,
             leave=False,
         )
-        tensors = {**reused, **dict(progress)}
+        tensors: dict[str, torch.Tensor | Compact] = {**reused, **dict(progress)}
         family = config_family(config)
         with torch.device("meta"):
             self.layers = nn.ModuleList(
@@ -125,33 +155,51 @@ class Shard(nn.Module):
         state: dict[str, torch.Tensor] = {}
         for local, global_id in enumerate(self.layer_ids):
             prefix = f"model.layers.{global_id}."
+            layer = self.layers[local]
             for name, tensor in tensors.items():
-                if name.startswith(prefix):
+                if name.startswith(prefix) and isinstance(tensor, torch.Tensor):
                     state[f"layers.{local}.{name.removeprefix(prefix)}"] = tensor
+            for name, tensor in tensors.items():
+                if name.startswith(prefix) and not isinstance(tensor, torch.Tensor):
+                    # A compact matrix: its Linear becomes the matching quantized module.
+                    path = name.removeprefix(prefix).removesuffix(".weight")
+                    bias = state.pop(f"layers.{local}.{path}.bias", None)
+                    parent, _dot, attribute = path.rpartition(".")
+                    setattr(layer.get_submodule(parent), attribute, linear_module(tensor, bias, self.device, dtype))
         if self.norm is not None:
-            state["norm.weight"] = tensors["model.norm.weight"]
+            norm = tensors["model.norm.weight"]
+            assert isinstance(norm, torch.Tensor)
+            state["norm.weight"] = norm
         self.load_state_dict(state, strict=True, assign=True)
-        # Embedding and (tied) head share one matrix when a stage holds both.
-        self.embedding: torch.Tensor | None = None
-        self.head: torch.Tensor | None = None
+        quantized = is_quantized(self.form)
+        self.embedding: Table | None = None
+        self.head: nn.Module | None = None
         if self.has_embedding:
-            self.embedding = tensors["model.embed_tokens.weight"]
+            table: torch.Tensor | Compact | None = reused.get(EMBEDDING) if not quantized else None
+            if table is None:
+                table = load_weight(source, EMBEDDING, "int8" if quantized else None)
+            self.embedding = Table(table, self.device, dtype)
         if self.has_head:
-            head_name = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
-            self.head = tensors[head_name]
+            name = EMBEDDING if config.tie_word_embeddings else HEAD
+            # Float: a tied head shares the embedding's matrix when this stage holds both.
+            shared = self.embedding.weight if self.embedding is not None and name == EMBEDDING else None
+            head: torch.Tensor | Compact | None = None if quantized else shared
+            if head is None and not quantized:
+                head = reused.get(name)
+            if self.form == "int4":  # int4 for the whole vocabulary, int8 rows for the leaders
+                shared_rows = self.embedding.compact if self.embedding is not None and name == EMBEDDING else None
+                coarse, rows = load_weight(source, name, "int4"), shared_rows or load_weight(source, name, "int8")
+                assert isinstance(coarse, Int4Weight) and isinstance(rows, Int8Weight)
+                self.head = RefinedHead(coarse, rows, self.device)
+            else:
+                if head is None:
+                    head = load_weight(source, name, self.form if quantized else None)
+                self.head = linear_module(head, None, self.device, dtype)
         # The rotary tables stay float32 (transformers computes cos/sin in float32, then casts).
         self.rotary = family.rotary_class(config).to(self.device)
-        self.layers.to(device=self.device, dtype=dtype)
+        self.layers.to(device=self.device, dtype=dtype)  # compact modules keep their own
         if self.norm is not None:
             self.norm.to(device=self.device, dtype=dtype)
-        if self.embedding is not None:
-            self.embedding = self.embedding.to(self.device, dtype)
-        if self.head is not None:
-            self.head = (
-                self.embedding
-                if self.embedding is not None and config.tie_word_embeddings
-                else self.head.to(self.device, dtype)
-            )
         self.eval()
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
 
@@ -161,11 +209,12 @@ class Shard(nn.Module):
         for local, global_id in enumerate(self.layer_ids):
             for name, tensor in self.layers[local].state_dict().items():
                 held[f"model.layers.{global_id}.{name}"] = tensor
-        if self.embedding is not None:
-            held["model.embed_tokens.weight"] = self.embedding
+        if self.embedding is not None and self.embedding.weight is not None:
+            held[EMBEDDING] = self.embedding.weight
         if self.norm is not None and self.head is not None:
             held["model.norm.weight"] = self.norm.state_dict()["weight"]
-            held["model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"] = self.head
+            if isinstance(self.head, nn.Linear):
+                held[EMBEDDING if self.config.tie_word_embeddings else HEAD] = self.head.weight.data
         return held
 
     # --- sessions -------------------------------------------------------------------------
@@ -174,7 +223,7 @@ class Shard(nn.Module):
         """Bytes of the weights this shard holds (shared tensors once)."""
         seen: dict[int, int] = {}
         tensors = [*self.parameters(), *self.buffers()]
-        tensors += [t for t in (self.embedding, self.head) if t is not None]
+        tensors += self.embedding.tensors() if self.embedding is not None else []
         for tensor in tensors:
             seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
         return sum(seen.values())
@@ -262,7 +311,7 @@ class Shard(nn.Module):
         stacked = torch.cat([step.inputs for _i, step, _s in admitted]).to(self.device)
         if self.has_embedding:
             assert self.embedding is not None
-            hidden = nn.functional.embedding(stacked, self.embedding)[None]  # [1, N, H]
+            hidden = self.embedding.lookup(stacked)[None]  # [1, N, H]
         else:
             hidden = stacked.to(self.dtype)[None]  # [1, N, H]
         position_ids = torch.cat([torch.arange(s.position, s.position + s.length, device=self.device) for s in slices])[
@@ -278,7 +327,7 @@ class Shard(nn.Module):
         if self.has_head:
             assert self.norm is not None and self.head is not None
             last = torch.tensor([s.offset + s.length - 1 for s in slices], device=self.device)
-            logits = nn.functional.linear(self.norm(hidden[0, last]), self.head).float().cpu()  # [B, V]
+            logits = self.head(self.norm(hidden[0, last])).float().cpu()  # [B, V]
             per_step = list(logits)  # sampled on the CPU
         else:
             per_step = [hidden[0, s.rows] for s in slices]

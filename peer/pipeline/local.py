@@ -18,9 +18,8 @@ import aiohttp
 from aiohttp import web
 
 from ..errors import StageError
-from ..model.devices import DTYPES
 from ..model.files import ModelSource, open_model
-from ..model.options import Dtype
+from ..model.options import WeightForm
 from ..model.shard import Shard
 from .origin import Origin
 from .servers import start_server
@@ -36,7 +35,7 @@ class LocalCluster:
     model: str
     ranges: list[tuple[int, int]]
     processes: bool = False
-    dtype: Dtype = "float32"
+    weights: WeightForm = "float32"
     device: str = "cpu"
     source: ModelSource | None = None  # threads mode: share one opened model
     route: list[str] = field(default_factory=list)
@@ -65,7 +64,7 @@ class LocalCluster:
         source = self.source or open_model(self.model)
         self.origin.hidden_size = int(source.config.hidden_size)
         for start, end in self.ranges:
-            shard = Shard(source, start, end, device=self.device, dtype=DTYPES[self.dtype])
+            shard = Shard(source, start, end, device=self.device, weights=self.weights)
             stage = StageServer(shard, max_sessions=shard.max_sessions)
             runner, url = await start_server(stage.add_routes)
             self._stages.append(stage)
@@ -89,8 +88,8 @@ class LocalCluster:
                 str(start),
                 "--end",
                 str(end),
-                "--dtype",
-                self.dtype,
+                "--weights",
+                self.weights,
                 "--device",
                 self.device,
                 stdin=asyncio.subprocess.PIPE,

@@ -15,8 +15,8 @@ import signal
 import sys
 import time
 
-from ..model.devices import DTYPES
 from ..model.files import open_model
+from ..model.options import FORMS
 from ..model.shard import Shard
 from .servers import start_server
 from .stage import StageServer
@@ -26,7 +26,7 @@ async def serve(args: argparse.Namespace) -> None:
     """Load the shard, serve it, stop on stdin EOF or a signal."""
     started = time.perf_counter()
     source = open_model(args.model)
-    shard = Shard(source, args.start, args.end, device=args.device, dtype=DTYPES[args.dtype])
+    shard = Shard(source, args.start, args.end, device=args.device, weights=args.weights)
     stage = StageServer(shard, max_sessions=shard.max_sessions)
     runner, url = await start_server(stage.add_routes, args.host, args.port)
     print(json.dumps({"url": url, "pid": os.getpid(), "load_s": time.perf_counter() - started}), flush=True)
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--weights", choices=FORMS, default="float32")
     asyncio.run(serve(parser.parse_args()))
 
 

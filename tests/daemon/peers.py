@@ -133,6 +133,8 @@ def make_peers(
             CONTEXT,
             "--sessions",
             "2",
+            # float32: the tests compare tokens with transformers' float32 and size plans by it
+            *("--weights", "float32"),
             *extra,
         ]
         if mdns:

@@ -71,7 +71,7 @@ def test_push_pull_converges_in_logarithmic_rounds(peers: int) -> None:
 def test_codec_round_trips_and_rejects_garbage() -> None:
     rs = [
         signed("a", links=(LinkMeasure(peer("b"), 940.0, 0.4),), serving="plan1", source=True, prefill_ms=(1, 9, 9, 5)),
-        signed("b", 2, 7),
+        signed("b", 2, 7, unit_bytes=(30_000_000, 2_400_000, 2_400_000, 46_000_000)),
     ]
     assert decode_records(encode_records(rs)) == rs
     exchange = decode_exchange(encode_exchange(digest({r.peer_id: r for r in rs}), rs, [signed("c", 3, 4)]))
@@ -80,6 +80,12 @@ def test_codec_round_trips_and_rejects_garbage() -> None:
     for bad in (b"\xc1", encode_records([]) + b"x", b"\x91\x01"):
         with pytest.raises(RecordError):
             decode_records(bad)
+
+
+@pytest.mark.parametrize("sizes", [(1, 2, 3), (0, 1, 1, 1), (1.5, 1, 1, 1), (2**60, 1, 1, 1)])
+def test_unit_sizes_are_one_positive_integer_per_unit(sizes: tuple[float, ...]) -> None:
+    with pytest.raises(RecordError, match="ub"):
+        decode_records(encode_records([signed("a", unit_bytes=sizes)]))
 
 
 @given(st.binary(max_size=200))

@@ -49,8 +49,9 @@ def test_streams_text_and_honours_stop_strings() -> None:
 
 
 def test_stage_processes_hold_only_their_share_of_memory() -> None:
-    single = _json("--chat", "Hi", "--stages", "1", "--processes", "--max-tokens", "4")
-    split = _json("--chat", "Hi", "--stages", "3", "--processes", "--max-tokens", "4")
+    float32 = ("--weights", "float32")  # weights big enough for the stages' shares to show in RSS
+    single = _json("--chat", "Hi", "--stages", "1", "--processes", "--max-tokens", "4", *float32)
+    split = _json("--chat", "Hi", "--stages", "3", "--processes", "--max-tokens", "4", *float32)
     assert single["token_ids"] == split["token_ids"]
     whole = single["stages"][0]
     middle = split["stages"][1]

@@ -1,0 +1,304 @@
+"""Weight forms: how a stage holds its units' matrices, and the modules that compute with them.
+
+`float32`, `bfloat16` and `float16` are plain dtypes. `int8` keeps every matrix as int8 with one
+float scale per output row (weight-only: activations stay float32) and multiplies with torch's
+`_weight_int8pack_mm`, as gpt-fast does. `int4` keeps the decoder layers' matrices as 4-bit
+values in groups of 32 along the input, each group with a scale and an offset (the layout of
+llama.cpp's Q4_0/Q4_1, so those files load without loss), multiplied by torch's
+`_weight_int4pack_mm_for_cpu`; its embedding and head stay int8 (a lookup cannot index the
+packed layout, and the head is where 4 bits costs most accuracy, which llama.cpp's Q4_K_M
+also keeps at 6 bits). Norms, biases and the rotary tables stay float32 in every form.
+
+The compact values are plain tensors (`Int8Weight`, `Int4Weight`): the disk cache stores them as
+they are, and the kernels' own packing happens at load (its layout is the kernel's business).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .files import ModelSource
+from .options import WeightForm
+
+GROUP = 32  # int4: input columns per scale/offset pair (llama.cpp's Q4 block)
+_INT4_TILES = 2  # inner k-tiles of the CPU int4 packing (what gpt-fast uses)
+
+
+def compute_dtype(form: WeightForm) -> torch.dtype:
+    """The dtype activations, norms and KV caches use under `form`."""
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(form, torch.float32)
+
+
+def is_quantized(form: WeightForm | None) -> bool:
+    return form in ("int8", "int4")
+
+
+# --- compact values ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Int8Weight:
+    """W ≈ q · scales[:, None]: q int8 [N, K], scales float32 [N]."""
+
+    q: torch.Tensor
+    scales: torch.Tensor
+
+    def dequantize(self) -> torch.Tensor:
+        return self.q.float() * self.scales[:, None]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"q": self.q, "scales": self.scales}
+
+    @property
+    def nbytes(self) -> int:
+        return _bytes(self.q, self.scales)
+
+
+@dataclass(frozen=True)
+class Int4Weight:
+    """W[n, g·32 + j] ≈ (q[n, g·32 + j] − 8) · scales[n, g] + zeros[n, g], q in 0..15.
+
+    `nibbles` uint8 [N, K/2] holds q two to a byte (low nibble: the even column)."""
+
+    nibbles: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+
+    def values(self) -> torch.Tensor:
+        """q as int32 [N, K]."""
+        low, high = self.nibbles & 0x0F, self.nibbles >> 4
+        return torch.stack([low, high], dim=-1).reshape(self.nibbles.shape[0], -1).to(torch.int32)
+
+    def dequantize(self) -> torch.Tensor:
+        rows, columns = self.nibbles.shape[0], self.nibbles.shape[1] * 2
+        grouped = (self.values().float() - 8).view(rows, columns // GROUP, GROUP)
+        return (grouped * self.scales[..., None] + self.zeros[..., None]).view(rows, columns)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"nibbles": self.nibbles, "scales": self.scales, "zeros": self.zeros}
+
+    @property
+    def nbytes(self) -> int:
+        return _bytes(self.nibbles, self.scales, self.zeros)
+
+
+Compact = Int8Weight | Int4Weight
+
+
+def _bytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def from_tensors(stored: dict[str, torch.Tensor]) -> Compact:
+    """The compact value a `tensors()` dict (e.g. read back from the disk cache) holds."""
+    if "nibbles" in stored:
+        return Int4Weight(stored["nibbles"], stored["scales"], stored["zeros"])
+    return Int8Weight(stored["q"], stored["scales"])
+
+
+def quantize_int8(weight: torch.Tensor) -> Int8Weight:
+    """Symmetric per-row int8: each row's largest magnitude maps to 127."""
+    weight = weight.float()
+    scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)
+    q = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return Int8Weight(q.contiguous(), scales.contiguous())
+
+
+def quantize_int4(weight: torch.Tensor) -> Int4Weight:
+    """Asymmetric int4 in groups of GROUP columns: each group's range maps onto 0..15."""
+    rows, columns = weight.shape
+    if columns % GROUP:
+        raise ValueError(f"int4 needs input sizes divisible by {GROUP}, not {columns}")
+    grouped = weight.float().view(rows, columns // GROUP, GROUP)
+    low, high = grouped.amin(dim=-1), grouped.amax(dim=-1)
+    scales = ((high - low) / 15).clamp(min=1e-12)
+    q = torch.round((grouped - low[..., None]) / scales[..., None]).clamp(0, 15).to(torch.uint8)
+    return int4_from_values(q.view(rows, columns), scales, low + 8 * scales)
+
+
+def int4_from_values(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> Int4Weight:
+    """Pack q (0..15, [N, K]) two to a byte."""
+    q = q.to(torch.uint8)
+    nibbles = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+    return Int4Weight(nibbles, scales.float().contiguous(), zeros.float().contiguous())
+
+
+def compact(weight: torch.Tensor, form: WeightForm) -> Compact:
+    """A float matrix in `form` (int8 or int4)."""
+    return quantize_int4(weight) if form == "int4" else quantize_int8(weight)
+
+
+# --- modules -------------------------------------------------------------------------------
+
+
+class QuantizedLinear(nn.Module):
+    """A compact Linear: built on its device, its buffers kept out of the state dict (they are
+    not the model's float weights) and out of `.to(dtype)`, which would cast its scales."""
+
+    def _apply(self, fn: Any, recurse: bool = True) -> QuantizedLinear:
+        return self
+
+    def _keep(self, name: str, value: torch.Tensor | None) -> None:
+        self.register_buffer(name, value, persistent=False)
+
+
+class Int8Linear(QuantizedLinear):
+    """A Linear whose weight is int8 with per-row scales (weight-only quantization)."""
+
+    q: torch.Tensor
+    scales: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, weight: Int8Weight, bias: torch.Tensor | None, device: torch.device) -> None:
+        super().__init__()
+        self._keep("q", weight.q.to(device))
+        self._keep("scales", weight.scales.to(device))
+        self._keep("bias", None if bias is None else bias.float().to(device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = _int8_mm(x.reshape(-1, x.shape[-1]), self.q, self.scales)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], -1).to(x.dtype)
+
+
+class Int4Linear(QuantizedLinear):
+    """A Linear whose weight is groupwise int4 (CPU kernel; the packing is done here, at load)."""
+
+    packed: torch.Tensor
+    scales_and_zeros: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, weight: Int4Weight, bias: torch.Tensor | None, device: torch.device) -> None:
+        super().__init__()
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(weight.values(), _INT4_TILES)
+        # [K/GROUP, N, 2]: the kernel's scales-and-zeros layout.
+        pairs = torch.stack([weight.scales, weight.zeros], dim=-1).transpose(0, 1).contiguous()
+        self._keep("packed", packed.to(device))
+        self._keep("scales_and_zeros", pairs.to(device, torch.bfloat16))
+        self._keep("bias", None if bias is None else bias.float().to(device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        out: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_and_zeros)
+        out = out.float()
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], -1).to(x.dtype)
+
+
+def _int8_mm(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = torch.ops.aten._weight_int8pack_mm(x.float(), q, scales)
+    return out
+
+
+def float_linear(weight: torch.Tensor, device: torch.device, dtype: torch.dtype) -> nn.Linear:
+    """A bias-free Linear around `weight` (shared, not copied, when already on device and dtype)."""
+    with torch.device("meta"):
+        module = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    module.weight = nn.Parameter(weight.to(device, dtype), requires_grad=False)
+    return module
+
+
+def linear_module(
+    weight: torch.Tensor | Compact, bias: torch.Tensor | None, device: torch.device, dtype: torch.dtype
+) -> nn.Module:
+    """The Linear for `weight` in whatever form it is held."""
+    if isinstance(weight, Int4Weight):
+        return Int4Linear(weight, bias, device)
+    if isinstance(weight, Int8Weight):
+        return Int8Linear(weight, bias, device)
+    if bias is not None:
+        raise ValueError("a float Linear with a bias goes in through the state dict")
+    return float_linear(weight, device, dtype)
+
+
+class RefinedHead(QuantizedLinear):
+    """The int4 form's head: int4 logits for the whole vocabulary (fast), then the leading
+    `REFINE` candidates' logits recomputed from the int8 rows. A 4-bit head alone moved the
+    top token on about one step in ten here; with the candidates refined, greedy choices are
+    those of an int8 head, and sampling sees exact logits where nearly all the mass is."""
+
+    REFINE = 64
+    q: torch.Tensor
+    scales: torch.Tensor
+
+    def __init__(self, coarse: Int4Weight, rows: Int8Weight, device: torch.device) -> None:
+        super().__init__()
+        self.coarse = Int4Linear(coarse, None, device)
+        self._keep("q", rows.q.to(device))  # shared with the embedding table on a one-stage shard
+        self._keep("scales", rows.scales.to(device))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.coarse(hidden).float()  # [B, V]
+        top = logits.topk(min(self.REFINE, logits.shape[-1]), dim=-1).indices  # [B, k]
+        rows = self.q[top].float() * self.scales[top][..., None]  # [B, k, H]
+        exact = torch.einsum("bh,bkh->bk", hidden.float(), rows)
+        refined: torch.Tensor = logits.scatter(-1, top, exact)
+        return refined
+
+
+class Table:
+    """The embedding matrix as a lookup table: float rows, or int8 rows with their scales."""
+
+    def __init__(self, weight: torch.Tensor | Compact, device: torch.device, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        if isinstance(weight, Int4Weight):
+            raise ValueError("an embedding table is float or int8")
+        self.weight: torch.Tensor | None = None
+        self.compact: Int8Weight | None = None
+        if isinstance(weight, torch.Tensor):
+            self.weight = weight.to(device, dtype)
+        else:
+            self.compact = Int8Weight(weight.q.to(device), weight.scales.to(device))
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows for token ids, in the compute dtype."""
+        if self.weight is not None:
+            return nn.functional.embedding(ids, self.weight)
+        assert self.compact is not None
+        return (self.compact.q[ids].float() * self.compact.scales[ids, None]).to(self.dtype)
+
+    def tensors(self) -> list[torch.Tensor]:
+        if self.weight is not None:
+            return [self.weight]
+        assert self.compact is not None
+        return [self.compact.q, self.compact.scales]
+
+
+# --- loading -------------------------------------------------------------------------------
+
+EMBEDDING, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+def layer_target(name: str, form: WeightForm) -> WeightForm | None:
+    """The compact form a decoder layer's tensor takes under `form` (None: it stays float):
+    the matrices of the projections; norms and biases stay float."""
+    return form if is_quantized(form) and name.endswith("_proj.weight") else None
+
+
+def load_weight(source: ModelSource, name: str, target: WeightForm | None) -> torch.Tensor | Compact:
+    """Tensor `name` as a stage holds it: float (target None), or in the compact form `target`
+    (read from the source's disk cache when it has one, else quantized and cached there)."""
+    if target is None or not is_quantized(target):
+        return source.tensor(name)
+    cache_dir: Path | None = getattr(source, "cache_dir", None)
+    cached = cache_dir / f"tensors-{target}" / f"{name}.safetensors" if cache_dir is not None else None
+    if cached is not None and cached.exists():
+        with safe_open(str(cached), framework="pt") as handle:
+            return from_tensors({key: handle.get_tensor(key) for key in handle.keys()})  # noqa: SIM118
+    value = compact(source.tensor(name), target)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cached.with_suffix(f".{os.getpid()}.tmp")
+        save_file(value.tensors(), str(temporary))
+        os.replace(temporary, cached)
+    return value
