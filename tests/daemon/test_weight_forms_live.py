@@ -1,0 +1,35 @@
+"""Peers with different weight forms in one cluster (real processes): the int4 peer publishes
+its smaller units, the others plan with them, and it takes (nearly) the whole model where float32
+peers of the same memory need three."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .peers import client, make_peers, running
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_peer_holding_int4_weights_takes_the_model_that_three_float32_peers_split(tmp_path: Path) -> None:
+    peers = make_peers(tmp_path, 3, mdns=False)
+    peers[0].args += ["--weights", "int4"]  # the last flag wins: p1 holds int4, the others float32
+    with running(peers) as started:
+        statuses = [p.status() or {} for p in started]
+        assert [s["weights"] for s in statuses] == ["int4", "float32", "float32"]
+        stages = statuses[1]["plan"]["stages"]
+        # 256 MiB each: float32 (0.69 GiB with caches) needs all three peers; the int4 peer holds
+        # the embedding and every layer (the head may still run faster on a float32 peer).
+        held = {stage["device"]: stage["end"] - stage["start"] for stage in stages}
+        assert len(stages) <= 2 and held.get("p1", 0) >= 31, stages
+        answer = client(started[0]).chat.completions.create(
+            model="smollm2-135m-instruct",
+            messages=[{"role": "user", "content": "Name a colour."}],
+            temperature=0,
+            max_tokens=8,
+        )
+        assert answer.choices[0].message.content
+        shard = statuses[0]["shard"]
+        assert 0 < shard["weight_bytes"] < 130 * 2**20  # int4 layers, int8 table, refined head
