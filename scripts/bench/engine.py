@@ -3,7 +3,8 @@
 Everything in one run on the same machine, interleaved over rounds and the best round kept, so
 the ratios hold even on a noisy shared host: transformers' single-process generate, ours at 1-4
 stages as threads and as processes, the per-hop cost of a hidden-state frame, memory per stage,
-cold and cached load times.
+cold and cached load times; then every weight form (forms.py): speed against transformers,
+memory, load times, top-1 agreement and perplexity against float32 (`--only-forms`: only those).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from edgeshard.peer.pipeline.links import STAGE_PATH, Links, Reply, frame_endpoi
 from edgeshard.peer.pipeline.local import LocalCluster
 from edgeshard.peer.pipeline.servers import start_server
 from edgeshard.peer.wire import Frame, Hidden, SamplingParams
+from forms import form_list, forms_tables  # this folder is on the path: the script's own
 
 PROMPT = "Write a short story about a robot who learns to paint."
 
@@ -103,7 +105,7 @@ def load_seconds(cache_root: str) -> float:
     return time.perf_counter() - started
 
 
-async def run(tokens: int, rounds: int) -> None:
+async def run(tokens: int, rounds: int, forms: str, only_forms: bool) -> None:
     """Measure and print."""
     from transformers import AutoModelForCausalLM
 
@@ -114,6 +116,16 @@ async def run(tokens: int, rounds: int) -> None:
     started = time.perf_counter()
     reference = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     reference_load = time.perf_counter() - started
+    if not only_forms:
+        await stages_tables(source, reference, reference_load, ids, tokens, rounds)
+    if forms != "none":
+        await forms_tables(reference, source, form_list(forms), tokens, rounds)
+
+
+async def stages_tables(
+    source: GGUFModel, reference: Any, reference_load: float, ids: list[int], tokens: int, rounds: int
+) -> None:
+    """The decode-speed, hop, memory and load tables of transformers and our 1-4 stages."""
     configurations = [(n, False) for n in (1, 2, 3, 4)] + [(n, True) for n in (1, 2, 3, 4)]
     best: dict[str, float] = {}
     statuses: dict[tuple[int, bool], list[dict[str, Any]]] = {}
@@ -165,9 +177,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only-forms", action="store_true", help="only the weight-forms and accuracy tables")
+    parser.add_argument("--forms", default="", help="comma-separated weight forms (default: all; none: skip them)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    asyncio.run(run(args.tokens, args.rounds))
+    asyncio.run(run(args.tokens, args.rounds, args.forms, args.only_forms))
 
 
 if __name__ == "__main__":
