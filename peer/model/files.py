@@ -115,7 +115,7 @@ class ModelSource(Protocol):
     @property
     def fingerprint(self) -> str: ...
 
-    def tensor(self, name: str) -> torch.Tensor: ...
+    def tensor(self, name: str, keep: bool = True) -> torch.Tensor: ...
 
     def tokenizer(self) -> PreTrainedTokenizerBase: ...
 
@@ -245,14 +245,17 @@ class GGUFModel:
         # A copy: F32 tensors come back as read-only views of the memory-mapped file.
         return torch.from_numpy(np.array(weights, dtype=np.float32, order="C", copy=True))
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """One tensor, float32, from the cache or dequantized from the file (then cached)."""
+    def tensor(self, name: str, keep: bool = True) -> torch.Tensor:
+        """One tensor, float32, from the cache or dequantized from the file (then cached, unless
+        not `keep`: a compact form caches its own values instead)."""
         cached = self.cache_dir / "tensors" / f"{name}.safetensors"
         if cached.exists():
             with safe_open(str(cached), framework="pt") as handle:
                 stored: torch.Tensor = handle.get_tensor("t")
                 return stored
         value = self._dequantized(name)
+        if not keep:
+            return value
         cached.parent.mkdir(parents=True, exist_ok=True)
         temporary = cached.with_suffix(f".{os.getpid()}.tmp")
         save_file({"t": value}, str(temporary))
@@ -319,8 +322,8 @@ class HuggingFaceModel:
             raise ModelFileError(f"{self.path} has no *.safetensors files")
         return names
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """One tensor, float32, read alone from its safetensors file."""
+    def tensor(self, name: str, keep: bool = True) -> torch.Tensor:
+        """One tensor, float32, read alone from its safetensors file (nothing to keep)."""
         if name not in self._index:
             raise ModelFileError(f"{self.path} has no tensor {name}")
         with safe_open(str(self._index[name]), framework="pt") as handle:

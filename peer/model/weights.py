@@ -295,7 +295,7 @@ def load_weight(source: ModelSource, name: str, target: WeightForm | None) -> to
     if cached is not None and cached.exists():
         with safe_open(str(cached), framework="pt") as handle:
             return from_tensors({key: handle.get_tensor(key) for key in handle.keys()})  # noqa: SIM118
-    value = compact(source.tensor(name), target)
+    value = compact(source.tensor(name, keep=False), target)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         temporary = cached.with_suffix(f".{os.getpid()}.tmp")

@@ -161,3 +161,12 @@ def test_q4_1_file_layers_in_int4_are_the_files_own_values(default_source: GGUFM
     assert module_in % GROUP == 0
     through_kernel = module(probe).T  # columns 0..63 of the weight, via bfloat16 activations
     assert torch.allclose(through_kernel, source.tensor(name)[:, :64], atol=1e-2)
+
+
+def test_a_compact_stage_caches_its_compact_values_not_float32(default_source: GGUFModel, tmp_path: Path) -> None:
+    source = GGUFModel(default_source.path, tmp_path)
+    Shard(source, 5, 7, weights="int4")  # two decoder layers
+    compact = sorted(p.name for p in (source.cache_dir / "tensors-int4").iterdir())
+    floats = sorted(p.name for p in (source.cache_dir / "tensors").iterdir())
+    assert len(compact) == 14 and all("_proj.weight" in name for name in compact)
+    assert len(floats) == 4 and all("layernorm" in name for name in floats)  # the norms stay float
