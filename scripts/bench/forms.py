@@ -24,6 +24,7 @@ from edgeshard.peer.model.options import FORMS, WeightForm
 from edgeshard.peer.model.shard import Shard, Step, even_split, unit_count
 from edgeshard.peer.model.text import prompt_ids
 from edgeshard.peer.pipeline.local import LocalCluster
+from edgeshard.peer.wire import SamplingParams
 
 MESSAGES = [
     "Write a short story about a robot who learns to paint.",
@@ -175,10 +176,13 @@ def accuracy(
 # --- memory and load ---------------------------------------------------------------------------
 
 
-async def stage_memory(source: GGUFModel, form: WeightForm, stages: int = 3) -> list[dict[str, Any]]:
-    """Each stage's /status (units, weight bytes, RSS) of a split into stage processes."""
+async def stage_memory(source: GGUFModel, form: WeightForm, ids: list[int], stages: int = 3) -> list[dict[str, Any]]:
+    """Each stage's /status (units, weight bytes, RSS) of a split into stage processes, after a
+    few tokens (memory-mapped weights are resident only once a token has used them)."""
     ranges = even_split(unit_count(source.config), stages)
     async with LocalCluster("default", ranges, processes=True, weights=form) as cluster:
+        async for _token in cluster.origin.generate(cluster.route, ids, SamplingParams(), 8):
+            pass
         return await cluster.stage_status()
 
 
@@ -239,7 +243,7 @@ async def forms_tables(reference: Any, source: GGUFModel, forms: list[WeightForm
         agreement[form] = sum(a == b for a, b in zip(got, expected, strict=True)) / len(expected)
 
     print("forms: memory of 3 stage processes, load times ...", file=sys.stderr)
-    memory = {form: await stage_memory(source, form) for form in shards}
+    memory = {form: await stage_memory(source, form, prompts[0]) for form in shards}
     loads = {form: load_times(form) for form in shards}
 
     one, eight = best[("transformers", 1)], best[("transformers", 8)]
