@@ -177,7 +177,7 @@ class Shard(nn.Module):
         if self.has_embedding:
             table: torch.Tensor | Compact | None = reused.get(EMBEDDING) if not quantized else None
             if table is None:
-                table = load_weight(source, EMBEDDING, "int8" if quantized else None)
+                table = load_weight(source, EMBEDDING, "int8g" if quantized else None)
             self.embedding = Table(table, self.device, dtype)
         if self.has_head:
             name = EMBEDDING if config.tie_word_embeddings else HEAD
@@ -188,7 +188,7 @@ class Shard(nn.Module):
                 head = reused.get(name)
             if self.form == "int4":  # int4 for the whole vocabulary, int8 rows for the leaders
                 shared_rows = self.embedding.compact if self.embedding is not None and name == EMBEDDING else None
-                coarse, rows = load_weight(source, name, "int4"), shared_rows or load_weight(source, name, "int8")
+                coarse, rows = load_weight(source, name, "int4"), shared_rows or load_weight(source, name, "int8g")
                 assert isinstance(coarse, Int4Weight) and isinstance(rows, Int8Weight)
                 self.head = RefinedHead(coarse, rows, self.device)
             else:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
@@ -46,13 +46,22 @@ def is_quantized(form: WeightForm | None) -> bool:
 
 @dataclass(frozen=True)
 class Int8Weight:
-    """W ≈ q · scales[:, None]: q int8 [N, K], scales float32 [N]."""
+    """W ≈ q · scale: q int8 [N, K]; scales float32 [N] (one per row, what the int8 kernel
+    takes) or [N, K/GROUP] (one per group of columns: llama.cpp's Q8_0, so those rows are exact)."""
 
     q: torch.Tensor
     scales: torch.Tensor
 
     def dequantize(self) -> torch.Tensor:
-        return self.q.float() * self.scales[:, None]
+        return self.rows(torch.arange(self.q.shape[0]))
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` (any shape) as float32 [..., K]."""
+        q, scales = self.q[ids].float(), self.scales[ids]
+        if scales.dim() == ids.dim():  # one scale per row
+            return q * scales[..., None]
+        grouped = q.view(*q.shape[:-1], -1, GROUP) * scales[..., None]
+        return grouped.view(q.shape)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"q": self.q, "scales": self.scales}
@@ -104,11 +113,17 @@ def from_tensors(stored: dict[str, torch.Tensor]) -> Compact:
     return Int8Weight(stored["q"], stored["scales"])
 
 
-def quantize_int8(weight: torch.Tensor) -> Int8Weight:
-    """Symmetric per-row int8: each row's largest magnitude maps to 127."""
+def quantize_int8(weight: torch.Tensor, grouped: bool = False) -> Int8Weight:
+    """Symmetric int8: each row's (or each group of GROUP columns') largest magnitude maps to 127."""
     weight = weight.float()
-    scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)
-    q = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    if not grouped:
+        scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)
+        q = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        return Int8Weight(q.contiguous(), scales.contiguous())
+    rows, columns = weight.shape
+    blocks = weight.view(rows, columns // GROUP, GROUP)
+    scales = (blocks.abs().amax(dim=-1) / 127).clamp(min=1e-12)
+    q = torch.round(blocks / scales[..., None]).clamp(-127, 127).to(torch.int8).view(rows, columns)
     return Int8Weight(q.contiguous(), scales.contiguous())
 
 
@@ -131,9 +146,15 @@ def int4_from_values(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor)
     return Int4Weight(nibbles, scales.float().contiguous(), zeros.float().contiguous())
 
 
-def compact(weight: torch.Tensor, form: WeightForm) -> Compact:
-    """A float matrix in `form` (int8 or int4)."""
-    return quantize_int4(weight) if form == "int4" else quantize_int8(weight)
+# Compact targets: the two forms' matrices, and int8 rows with a scale per group (tables).
+Target = Literal["int8", "int4", "int8g"]
+
+
+def compact(weight: torch.Tensor, target: Target) -> Compact:
+    """A float matrix as `target`."""
+    if target == "int4":
+        return quantize_int4(weight)
+    return quantize_int8(weight, grouped=target == "int8g")
 
 
 # --- modules -------------------------------------------------------------------------------
@@ -223,9 +244,9 @@ def linear_module(
 
 class RefinedHead(QuantizedLinear):
     """The int4 form's head: int4 logits for the whole vocabulary (fast), then the leading
-    `REFINE` candidates' logits recomputed from the int8 rows. A 4-bit head alone moved the
-    top token on about one step in ten here; with the candidates refined, greedy choices are
-    those of an int8 head, and sampling sees exact logits where nearly all the mass is."""
+    `REFINE` candidates' logits recomputed from int8 rows with a scale per group of 32 (exact for
+    a Q8_0 file). A 4-bit head alone moved the top token on about one step in ten here; with the
+    candidates re-scored, sampling sees exact logits where nearly all the mass is."""
 
     REFINE = 64
     q: torch.Tensor
@@ -240,7 +261,7 @@ class RefinedHead(QuantizedLinear):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.coarse(hidden).float()  # [B, V]
         top = logits.topk(min(self.REFINE, logits.shape[-1]), dim=-1).indices  # [B, k]
-        rows = self.q[top].float() * self.scales[top][..., None]  # [B, k, H]
+        rows = Int8Weight(self.q, self.scales).rows(top)  # [B, k, H]
         exact = torch.einsum("bh,bkh->bk", hidden.float(), rows)
         refined: torch.Tensor = logits.scatter(-1, top, exact)
         return refined
@@ -265,7 +286,7 @@ class Table:
         if self.weight is not None:
             return nn.functional.embedding(ids, self.weight)
         assert self.compact is not None
-        return (self.compact.q[ids].float() * self.compact.scales[ids, None]).to(self.dtype)
+        return self.compact.rows(ids).to(self.dtype)
 
     def tensors(self) -> list[torch.Tensor]:
         if self.weight is not None:
@@ -285,10 +306,10 @@ def layer_target(name: str, form: WeightForm) -> WeightForm | None:
     return form if is_quantized(form) and name.endswith("_proj.weight") else None
 
 
-def load_weight(source: ModelSource, name: str, target: WeightForm | None) -> torch.Tensor | Compact:
+def load_weight(source: ModelSource, name: str, target: WeightForm | Target | None) -> torch.Tensor | Compact:
     """Tensor `name` as a stage holds it: float (target None), or in the compact form `target`
     (read from the source's disk cache when it has one, else quantized and cached there)."""
-    if target is None or not is_quantized(target):
+    if target is None or target not in ("int8", "int4", "int8g"):
         return source.tensor(name)
     cache_dir: Path | None = getattr(source, "cache_dir", None)
     cached = cache_dir / f"tensors-{target}" / f"{name}.safetensors" if cache_dir is not None else None

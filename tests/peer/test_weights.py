@@ -44,6 +44,16 @@ def test_int8_rows_round_trip_within_half_a_step() -> None:
     assert compact.nbytes == 64 * 96 + 64 * 4
 
 
+def test_grouped_int8_rows_keep_llama_cpp_q8_0_values_exactly() -> None:
+    q = torch.randint(-127, 128, (16, 4 * GROUP))
+    q[:, ::GROUP] = 127  # Q8_0 maps each block's largest magnitude to 127
+    d = torch.rand(16, 4) * 0.01 + 1e-4
+    blocks = (q.view(16, 4, GROUP) * d[..., None]).view(16, -1)
+    rows = quantize_int8(blocks, grouped=True)
+    assert rows.scales.shape == (16, 4) and torch.equal(rows.q.long(), q)
+    assert torch.allclose(rows.rows(torch.tensor([[3, 5]])), blocks[[3, 5]][None], atol=1e-7)
+
+
 def test_int4_groups_round_trip_and_llama_cpp_q4_1_values_are_exact() -> None:
     weight = torch.randn(48, 4 * GROUP)
     compact = quantize_int4(weight)
