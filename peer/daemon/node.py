@@ -116,7 +116,14 @@ class PeerNode:
         fingerprint: str = await asyncio.to_thread(lambda: source.fingerprint)
         self._tokenizer = await asyncio.to_thread(source.tokenizer)  # converted once, before the API opens
         profile = await asyncio.to_thread(
-            choose_form, source, self.cache_dir, self.device, config.weights, config.emulate_slowdown, config.reprofile
+            choose_form,
+            source,
+            self.cache_dir,
+            self.device,
+            config.weights,
+            config.emulate_slowdown,
+            config.reprofile,
+            self._batch(),
         )
         self.form: WeightForm = profile.form  # type: ignore[assignment]  # a form choose_form measured
         # The model's units at float32 (what every peer computes alike); this device's own sizes

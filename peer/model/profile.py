@@ -22,7 +22,7 @@ import torch
 from edgeshard.solver import Unit
 from transformers import PretrainedConfig
 
-from .batches import BATCHES
+from .batches import BATCHES, batch_factor
 from .devices import default_form, resolve_form
 from .files import ModelSource, atomic_write
 from .options import WeightForm
@@ -184,15 +184,27 @@ def _batch_scale(
 
 
 def choose_form(
-    source: ModelSource, cache_dir: Path, device: str, choice: str, slowdown: float = 1.0, fresh: bool = False
+    source: ModelSource,
+    cache_dir: Path,
+    device: str,
+    choice: str,
+    slowdown: float = 1.0,
+    fresh: bool = False,
+    batch: int = 1,
 ) -> Profile:
     """The profile of the form this device holds weights in: `choice`, or for `auto` the faster
-    of float32 and the device's compact default (each profiled once, then cached)."""
+    of float32 and the device's compact default at `batch` sessions per pass (each profiled once,
+    then cached): a compact kernel that wins for one session may lose in a batch."""
     if choice != "auto":
         return load_or_measure(source, cache_dir, device, resolve_form(choice, device), slowdown, fresh)
     candidates: list[WeightForm] = list(dict.fromkeys([default_form(device), "float32"]))
     profiles = [load_or_measure(source, cache_dir, device, form, slowdown, fresh) for form in candidates]
-    return min(profiles, key=lambda p: sum(p.unit_ms))  # ties: the compact one, listed first
+    return min(profiles, key=lambda p: per_token_ms(p, batch))  # ties: the compact one, listed first
+
+
+def per_token_ms(profile: Profile, batch: int) -> float:
+    """ms per token of the whole model on this device inside a pass of `batch` sessions."""
+    return sum(profile.unit_ms) * batch_factor(profile.batch_scale, batch) / batch
 
 
 def load_or_measure(

@@ -9,7 +9,7 @@ from edgeshard.peer.daemon.config import PeerConfig
 from edgeshard.peer.daemon.identity import planning_settings
 from edgeshard.peer.daemon.planview import cluster_from_view
 from edgeshard.peer.model.files import GGUFModel
-from edgeshard.peer.model.profile import Profile, device_unit_bytes, kv_cache_bytes, unit_sizes
+from edgeshard.peer.model.profile import Profile, device_unit_bytes, kv_cache_bytes, per_token_ms, unit_sizes
 from edgeshard.peer.model.shard import Shard, unit_count
 from edgeshard.solver import plan
 
@@ -61,3 +61,11 @@ def test_devices_with_compact_weights_take_more_units_so_the_plan_needs_fewer(de
 
 def test_the_weight_form_is_not_a_planning_setting() -> None:
     assert planning_settings(PeerConfig(weights="int4")) == planning_settings(PeerConfig(weights="float32"))
+
+
+def test_auto_weighs_the_forms_at_the_batch_the_plan_runs() -> None:
+    """int4 decodes one session faster here but gains nothing from batching; float32 batches well."""
+    int4 = Profile((1.0,) * 4, (1.0,) * 4, "cpu", "float32", 2, 1.0, (1.0, 2.0, 4.0, 8.0, 16.0), "int4", ())
+    float32 = Profile((2.5,) * 4, (1.0,) * 4, "cpu", "float32", 2, 1.0, (1.0, 1.1, 1.3, 1.8, 3.0), "float32", ())
+    assert min([int4, float32], key=lambda p: per_token_ms(p, 1)).form == "int4"
+    assert min([int4, float32], key=lambda p: per_token_ms(p, 8)).form == "float32"
