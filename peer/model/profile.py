@@ -194,7 +194,8 @@ def choose_form(
 ) -> Profile:
     """The profile of the form this device holds weights in: `choice`, or for `auto` the faster
     of float32 and the device's compact default at `batch` sessions per pass (each profiled once,
-    then cached): a compact kernel that wins for one session may lose in a batch."""
+    then cached): a compact kernel that wins for one session may lose in a batch (torch's int8
+    kernel gains nothing from batching on an AVX2 CPU)."""
     if choice != "auto":
         return load_or_measure(source, cache_dir, device, resolve_form(choice, device), slowdown, fresh)
     candidates: list[WeightForm] = list(dict.fromkeys([default_form(device), "float32"]))

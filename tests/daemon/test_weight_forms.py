@@ -64,7 +64,7 @@ def test_the_weight_form_is_not_a_planning_setting() -> None:
 
 
 def test_auto_weighs_the_forms_at_the_batch_the_plan_runs() -> None:
-    """int4 decodes one session faster here but gains nothing from batching; float32 batches well."""
+    """A form faster for one session but flat under batching loses to one that batches well."""
     int4 = Profile((1.0,) * 4, (1.0,) * 4, "cpu", "float32", 2, 1.0, (1.0, 2.0, 4.0, 8.0, 16.0), "int4", ())
     float32 = Profile((2.5,) * 4, (1.0,) * 4, "cpu", "float32", 2, 1.0, (1.0, 1.1, 1.3, 1.8, 3.0), "float32", ())
     assert min([int4, float32], key=lambda p: per_token_ms(p, 1)).form == "int4"
