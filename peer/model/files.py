@@ -17,7 +17,6 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -344,15 +343,3 @@ def open_model(spec: str, cache_root: Path | None = None) -> GGUFModel | Hugging
     if path.suffix == ".gguf" and path.is_file():
         return GGUFModel(path, cache_root)
     raise ModelFileError(f"{spec}: not 'default', a .gguf file, or a model directory")
-
-
-def iter_unit_tensors(
-    source: ModelSource, units: Iterable[int], skip: Collection[str] = ()
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) for every tensor the given units need, each once (none named in `skip`)."""
-    seen: set[str] = set(skip)
-    for unit in units:
-        for name in unit_tensor_names(source.config, unit):
-            if name not in seen:
-                seen.add(name)
-                yield name, source.tensor(name)

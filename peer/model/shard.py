@@ -135,7 +135,7 @@ class Shard(nn.Module):
         self.reused_tensors = len(reused)
         # The embedding and head load below: a tied matrix may be wanted in two forms.
         tables = {EMBEDDING, HEAD}
-        wanted = [n for n in sorted(names, key=order.index) if n not in reused and n not in tables]
+        wanted = [n for n in dict.fromkeys(order) if n not in reused and n not in tables]
         # A progress bar on a terminal (tqdm stays quiet when stderr is not one).
         progress = tqdm(
             ((n, load_weight(source, n, layer_target(n, self.form))) for n in wanted),
@@ -181,17 +181,17 @@ class Shard(nn.Module):
             self.embedding = Table(table, self.device, dtype)
         if self.has_head:
             name = EMBEDDING if config.tie_word_embeddings else HEAD
-            # Float: a tied head shares the embedding's matrix when this stage holds both.
-            shared = self.embedding.weight if self.embedding is not None and name == EMBEDDING else None
-            head: torch.Tensor | Compact | None = None if quantized else shared
-            if head is None and not quantized:
-                head = reused.get(name)
+            # A tied head shares the embedding's matrix (float) or rows (int4) when this stage holds both.
+            on_hand = self.embedding if self.embedding is not None and name == EMBEDDING else None
             if self.form == "int4":  # int4 for the whole vocabulary, int8 rows for the leaders
-                shared_rows = self.embedding.compact if self.embedding is not None and name == EMBEDDING else None
+                shared_rows = on_hand.compact if on_hand is not None else None
                 coarse, rows = load_weight(source, name, "int4"), shared_rows or load_weight(source, name, "int8g")
                 assert isinstance(coarse, Int4Weight) and isinstance(rows, Int8Weight)
                 self.head = RefinedHead(coarse, rows, self.device)
             else:
+                head: torch.Tensor | Compact | None = None
+                if not quantized:
+                    head = on_hand.weight if on_hand is not None else reused.get(name)
                 if head is None:
                     head = load_weight(source, name, self.form if quantized else None)
                 self.head = linear_module(head, None, self.device, dtype)
