@@ -125,7 +125,7 @@ class PeerNode:
             config.reprofile,
             self._batch(),
         )
-        self.form: WeightForm = profile.form  # type: ignore[assignment]  # a form choose_form measured
+        self.form: WeightForm = profile.form
         # The model's units at float32 (what every peer computes alike); this device's own sizes
         # in its form travel in its record.
         self.units = unit_sizes(source.config, torch.float32, config.context, config.sessions)

@@ -51,7 +51,7 @@ class Profile:
     threads: int
     slowdown: float
     batch_scale: tuple[float, ...] = ()
-    form: str = "float32"  # how the units' weights were held (model/weights.py)
+    form: WeightForm = "float32"  # how the units' weights were held (model/weights.py)
     weight_bytes: tuple[int, ...] = ()  # per unit, the bytes its weights take in that form
 
 
@@ -88,7 +88,7 @@ def device_unit_bytes(profile: Profile, config: PretrainedConfig, context: int, 
     profile weighed them, plus each layer's KV caches. () for float32 (the model's sizes)."""
     if not profile.weight_bytes or profile.form == "float32":
         return ()
-    cache = kv_cache_bytes(config, compute_dtype(profile.form), context, sessions)  # type: ignore[arg-type]
+    cache = kv_cache_bytes(config, compute_dtype(profile.form), context, sessions)
     embed, *layers, head = profile.weight_bytes
     return (embed, *[weights + cache for weights in layers], head)
 
