@@ -1,6 +1,6 @@
 """EdgeShard's planner: pure functions from a cluster description to a plan."""
 
-from .cluster import Cluster, Device, DeviceId, Link, Model, Network, Unit, parse_cluster
+from .cluster import Cluster, Device, DeviceId, Form, Link, Model, Network, Unit, parse_cluster
 from .errors import ClusterFileError, InfeasibleError, InvalidPlanError, SolverError
 from .plan import OBJECTIVES, Cost, Objective, Plan, PlanId, Stage, evaluate
 from .planner import EXACT, STRATEGIES, assess, plan, stage_ms
@@ -14,6 +14,7 @@ __all__ = [
     "Cost",
     "Device",
     "DeviceId",
+    "Form",
     "InfeasibleError",
     "InvalidPlanError",
     "Link",

@@ -36,7 +36,7 @@ def _stages(costs: CostModel, devices: list[int], cuts: list[int]) -> list[Stage
     for device, start, end in zip(devices, bounds, bounds[1:], strict=False):
         if end <= start or not costs.fits(device, start, end):
             return None
-        stages.append(Stage(costs.ids[device], start, end))
+        stages.append(Stage(costs.ids[device], start, end, costs.form_for(device, start, end)))
     return stages
 
 
@@ -126,7 +126,7 @@ def greedy(costs: CostModel) -> list[Stage] | None:
         while end < costs.unit_count and costs.fits(device, position, end + 1):
             end += 1
         if end > position:
-            stages.append(Stage(costs.ids[device], position, end))
+            stages.append(Stage(costs.ids[device], position, end, costs.form_for(device, position, end)))
             position = end
         elif not stages:
             return None  # the anchor must run stage 0

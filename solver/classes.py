@@ -1,6 +1,7 @@
 """Group devices that are interchangeable in every plan.
 
-Two devices are interchangeable when they have the same memory and per-unit times, the same
+Two devices are interchangeable when they have the same memory and forms (per-unit times and
+sizes, by name), the same
 link to every third device, and (inside a group of more than two) the same link to each other.
 Swapping them in any plan leaves every cost unchanged, so the exact search only has to decide
 how many devices of each class to use, not which: a cluster of 12 identical AGX Orins is one
@@ -32,11 +33,7 @@ class DeviceClass:
 
 
 def _same_profile(costs: CostModel, a: int, b: int) -> bool:
-    return (
-        costs.memory[a] == costs.memory[b]
-        and costs.compute_prefix[a] == costs.compute_prefix[b]
-        and costs.device_bytes[a] == costs.device_bytes[b]
-    )
+    return costs.memory[a] == costs.memory[b] and costs.variants[a] == costs.variants[b]
 
 
 def _interchangeable(costs: CostModel, universe: list[int], members: list[int], candidate: int) -> bool:

@@ -41,6 +41,15 @@ class Model:
 
 
 @dataclass(frozen=True)
+class Form:
+    """One way a device can hold units (a weight form): its time and size per unit."""
+
+    name: str
+    unit_ms: tuple[float, ...]
+    unit_bytes: tuple[int, ...] = ()  # () = the model's sizes
+
+
+@dataclass(frozen=True)
 class Device:
     """A device: usable memory and its decode time per unit (ms per token)."""
 
@@ -50,6 +59,14 @@ class Device:
     # What each unit takes on this device, when its weights are held in a form of their own
     # (a device with int4 weights holds a layer in a fraction of the bytes); () = the model's.
     unit_bytes: tuple[int, ...] = ()
+    form: str = ""  # the name of that form ("" where only one is offered)
+    # Other forms the device offers: each stage takes the fastest one of the device that holds its
+    # units, so a device short of memory can trade speed for size.
+    forms: tuple[Form, ...] = ()
+
+    def variants(self) -> tuple[Form, ...]:
+        """Every form the device offers, its own first."""
+        return (Form(self.form, self.unit_ms, self.unit_bytes), *self.forms)
 
 
 @dataclass(frozen=True)
@@ -195,23 +212,27 @@ def parse_cluster(document: Any) -> Cluster:
     seen: set[str] = set()
     for index, raw in enumerate(_list(top["devices"], "devices")):
         path = f"devices[{index}]"
-        device_doc = _fields(raw, path, {"id", "memory_bytes", "unit_ms"}, {"unit_bytes"})
+        device_doc = _fields(raw, path, {"id", "memory_bytes", "unit_ms"}, {"unit_bytes", "form", "forms"})
         device_id = _string(device_doc["id"], f"{path}.id")
         if device_id in seen:
             raise ClusterFileError(f"{path}.id", f"duplicate device id {device_id!r}")
         seen.add(device_id)
-        unit_ms = _list(device_doc["unit_ms"], f"{path}.unit_ms")
-        if len(unit_ms) != len(units):
-            raise ClusterFileError(f"{path}.unit_ms", f"has {len(unit_ms)} entries, the model has {len(units)} units")
-        unit_bytes = _list(device_doc.get("unit_bytes", []), f"{path}.unit_bytes", nonempty=False)
-        if unit_bytes and len(unit_bytes) != len(units):
-            raise ClusterFileError(f"{path}.unit_bytes", f"has {len(unit_bytes)} entries, the model has {len(units)}")
+        own = _form(device_doc, path, len(units), "form")
+        forms: list[Form] = []
+        for number, form_doc in enumerate(_list(device_doc.get("forms", []), f"{path}.forms", nonempty=False)):
+            where = f"{path}.forms[{number}]"
+            form = _form(_fields(form_doc, where, {"name", "unit_ms"}, {"unit_bytes"}), where, len(units), "name")
+            if form.name in {own.name, *(f.name for f in forms)} or not form.name:
+                raise ClusterFileError(f"{where}.name", "must be a name of its own, unlike the device's other forms")
+            forms.append(form)
         devices.append(
             Device(
                 id=DeviceId(device_id),
                 memory_bytes=_integer(device_doc["memory_bytes"], f"{path}.memory_bytes"),
-                unit_ms=tuple(_number(ms, f"{path}.unit_ms[{i}]") for i, ms in enumerate(unit_ms)),
-                unit_bytes=tuple(_integer(b, f"{path}.unit_bytes[{i}]") for i, b in enumerate(unit_bytes)),
+                unit_ms=own.unit_ms,
+                unit_bytes=own.unit_bytes,
+                form=own.name,
+                forms=tuple(forms),
             )
         )
 
@@ -257,8 +278,36 @@ def parse_cluster(document: Any) -> Cluster:
     )
 
 
+def _form(document: Mapping[str, Any], path: str, units: int, name_key: str) -> Form:
+    """A form's name, times and sizes (a device's own: name under "form", all optional but times)."""
+    name = document.get(name_key, "")
+    if not isinstance(name, str):
+        raise ClusterFileError(f"{path}.{name_key}", "must be a string")
+    unit_ms = _list(document["unit_ms"], f"{path}.unit_ms")
+    if len(unit_ms) != units:
+        raise ClusterFileError(f"{path}.unit_ms", f"has {len(unit_ms)} entries, the model has {units} units")
+    unit_bytes = _list(document.get("unit_bytes", []), f"{path}.unit_bytes", nonempty=False)
+    if unit_bytes and len(unit_bytes) != units:
+        raise ClusterFileError(f"{path}.unit_bytes", f"has {len(unit_bytes)} entries, the model has {units}")
+    return Form(
+        name,
+        tuple(_number(ms, f"{path}.unit_ms[{i}]") for i, ms in enumerate(unit_ms)),
+        tuple(_integer(b, f"{path}.unit_bytes[{i}]") for i, b in enumerate(unit_bytes)),
+    )
+
+
+def _form_document(form: Form, name_key: str) -> dict[str, Any]:
+    # Fields absent at their defaults: plan ids of clusters without them stay as they were.
+    document: dict[str, Any] = {name_key: form.name} if form.name else {}
+    document["unit_ms"] = list(form.unit_ms)
+    if form.unit_bytes:
+        document["unit_bytes"] = list(form.unit_bytes)
+    return document
+
+
 def _device_document(device: Device) -> dict[str, Any]:
-    document: dict[str, Any] = {"id": device.id, "memory_bytes": device.memory_bytes, "unit_ms": list(device.unit_ms)}
-    if device.unit_bytes:  # absent when the model's sizes hold: plan ids of such clusters stay as they were
-        document["unit_bytes"] = list(device.unit_bytes)
+    own, *others = device.variants()
+    document: dict[str, Any] = {"id": device.id, "memory_bytes": device.memory_bytes, **_form_document(own, "form")}
+    if others:
+        document["forms"] = [_form_document(form, "name") for form in others]
     return document

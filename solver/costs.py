@@ -7,6 +7,7 @@ Rounding each profiled figure to 1 ns changes nothing a profile can resolve.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -23,6 +24,22 @@ def ms_to_ns(ms: float) -> int:
 def transfer_ns(nbytes: int, mbps: float, latency_ms: float) -> int:
     """bytes·8 / (mbps·10⁶) s + link latency, in ns."""
     return round(nbytes * 8_000 / mbps) + ms_to_ns(latency_ms)
+
+
+def _prefix(values: Iterable[int]) -> tuple[int, ...]:
+    prefix = [0]
+    for value in values:
+        prefix.append(prefix[-1] + value)
+    return tuple(prefix)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One form a device offers, as prefix tables: [i, j) takes table[j] - table[i]."""
+
+    name: str
+    compute_prefix: tuple[int, ...]  # ns
+    bytes_prefix: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -52,35 +69,53 @@ class CostModel:
         return None if self.cluster.source is None else self.index[self.cluster.source]
 
     @cached_property
-    def device_bytes(self) -> tuple[tuple[int, ...], ...]:
-        """device_bytes[d][j] - device_bytes[d][i] = memory of units [i, j) on device d (its own
-        sizes when its weights take a form of their own, else the model's)."""
+    def variants(self) -> tuple[tuple[Variant, ...], ...]:
+        """Per device, each form it offers (its own first) as prefix tables."""
         model = tuple(unit.bytes for unit in self.cluster.model.units)
-        tables = []
-        for device in self.cluster.devices:
-            prefix = [0]
-            for size in device.unit_bytes or model:
-                prefix.append(prefix[-1] + size)
-            tables.append(tuple(prefix))
-        return tuple(tables)
+        return tuple(
+            tuple(
+                Variant(form.name, _prefix(map(ms_to_ns, form.unit_ms)), _prefix(form.unit_bytes or model))
+                for form in device.variants()
+            )
+            for device in self.cluster.devices
+        )
+
+    @cached_property
+    def device_bytes(self) -> tuple[tuple[int, ...], ...]:
+        """device_bytes[d][j] - device_bytes[d][i] = memory of units [i, j) on device d in its
+        own form (its own sizes when its weights take a form of their own, else the model's)."""
+        return tuple(variants[0].bytes_prefix for variants in self.variants)
 
     @cached_property
     def bytes_prefix(self) -> tuple[int, ...]:
         """bytes_prefix[j] - bytes_prefix[i] = the least memory units [i, j) take on any device
-        (each unit's smallest size): a bound the search prunes with, exact when all agree."""
-        sizes = [unit.bytes for unit in self.cluster.model.units]
-        for device in self.cluster.devices:
-            if device.unit_bytes:
-                sizes = [min(a, b) for a, b in zip(sizes, device.unit_bytes, strict=True)]
-        prefix = [0]
-        for size in sizes:
-            prefix.append(prefix[-1] + size)
-        return tuple(prefix)
+        in any form (each unit's smallest size): a bound the search prunes with, exact when all agree."""
+        tables = [variant.bytes_prefix for variants in self.variants for variant in variants]
+        sizes = [min(table[i + 1] - table[i] for table in tables) for i in range(self.unit_count)]
+        return _prefix(sizes)
 
-    def unit_bytes(self, device: int, start: int, end: int) -> int:
-        """Memory of units [start, end) on a device."""
-        prefix = self.device_bytes[device]
+    def unit_bytes(self, device: int, start: int, end: int, variant: int = 0) -> int:
+        """Memory of units [start, end) on a device, in one of its forms."""
+        prefix = self.variants[device][variant].bytes_prefix
         return prefix[end] - prefix[start]
+
+    def variant_of(self, device: int, form: str) -> int:
+        """The index of a device's form by name ("" is its own form); ValueError if it has none such."""
+        names = [variant.name for variant in self.variants[device]]
+        if form == "":
+            return 0
+        return names.index(form)
+
+    def choose(self, device: int, start: int, end: int, cap: int | None = None) -> int | None:
+        """The device's fastest form that holds units [start, end) (within `cap` ns, if given;
+        ties: the earlier listed), or None when none does."""
+        best: tuple[int, int] | None = None
+        for index, variant in enumerate(self.variants[device]):
+            ns = variant.compute_prefix[end] - variant.compute_prefix[start]
+            size = variant.bytes_prefix[end] - variant.bytes_prefix[start]
+            if size <= self.memory[device] and (cap is None or ns <= cap) and (best is None or ns < best[0]):
+                best = (ns, index)
+        return None if best is None else best[1]
 
     @cached_property
     def out_bytes(self) -> tuple[int, ...]:
@@ -89,14 +124,9 @@ class CostModel:
 
     @cached_property
     def compute_prefix(self) -> tuple[tuple[int, ...], ...]:
-        """compute_prefix[d][j] - compute_prefix[d][i] = ns for device d to run units [i, j)."""
-        tables = []
-        for device in self.cluster.devices:
-            prefix = [0]
-            for ms in device.unit_ms:
-                prefix.append(prefix[-1] + ms_to_ns(ms))
-            tables.append(tuple(prefix))
-        return tuple(tables)
+        """compute_prefix[d][j] - compute_prefix[d][i] = ns for device d to run units [i, j) in
+        its own form."""
+        return tuple(variants[0].compute_prefix for variants in self.variants)
 
     @cached_property
     def memory(self) -> tuple[int, ...]:
@@ -123,11 +153,19 @@ class CostModel:
         mbps, latency_ms = self.link(a, b)
         return transfer_ns(nbytes, mbps, latency_ms)
 
-    def compute(self, device: int, start: int, end: int) -> int:
-        """ns for a device to run units [start, end) for one token."""
-        prefix = self.compute_prefix[device]
+    def compute(self, device: int, start: int, end: int, variant: int = 0) -> int:
+        """ns for a device to run units [start, end) for one token, in one of its forms."""
+        prefix = self.variants[device][variant].compute_prefix
         return prefix[end] - prefix[start]
 
-    def fits(self, device: int, start: int, end: int) -> bool:
-        """Whether units [start, end) fit in the device's memory."""
-        return self.unit_bytes(device, start, end) <= self.memory[device]
+    def fits(self, device: int, start: int, end: int, variant: int | None = None) -> bool:
+        """Whether units [start, end) fit in the device's memory (in that form; None: in any)."""
+        if variant is None:
+            return self.choose(device, start, end) is not None
+        return self.unit_bytes(device, start, end, variant) <= self.memory[device]
+
+    def form_for(self, device: int, start: int, end: int) -> str:
+        """The name of the form a stage of units [start, end) takes on a device (its fastest that
+        fits; its own form when none fits, which the plan's check then refuses)."""
+        variant = self.choose(device, start, end)
+        return self.variants[device][variant or 0].name

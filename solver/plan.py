@@ -19,11 +19,19 @@ OBJECTIVES: tuple[Objective, ...] = ("latency", "throughput")
 
 @dataclass(frozen=True)
 class Stage:
-    """Units [start, end) on one device."""
+    """Units [start, end) on one device, in one of the forms it offers ("": its own)."""
 
     device: DeviceId
     start: int
     end: int
+    form: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The stage in a plan document (a form only where one was chosen)."""
+        document: dict[str, Any] = {"device": self.device, "start": self.start, "end": self.end}
+        if self.form:
+            document["form"] = self.form
+        return document
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,7 @@ class Plan:
             "objective": self.objective,
             "strategy": self.strategy,
             "source": self.source,
-            "stages": [{"device": s.device, "start": s.start, "end": s.end} for s in self.stages],
+            "stages": [stage.to_json() for stage in self.stages],
             "latency_ms": self.latency_ms,
             "bottleneck_ms": self.bottleneck_ms,
             "throughput_tps": self.throughput_tps,
@@ -90,7 +98,12 @@ def check_stages(costs: CostModel, stages: Sequence[Stage]) -> None:
         used.add(stage.device)
         if stage.start != position or stage.end <= stage.start:
             raise InvalidPlanError(f"stage {stage} does not continue at unit {position}")
-        if not costs.fits(costs.index[stage.device], stage.start, stage.end):
+        device = costs.index[stage.device]
+        try:
+            variant = costs.variant_of(device, stage.form)
+        except ValueError:
+            raise InvalidPlanError(f"{stage.device!r} offers no form {stage.form!r}") from None
+        if not costs.fits(device, stage.start, stage.end, variant):
             raise InvalidPlanError(f"units [{stage.start}, {stage.end}) exceed {stage.device}'s memory")
         position = stage.end
     if position != costs.unit_count:
@@ -105,7 +118,9 @@ def stage_times(costs: CostModel, stages: Sequence[Stage]) -> tuple[list[int], l
     next stage; from the last, back to the source, or to stage 0's device without one)."""
     check_stages(costs, stages)
     devices = [costs.index[stage.device] for stage in stages]
-    compute = [costs.compute(d, s.start, s.end) for d, s in zip(devices, stages, strict=True)]
+    compute = [
+        costs.compute(d, s.start, s.end, costs.variant_of(d, s.form)) for d, s in zip(devices, stages, strict=True)
+    ]
     transfer = [
         costs.transfer(previous, following, costs.out_bytes[stage.start - 1])
         for previous, following, stage in zip(devices, devices[1:], stages[1:], strict=False)
@@ -128,7 +143,7 @@ def plan_id_for(cluster: Cluster, objective: Objective, strategy: str, stages: S
             "cluster": cluster.to_document(),
             "objective": objective,
             "strategy": strategy,
-            "stages": [[s.device, s.start, s.end] for s in stages],
+            "stages": [[s.device, s.start, s.end, *([s.form] if s.form else [])] for s in stages],
         },
         sort_keys=True,
         separators=(",", ":"),

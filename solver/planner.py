@@ -53,7 +53,7 @@ def infeasibility_reason(costs: CostModel) -> str:
     largest = max(costs.memory)
     for index, unit in enumerate(costs.cluster.model.units):
         if all(not costs.fits(d, index, index + 1) for d in range(len(costs.ids))):
-            least = min(costs.unit_bytes(d, index, index + 1) for d in range(len(costs.ids)))
+            least = costs.bytes_prefix[index + 1] - costs.bytes_prefix[index]
             return f"unit {unit.name!r} needs {gib(least)}; the largest device offers {gib(largest)}"
     if costs.source is not None and not costs.fits(costs.source, 0, 1):
         return f"the source {costs.ids[costs.source]!r} cannot hold unit 0"
@@ -74,7 +74,12 @@ def _search(costs: CostModel, objective: Objective, devices: list[int], budget: 
     if result is None:
         return None
     taken = {k: iter(c.members) for k, c in enumerate(classes)}
-    return [Stage(costs.ids[next(taken[s.cls])], s.start, s.end) for s in result.segments]
+    stages = []
+    for segment in result.segments:
+        device = next(taken[segment.cls])
+        form = costs.variants[device][segment.variant].name  # members of a class offer the same forms
+        stages.append(Stage(costs.ids[device], segment.start, segment.end, form))
+    return stages
 
 
 def _exact(costs: CostModel, objective: Objective, device_limit: int) -> tuple[list[Stage] | None, bool]:

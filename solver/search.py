@@ -33,11 +33,12 @@ INFINITY = 1 << 62
 
 @dataclass(frozen=True)
 class Segment:
-    """Units [start, end) on one device of class `cls`."""
+    """Units [start, end) on one device of class `cls`, in its form number `variant`."""
 
     cls: int
     start: int
     end: int
+    variant: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,23 +62,36 @@ class _Tables:
         self.classes = classes
         self.units = costs.unit_count
         self.cap = INFINITY if cap is None else cap
-        self.prefix = [costs.compute_prefix[c.representative] for c in classes]
         self.memory = [costs.memory[c.representative] for c in classes]
         self.sizes = [c.size for c in classes]
+        # stage[c][i][j]: ns of units [i, j) on a class-c device in its fastest form that holds
+        # them within the cap (INFINITY: none does), and variant[c][i][j] that form.
+        self.stage: list[list[list[int]]] = []
+        self.variant: list[list[list[int]]] = []
+        for k in range(len(classes)):
+            self._stage_table(k)
         # max_end[c][i]: the furthest end of a stage of class c starting at unit i (i: none).
-        self.max_end = [self._max_ends(k) for k in range(len(classes))]
+        self.max_end = [
+            [
+                max((j for j in range(i + 1, self.units + 1) if row[j] < INFINITY), default=i)
+                for i, row in enumerate(table)
+            ]
+            for table in self.stage
+        ]
         self._hops: dict[tuple[int, int, int], int] = {}
         # window_min[c][m-1]: the least compute of any m consecutive units a class-c device holds.
         self.window_min = [self._window_minima(k) for k in range(len(classes))]
         self.thresholds = sorted({t for table in self.window_min for t in table})
         self._counting: dict[tuple[int, tuple[int, ...]], int] = {}
         self._filling: dict[tuple[int, tuple[int, ...]], int] = {}
-        # cheapest_unit[c][i]: the least time of any one unit in [i, U) on class c.
+        # cheapest_unit[c][i]: the least time of any one unit in [i, U) on class c, in any form.
         self.cheapest_unit = []
         for k in range(len(classes)):
-            table, prefix = [INFINITY] * (self.units + 1), self.prefix[k]
+            table = [INFINITY] * (self.units + 1)
+            variants = costs.variants[classes[k].representative]
             for i in range(self.units - 1, -1, -1):
-                table[i] = min(table[i + 1], prefix[i + 1] - prefix[i])
+                unit = min(v.compute_prefix[i + 1] - v.compute_prefix[i] for v in variants)
+                table[i] = min(table[i + 1], unit)
             self.cheapest_unit.append(table)
         self.cheapest_hop = min(
             (
@@ -115,14 +129,24 @@ class _Tables:
             self._filling[key] = total if not need else INFINITY
         return self._filling[key]
 
+    def _stage_table(self, k: int) -> None:
+        device, units = self.classes[k].representative, self.units
+        stage = [[INFINITY] * (units + 1) for _ in range(units + 1)]
+        variant = [[0] * (units + 1) for _ in range(units + 1)]
+        for start in range(units):
+            for end in range(start + 1, units + 1):
+                chosen = self.costs.choose(device, start, end, self.cap)
+                if chosen is None:
+                    break  # a longer stage fits no form either (times and sizes only grow)
+                stage[start][end] = self.costs.compute(device, start, end, chosen)
+                variant[start][end] = chosen
+        self.stage.append(stage)
+        self.variant.append(variant)
+
     def _window_minima(self, k: int) -> list[int]:
-        prefix, minima = self.prefix[k], []
+        table, minima = self.stage[k], []
         for length in range(1, self.units + 1):
-            fitting = [
-                prefix[i + length] - prefix[i]
-                for i in range(self.units - length + 1)
-                if self.max_end[k][i] >= i + length
-            ]
+            fitting = [table[i][i + length] for i in range(self.units - length + 1) if table[i][i + length] < INFINITY]
             if not fitting:
                 break
             minima.append(min(fitting))
@@ -156,20 +180,6 @@ class _Tables:
             self._counting[key] = self.thresholds[low] if low < len(self.thresholds) else INFINITY
         return self._counting[key]
 
-    def _max_ends(self, k: int) -> list[int]:
-        bytes_prefix, prefix = self.costs.device_bytes[self.classes[k].representative], self.prefix[k]
-        ends, end = [], 0
-        for start in range(self.units):
-            end = max(end, start)
-            while (
-                end < self.units
-                and bytes_prefix[end + 1] - bytes_prefix[start] <= self.memory[k]
-                and prefix[end + 1] - prefix[start] <= self.cap
-            ):
-                end += 1
-            ends.append(end)
-        return ends
-
     def hop(self, a: int, b: int, nbytes: int) -> int:
         """ns from a device of class a to another device of class b (INFINITY if over cap)."""
         key = (a, b, nbytes)
@@ -201,10 +211,10 @@ def _heuristic(tables: _Tables, first: int, algebra: Algebra) -> list[list[int]]
     for i in range(units - 1, 0, -1):
         inner = [INFINITY] * count
         for b in range(count):
-            prefix, best = tables.prefix[b], INFINITY
+            row, best = tables.stage[b][i], INFINITY
             for j in range(i + 1, tables.max_end[b][i] + 1):
                 if h[j][b] < INFINITY:
-                    best = min(best, combine(prefix[j] - prefix[i], h[j][b]))
+                    best = min(best, combine(row[j], h[j][b]))
             inner[b] = best
         nbytes = tables.costs.out_bytes[i - 1]
         for a in range(count):
@@ -261,7 +271,7 @@ def exact_search(
             if ret >= INFINITY:
                 return
             total = combine(g, ret)
-            goals[sequence] = Segment(last, start, position)
+            goals[sequence] = Segment(last, start, position, tables.variant[last][start][position])
             # A goal's key is the state it was reached from; its own segment sits in `goals`.
             heapq.heappush(heap, (total, -position, sequence, total, previous or key))
         else:
@@ -281,16 +291,16 @@ def exact_search(
 
     for first in firsts:
         counts = tuple(1 if k == first else 0 for k in range(count))
-        prefix = tables.prefix[first]
+        row = tables.stage[first][0]
         for end in range(max(1, first_end(counts)), tables.max_end[first][0] + 1):
-            push(prefix[end] - prefix[0], (end, first, first, counts), None, 0)
+            push(row[end], (end, first, first, counts), None, 0)
 
     expanded = 0
     while heap:
         _, _, entry, g, key = heapq.heappop(heap)
         if entry in goals:
             last_segment = goals[entry]
-            earlier = _segments(parent, key) if last_segment.start > 0 else ()
+            earlier = _segments(tables, parent, key) if last_segment.start > 0 else ()
             return SearchResult(g, (*earlier, last_segment), expanded)
         if best.get(key, INFINITY) < g:
             continue  # a cheaper path reached this state after this entry was pushed
@@ -308,19 +318,20 @@ def exact_search(
                 continue
             after_hop = combine(g, hop)
             next_counts = (*counts[:b], counts[b] + 1, *counts[b + 1 :])
-            prefix = tables.prefix[b]
+            row = tables.stage[b][position]
             lowest = max(position + 1, first_end(next_counts))
             for end in range(lowest, tables.max_end[b][position] + 1):
-                stage = prefix[end] - prefix[position]
-                push(combine(after_hop, stage), (end, b, first, next_counts), key, position)
+                push(combine(after_hop, row[end]), (end, b, first, next_counts), key, position)
     return None
 
 
-def _segments(parent: dict[StateKey, tuple[StateKey | None, int, int]], key: StateKey) -> tuple[Segment, ...]:
+def _segments(
+    tables: _Tables, parent: dict[StateKey, tuple[StateKey | None, int, int]], key: StateKey
+) -> tuple[Segment, ...]:
     segments: list[Segment] = []
     current: StateKey | None = key
     while current is not None:
         previous, start, end = parent[current]
-        segments.append(Segment(current[1], start, end))
+        segments.append(Segment(current[1], start, end, tables.variant[current[1]][start][end]))
         current = previous
     return tuple(reversed(segments))
