@@ -4,7 +4,8 @@ Everything in one run on the same machine, interleaved over rounds and the best 
 the ratios hold even on a noisy shared host: transformers' single-process generate, ours at 1-4
 stages as threads and as processes, the per-hop cost of a hidden-state frame, memory per stage,
 cold and cached load times; then every weight form (forms.py): speed against transformers,
-memory, load times, top-1 agreement and perplexity against float32 (`--only-forms`: only those).
+memory, load times, top-1 agreement and perplexity against float32 (`--only-forms`: only those;
+with `--device cuda` the forms and transformers run on that GPU).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def load_seconds(cache_root: str) -> float:
     return time.perf_counter() - started
 
 
-async def run(tokens: int, rounds: int, forms: str, only_forms: bool) -> None:
+async def run(tokens: int, rounds: int, forms: str, only_forms: bool, device: str = "cpu") -> None:
     """Measure and print."""
     from transformers import AutoModelForCausalLM
 
@@ -116,10 +117,12 @@ async def run(tokens: int, rounds: int, forms: str, only_forms: bool) -> None:
     started = time.perf_counter()
     reference = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     reference_load = time.perf_counter() - started
+    if device != "cpu":
+        torch.nn.Module.to(reference, torch.device(device))  # the typed .to of a PreTrainedModel takes no device
     if not only_forms:
         await stages_tables(source, reference, reference_load, ids, tokens, rounds)
     if forms != "none":
-        await forms_tables(reference, source, form_list(forms), tokens, rounds)
+        await forms_tables(reference, source, form_list(forms), tokens, rounds, device)
 
 
 async def stages_tables(
@@ -179,9 +182,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--only-forms", action="store_true", help="only the weight-forms and accuracy tables")
     parser.add_argument("--forms", default="", help="comma-separated weight forms (default: all; none: skip them)")
+    parser.add_argument("--device", default="cpu", help="where the weight forms run: cpu, cuda, cuda:1, ...")
     args = parser.parse_args()
+    if args.device != "cpu" and not args.only_forms:
+        parser.error("--device other than cpu measures the weight forms only: add --only-forms")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    asyncio.run(run(args.tokens, args.rounds, args.forms, args.only_forms))
+    asyncio.run(run(args.tokens, args.rounds, args.forms, args.only_forms, args.device))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ shard, against transformers' own `generate` of 1 prompt and its batched `generat
 (prefill subtracted on both sides). Memory: a 3-stage split as stage processes (LocalCluster).
 Accuracy: teacher-forced top-1 agreement with float32's own greedy continuation of varied chat
 prompts (both fed the float32 tokens, so the steps stay aligned), and perplexity on TEXT.
+On a CUDA device (`--device cuda`) the stage-process memory and load-time columns are skipped
+(the stages there are CPU processes); torch's CUDA allocator counts are printed instead.
 """
 
 from __future__ import annotations
@@ -63,17 +65,26 @@ TEXT = (
 # --- speed -------------------------------------------------------------------------------------
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (a CUDA timing must not stop at the launch)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def transformers_decode_tps(model: Any, batch: list[list[int]], pad: int, tokens: int) -> float:
     """Decode tokens/s of transformers' generate over `batch` prompts (left-padded; one-token run
     subtracted, so the prefill is excluded)."""
     width = max(len(ids) for ids in batch)
-    inputs = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch])
-    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch])
+    device = model.device
+    inputs = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
     timings = []
     with torch.inference_mode():
         for new in (1, tokens):
+            synchronize(device)
             started = time.perf_counter()
             model.generate(inputs, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+            synchronize(device)
             timings.append(time.perf_counter() - started)
     return len(batch) * (tokens - 1) / (timings[1] - timings[0])
 
@@ -92,10 +103,12 @@ def shard_decode_tps(shard: Shard, batch: list[list[int]], tokens: int) -> float
 
     logits = step([Step(n, 0, torch.tensor(ids)) for n, ids in zip(names, batch, strict=True)])
     positions = [len(ids) for ids in batch]
+    synchronize(shard.device)
     started = time.perf_counter()
     for _ in range(tokens - 1):
         logits = step([Step(n, p, out.argmax().reshape(1)) for n, p, out in zip(names, positions, logits, strict=True)])
         positions = [p + 1 for p in positions]
+    synchronize(shard.device)
     elapsed = time.perf_counter() - started
     for name in names:
         shard.close(name)
@@ -202,8 +215,12 @@ def load_times(form: WeightForm) -> tuple[float, float]:
 # --- the tables --------------------------------------------------------------------------------
 
 
-async def forms_tables(reference: Any, source: GGUFModel, forms: list[WeightForm], tokens: int, rounds: int) -> None:
-    """Measure every form and print the weight-forms and accuracy tables, and the goals."""
+async def forms_tables(
+    reference: Any, source: GGUFModel, forms: list[WeightForm], tokens: int, rounds: int, device: str = "cpu"
+) -> None:
+    """Measure every form on `device` and print the weight-forms and accuracy tables, and the goals
+    (`reference`: transformers' float32 model, already on `device`)."""
+    on_cpu, cuda = torch.device(device).type == "cpu", torch.device(device).type == "cuda"
     tokenizer = source.tokenizer()
     prompts = [prompt_ids(tokenizer, None, message) for message in MESSAGES]
     batch = prompts[:8]
@@ -211,25 +228,39 @@ async def forms_tables(reference: Any, source: GGUFModel, forms: list[WeightForm
     total = unit_count(source.config)
     shards: dict[WeightForm, Shard] = {}
     skipped: dict[str, str] = {}
+    allocated: dict[str, int] = {}  # cuda: bytes the allocator holds for each form's shard
+    peak: dict[str, int] = {}  # cuda: the most allocated beyond that while 8 sessions decode
     for form in forms:
+        before = torch.cuda.memory_allocated(device) if cuda else 0
         try:
-            shards[form] = Shard(source, 0, total, weights=form)
+            shards[form] = Shard(source, 0, total, device=device, weights=form)
             shards[form].run("probe", 0, torch.tensor(prompts[0][:4]))  # a form may raise only when run
             shards[form].close("probe")
+            allocated[form] = torch.cuda.memory_allocated(device) - before if cuda else 0
         except Exception as error:  # a benchmark: report the form, go on with the others
             skipped[form] = f"{type(error).__name__}: {error}"
             shards.pop(form, None)
     best: dict[tuple[str, int], float] = {}
+    if not on_cpu:  # the first kernels of each shape (CUDA context, library handles) out of the rounds
+        for width in (1, 8):
+            transformers_decode_tps(reference, batch[:width], pad, 4)
+            for shard in shards.values():
+                shard_decode_tps(shard, batch[:width], 4)
     for round_ in range(rounds):
         print(f"forms: speed, round {round_ + 1} of {rounds} ...", file=sys.stderr)
         for width in (1, 8):
             tps = transformers_decode_tps(reference, batch[:width], pad, tokens)
             best[("transformers", width)] = max(best.get(("transformers", width), 0.0), tps)
             for form, shard in shards.items():
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                    resident = torch.cuda.memory_allocated(device)
                 tps = shard_decode_tps(shard, batch[:width], tokens)
                 best[(form, width)] = max(best.get((form, width), 0.0), tps)
+                if cuda and width == 8:
+                    peak[form] = max(peak.get(form, 0), torch.cuda.max_memory_allocated(device) - resident)
 
-    f32 = shards.get("float32") or Shard(source, 0, total)
+    f32 = shards.get("float32") or Shard(source, 0, total, device=device)
     stops = [int(t) for t in ([source.config.eos_token_id] if isinstance(source.config.eos_token_id, int) else [])]
     steps = max(1, -(-1000 // len(prompts)) + 8)
     print("forms: accuracy ...", file=sys.stderr)
@@ -242,14 +273,17 @@ async def forms_tables(reference: Any, source: GGUFModel, forms: list[WeightForm
         got, perplexity[form] = accuracy(shard, prompts, continuations, paragraphs)
         agreement[form] = sum(a == b for a, b in zip(got, expected, strict=True)) / len(expected)
 
-    print("forms: memory of 3 stage processes, load times ...", file=sys.stderr)
-    memory = {form: await stage_memory(source, form, prompts[0]) for form in shards}
-    loads = {form: load_times(form) for form in shards}
+    memory: dict[str, list[dict[str, Any]]] = {}
+    loads: dict[str, tuple[float, float]] = {}
+    if on_cpu:  # the stage processes and load_times hold their shards on the CPU
+        print("forms: memory of 3 stage processes, load times ...", file=sys.stderr)
+        memory = {form: await stage_memory(source, form, prompts[0]) for form in shards}
+        loads = {form: load_times(form) for form in shards}
 
     one, eight = best[("transformers", 1)], best[("transformers", 8)]
     print(
         f"\n## Weight forms, default model, {tokens} tokens, best of {rounds} rounds "
-        f"({torch.get_num_threads()} torch threads)\n"
+        f"({f'{torch.get_num_threads()} torch threads' if on_cpu else device_name(device)})\n"
     )
     print(
         "| form | 1 session tokens/s | vs transformers | 8 sessions tokens/s | vs transformers batch 8 "
@@ -259,20 +293,29 @@ async def forms_tables(reference: Any, source: GGUFModel, forms: list[WeightForm
     print("|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|")
     print(f"| transformers float32 | {one:.1f} | 1.00× | {eight:.1f} | 1.00× | | | | | | |")
     for form, shard in shards.items():
-        stages = memory[form]
-        weights = " / ".join(f"{s['weight_bytes'] / 2**20:.0f}" for s in stages)
-        rss = " / ".join(f"{s['rss_bytes'] / 2**20:.0f}" for s in stages)
+        stages = memory.get(form, [])
+        weights = " / ".join(f"{s['weight_bytes'] / 2**20:.0f}" for s in stages) or "–"
+        rss = " / ".join(f"{s['rss_bytes'] / 2**20:.0f}" for s in stages) or "–"
+        cold, cached = (f"{seconds:.1f}" for seconds in loads[form]) if form in loads else ("–", "–")
         a, b = best[(form, 1)], best[(form, 8)]
         print(
             f"| {form} | {a:.1f} | {a / one:.2f}× | {b:.1f} | {b / eight:.2f}× | {shard.weight_bytes() / 2**20:.0f} "
-            f"| {weights} | {rss} | {loads[form][0]:.1f} | {loads[form][1]:.1f} | {agreement[form]:.1%} |"
+            f"| {weights} | {rss} | {cold} | {cached} | {agreement[form]:.1%} |"
         )
     for name, why in skipped.items():
         print(f"\nskipped {name}: raises on this device ({why})")
-    print(
-        "\nRSS includes ~0.5 GB of torch and transformers per process; the first stage's embedding rows "
-        "are memory-mapped, so only the rows looked up are resident."
-    )
+    if on_cpu:
+        print(
+            "\nRSS includes ~0.5 GB of torch and transformers per process; the first stage's embedding rows "
+            "are memory-mapped, so only the rows looked up are resident."
+        )
+    else:
+        print(f"\n3-stage memory and load times: not measured on {device} (those stage processes run on the CPU)")
+    if cuda:
+        print("\n| form | CUDA MB allocated by its shard | CUDA peak MB beyond that, 8 sessions decoding |")
+        print("|---|---:|---:|")
+        for form in shards:
+            print(f"| {form} | {allocated[form] / 2**20:.0f} | {peak.get(form, 0) / 2**20:.0f} |")
 
     base = perplexity.get("float32")
     print(
@@ -302,11 +345,21 @@ async def forms_tables(reference: Any, source: GGUFModel, forms: list[WeightForm
         print(
             "goal: resident weight memory within 1.3× of the GGUF file's bytes for the 4-bit form: "
             f"{'met' if held <= 1.3 * file_bytes else 'not met'} (int4 holds {held / 2**20:.0f} MB in one stage, "
-            f"{held / file_bytes:.2f}× the file's {file_bytes / 2**20:.0f} MB; the 3 stages together hold "
-            f"{sum(s['weight_bytes'] for s in memory['int4']) / 2**20:.0f} MB: the tied embedding/head is on both ends)"
+            f"{held / file_bytes:.2f}× the file's {file_bytes / 2**20:.0f} MB"
+            + (
+                f"; the 3 stages together hold {sum(s['weight_bytes'] for s in memory['int4']) / 2**20:.0f} MB: "
+                "the tied embedding/head is on both ends)"
+                if "int4" in memory
+                else ")"
+            )
         )
     else:
         print("goal: resident weight memory within 1.3× of the GGUF file's bytes for the 4-bit form: not measured")
+
+
+def device_name(device: str) -> str:
+    """`cuda: NVIDIA H200`-style, for a table's heading."""
+    return f"{device}: {torch.cuda.get_device_name(device)}" if torch.device(device).type == "cuda" else device
 
 
 def form_list(text: str) -> list[WeightForm]:
