@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import msgpack
 
+from .forms import FormFigures, form_name, forms_from_wire, forms_to_wire
 from .signing import KEY_BYTES, SIGNATURE_BYTES, peer_id_of, verify
 
 PeerId = NewType("PeerId", str)
@@ -74,6 +75,9 @@ class PeerRecord:
     units: tuple[int, ...] = ()  # (start, end) of the units held for `serving`, or ()
     batch_scale: tuple[float, ...] = ()  # a decode pass of 1, 2, 4, 8, 16 sessions over one's
     unit_bytes: tuple[int, ...] = ()  # memory per unit on this device (its weight form), or ()
+    form: str = ""  # the name of that weight form
+    forms: tuple[FormFigures, ...] = ()  # the other forms it offers (discovery.forms)
+    units_form: str = ""  # the form the units it serves are held in ("": its own)
     name: str = ""  # the label people gave the peer (--name); not unique, never trusted
     key: bytes = b""  # Ed25519 public key; the id is its hash
     cert: str = ""  # SHA-256 of the peer's TLS certificate (--tls), pinned by those who dial it
@@ -152,6 +156,9 @@ def _to_wire(record: PeerRecord) -> dict[str, Any]:
         "units": list(record.units),
         "bs": list(record.batch_scale),
         "ub": list(record.unit_bytes),
+        "fm": record.form,
+        "fx": forms_to_wire(record.forms),
+        "uf": record.units_form,
     }
 
 
@@ -358,6 +365,12 @@ def _parse(body: Any) -> PeerRecord:
     source = body.get("src", False)
     if not isinstance(source, bool):
         raise RecordError("src: true or false")
+    try:
+        form = form_name(body.get("fm", ""), "fm")
+        forms = forms_from_wire(body.get("fx", []), len(unit_ms), form)
+        units_form = form_name(body.get("uf", ""), "uf")
+    except ValueError as error:
+        raise RecordError(str(error)) from None
     return PeerRecord(
         peer_id=PeerId(peer_id),
         incarnation=counters[0],
@@ -375,6 +388,9 @@ def _parse(body: Any) -> PeerRecord:
         units=tuple(units),
         batch_scale=_numbers(body, "bs", 1e-6, 1e6, 16),
         unit_bytes=tuple(unit_bytes),
+        form=form,
+        forms=forms,
+        units_form=units_form,
         name=name,
         key=key,
         cert=_certificate(_text(body, "cert", 64, "")),

@@ -26,7 +26,7 @@ from edgeshard.solver import OBJECTIVES
 
 from ..api.client import ApiError, describe_status, get_status, stream_chunks, texts
 from ..errors import PeerError
-from ..model.options import WEIGHT_CHOICES, WEIGHTS_HELP
+from ..model.options import PEER_WEIGHTS_HELP, weights
 
 READY_TIMEOUT_S = 600.0
 
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-memory", metavar="BYTES", help="cap per peer, e.g. 256MiB (forces a split)")
     parser.add_argument("--context", type=int, default=512, help="KV positions per session (default 512)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="latency")
-    parser.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto", help=WEIGHTS_HELP)
+    parser.add_argument("--weights", type=weights, default="auto", help=PEER_WEIGHTS_HELP)
     parser.add_argument("--sessions", type=int, default=4, help="concurrent sessions per stage (default 4)")
     parser.add_argument("--base-port", type=int, default=7430, help="peer i listens on base+2i, its API on base+2i+1")
     parser.add_argument("--logs", metavar="DIR", help="where the peers' logs go (default: a temporary folder)")

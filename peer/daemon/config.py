@@ -17,7 +17,7 @@ from typing import Any
 
 from edgeshard.solver import EXACT, OBJECTIVES, STRATEGIES, Objective
 
-from ..model.options import WEIGHT_CHOICES
+from ..model.options import weights
 
 DEFAULT_CONFIG = Path("/etc/edgeshard/peer.toml")
 ENV_PREFIX = "EDGESHARD_PEER_"
@@ -48,7 +48,7 @@ class PeerConfig:
     source: bool = False  # host stage 0 here (this device is where prompts come from)
     cluster: str = "default"
     device: str = "auto"
-    weights: str = "auto"  # how this device holds weights (model/options.py WEIGHT_CHOICES)
+    weights: str = "auto"  # the weight forms this device offers (model/options.py `weights`)
     max_memory: int | None = None
     cache_dir: str = ""
     context: int = 2048  # KV cache positions per session, counted in the plan's memory
@@ -140,8 +140,10 @@ def _check(config: PeerConfig) -> None:
         raise ConfigError(f"objective: {config.objective!r} is not {' or '.join(OBJECTIVES)}")
     if config.strategy not in STRATEGIES:
         raise ConfigError(f"strategy: {config.strategy!r} is not one of {', '.join(STRATEGIES)}")
-    if config.weights not in WEIGHT_CHOICES:
-        raise ConfigError(f"weights: {config.weights!r} is not one of {', '.join(WEIGHT_CHOICES)}")
+    try:
+        weights(config.weights)
+    except ValueError as error:
+        raise ConfigError(f"weights: {error}") from None
     if config.context < 1 or config.sessions < 1:
         raise ConfigError("context and sessions: must be at least 1")
     if config.queue < 0:

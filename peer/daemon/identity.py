@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import psutil
 from edgeshard.discovery.failure import FailurePolicy
+from edgeshard.discovery.forms import FormFigures
 from edgeshard.discovery.membership import Membership
 from edgeshard.discovery.records import PeerId, PeerRecord, sign_record
 from edgeshard.solver import EXACT
@@ -61,15 +63,17 @@ def first_record(
     identity: Identity,
     fingerprint: str,
     memory_bytes: int,
-    profile: Profile,
+    profiles: Sequence[Profile],
     key: bytes,
     incarnation: int,
     cert: str,
-    unit_bytes: tuple[int, ...] = (),
+    unit_bytes: Callable[[Profile], tuple[int, ...]] = lambda _profile: (),
 ) -> PeerRecord:
     """Our gossip record at start (`incarnation`: from the state directory, above any before;
-    `cert`: our TLS certificate's fingerprint under --tls, else "")."""
+    `cert`: our TLS certificate's fingerprint under --tls, else ""): the figures of the forms we
+    offer (`profiles`, our own first), each with its unit sizes (`unit_bytes`)."""
     config = identity.config
+    profile, *others = profiles
     return PeerRecord(
         peer_id=identity.peer_id,
         incarnation=incarnation,
@@ -86,7 +90,9 @@ def first_record(
         prefill_ms=profile.prefill_ms,
         settings=planning_settings(config),
         batch_scale=profile.batch_scale,
-        unit_bytes=unit_bytes,
+        unit_bytes=unit_bytes(profile),
+        form=profile.form,
+        forms=tuple(FormFigures(p.form, p.unit_ms, unit_bytes(p), p.batch_scale) for p in others),
     )
 
 

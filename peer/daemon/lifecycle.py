@@ -71,6 +71,7 @@ class Holding:
     """What this peer has now: its stage's units and layout, and what its record says."""
 
     units: tuple[int, int] | None = None  # the stage's shard, [start, end)
+    form: str = ""  # the weight form its units are held in
     serving: str = ""  # the layout the stage serves ("" refuses sessions)
     announced: str = ""  # the layout our gossiped record says we serve
     withdrawn: bool = False  # our record offers no memory (after a failed load)
@@ -116,11 +117,13 @@ class Solve:
 
 @dataclass(frozen=True)
 class Load:
-    """Build the shard for units [start, end) and serve `layout_id` with it."""
+    """Build the shard for units [start, end) in weight form `form` ("": our own) and serve
+    `layout_id` with it."""
 
     start: int
     end: int
     layout_id: str
+    form: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,11 +149,12 @@ Action = Wait | Solve | Load | Serve | Announce
 
 
 def layout_id(model: str, result: Plan, addresses: Mapping[str, str]) -> str:
-    """What a route depends on: the model and, per stage, the peer, its address and units.
+    """What a route depends on: the model and, per stage, the peer, its address and units (and
+    the form it holds them in: a stage that changes form reloads).
 
     Not the solver's plan_id: that also hashes measured costs, so a link figure that moves
     without moving a split point would change it and fail over every session for nothing."""
-    stages = [[s.device, addresses.get(s.device, ""), s.start, s.end] for s in result.stages]
+    stages = [[s.device, addresses.get(s.device, ""), s.start, s.end, s.form] for s in result.stages]
     canonical = json.dumps({"model": model, "stages": stages}, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -201,8 +205,8 @@ def _converge(state: State, holding: Holding, peer: PeerId) -> Action:
     if mine is None:
         if holding.units is not None or holding.serving != layout:
             return Serve(layout, unload=True)
-    elif holding.units != (mine.start, mine.end):
-        return Load(mine.start, mine.end, layout)
+    elif holding.units != (mine.start, mine.end) or holding.form != mine.form:
+        return Load(mine.start, mine.end, layout, mine.form)
     elif holding.serving != layout:
         return Serve(layout)
     if holding.announced != holding.serving:

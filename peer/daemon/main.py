@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from edgeshard.solver import OBJECTIVES, STRATEGIES
 
 from ..errors import PeerError
-from ..model.options import WEIGHT_CHOICES, WEIGHTS_HELP
+from ..model.options import PEER_WEIGHTS_HELP, weights
 from .config import DEFAULT_CONFIG, ENV_PREFIX, ConfigError, PeerConfig, load_config
 from .service import DRAIN_S, STAGE_DRAIN_S, notify, start_watchdog, stop_task, wait_until
 
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--source", action="store_const", const=True, help="host stage 0 on this device")
     add("--cluster", metavar="NAME", help="only peers of this cluster name join (default 'default')")
     add("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    add("--weights", choices=WEIGHT_CHOICES, help=WEIGHTS_HELP + " (default auto)")
+    add("--weights", type=weights, help=PEER_WEIGHTS_HELP + " (default auto)")
     add("--max-memory", metavar="BYTES", help="cap on the memory for units, e.g. 6GiB")
     add("--cache-dir", metavar="DIR", help="converted tensors, tokenizer, device profile")
     add("--context", type=int, help="KV cache positions per session (default 2048)")

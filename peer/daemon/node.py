@@ -16,8 +16,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from aiohttp import web
@@ -38,7 +39,7 @@ from ..errors import PeerError
 from ..model.devices import pick_device
 from ..model.files import ModelSource, default_cache_dir, open_model
 from ..model.options import WeightForm
-from ..model.profile import choose_form, device_unit_bytes, memory_budget, unit_sizes
+from ..model.profile import device_unit_bytes, memory_budget, offered_forms, unit_sizes
 from ..model.text import stop_token_ids
 from ..pipeline.failover import NoRouteError, wait_for
 from ..pipeline.layouts import ReadyLayout
@@ -115,8 +116,8 @@ class PeerNode:
         source, self.origin.hidden_size = self.source, int(self.source.config.hidden_size)
         fingerprint: str = await asyncio.to_thread(lambda: source.fingerprint)
         self._tokenizer = await asyncio.to_thread(source.tokenizer)  # converted once, before the API opens
-        profile = await asyncio.to_thread(
-            choose_form,
+        profiles = await asyncio.to_thread(
+            offered_forms,
             source,
             self.cache_dir,
             self.device,
@@ -125,11 +126,12 @@ class PeerNode:
             config.reprofile,
             self._batch(),
         )
-        self.form: WeightForm = profile.form
+        profile = profiles[0]
+        self.form: WeightForm = profile.form  # what a plan that names no form means
         # The model's units at float32 (what every peer computes alike); this device's own sizes
-        # in its form travel in its record.
+        # in each form it offers travel in its record.
         self.units = unit_sizes(source.config, torch.float32, config.context, config.sessions)
-        unit_bytes = device_unit_bytes(profile, source.config, config.context, config.sessions)
+        sizes = partial(device_unit_bytes, config=source.config, context=config.context, sessions=config.sessions)
         memory = memory_budget(self.device, config.max_memory)
 
         host, port = split_host_port(config.listen, PEER_PORT)
@@ -143,7 +145,7 @@ class PeerNode:
         self.origin.url = peer_url + ORIGIN_PREFIX
         self.identity = Identity(config, self.peer_id, peer_url, self.device, self.form)
         key, incarnation = self.state.signer.public_key, self.state.next_incarnation()
-        own = first_record(self.identity, fingerprint, memory, profile, key, incarnation, fingerprint_tls, unit_bytes)
+        own = first_record(self.identity, fingerprint, memory, profiles, key, incarnation, fingerprint_tls, sizes)
         self.membership = signed_membership(own, self.state, config.dead_after_s)
         bootstrap = [f"{scheme}://{address}" if "://" not in address else address for address in config.bootstrap]
         self.pin = self.stage.links.pin = self.origin.links.pin = self.security.pin(self.membership.view)
@@ -290,6 +292,7 @@ class PeerNode:
         own = self.membership.own
         return Holding(
             units=(shard.start, shard.end) if shard is not None else None,
+            form=shard.form if shard is not None else "",
             serving=self.stage.layout_id or "",
             announced=own.serving,
             withdrawn=own.memory_bytes == 0,
@@ -316,8 +319,8 @@ class PeerNode:
                         await self.roster.wake.wait()
             case Solve(view):
                 await self._solve(view)
-            case Load(start, end, layout):
-                await self._load(start, end, layout)
+            case Load(start, end, layout, form):
+                await self._load(start, end, layout, cast(WeightForm, form or self.form))
             case Serve(layout, unload):
                 await self._serve(layout, unload)
             case Announce(serving, withdraw):
@@ -354,14 +357,19 @@ class PeerNode:
         """Sessions per pass the plan is costed for: the admitted sessions, for throughput."""
         return self.config.sessions if self.config.objective == "throughput" else 1
 
-    async def _load(self, start: int, end: int, layout: str) -> None:
+    async def _load(self, start: int, end: int, layout: str, form: WeightForm) -> None:
         current = self.stage.shard
+        if current is not None and current.form != form:  # its tensors are of another form
+            log.info(
+                "the plan holds units [%d, %d) in %s weights, not %s: loading anew", start, end, form, current.form
+            )
+            current = None
         await self.stage.serve(None, "")  # refuse sessions while loading
         self._announce("")
         started = time.perf_counter()
         try:
             shard = await self.stage.run_on_worker(
-                lambda: build_shard(self.source, self.config, self.device, self.form, start, end, current)
+                lambda: build_shard(self.source, self.config, self.device, form, start, end, current)
             )
         except (MemoryError, RuntimeError, OSError, ValueError, PeerError) as error:
             log.error("cannot load units [%d, %d): %s; leaving the plan", start, end, error)
@@ -379,8 +387,9 @@ class PeerNode:
     def _announce(self, serving: str, withdraw: bool = False) -> None:
         shard = self.stage.shard
         units = (shard.start, shard.end) if serving and shard is not None else ()
+        held = {"units": units, "units_form": shard.form if units and shard is not None else ""}
         if withdraw:  # offer no memory: the next plan leaves this peer out instead of waiting on it
-            self.membership.announce(serving=serving, units=units, memory_bytes=0)
+            self.membership.announce(serving=serving, memory_bytes=0, **held)
         else:
-            self.membership.announce(serving=serving, units=units)
+            self.membership.announce(serving=serving, **held)
         self.gossip.nudge()  # origins wait to see every stage serve the new layout

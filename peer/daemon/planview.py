@@ -24,6 +24,7 @@ from edgeshard.solver import (
     Cluster,
     Device,
     DeviceId,
+    Form,
     InvalidPlanError,
     Link,
     Model,
@@ -52,6 +53,12 @@ def round_significant(value: float, digits: int = TIME_DIGITS) -> float:
     return round(value, digits - 1 - math.floor(math.log10(value)))
 
 
+def _times(unit_ms: Sequence[float], batch_scale: Sequence[float], batch: int) -> tuple[float, ...]:
+    """Per-unit ms per token inside a pass of `batch` sessions, rounded (see the module's doc)."""
+    per_token = batch_factor(batch_scale, batch) / batch
+    return tuple(round_significant(round_significant(ms) * per_token) for ms in unit_ms)
+
+
 def cluster_from_view(
     records: Sequence[PeerRecord],
     model_name: str,
@@ -64,10 +71,10 @@ def cluster_from_view(
     ordered = sorted(records, key=lambda r: r.peer_id)
     devices = []
     for r in ordered:
-        per_token = batch_factor(r.batch_scale, batch) / batch
-        times = tuple(round_significant(round_significant(ms) * per_token) for ms in r.unit_ms)
         memory = r.memory_bytes // MEMORY_STEP * MEMORY_STEP
-        devices.append(Device(DeviceId(r.peer_id), memory, times, r.unit_bytes))
+        forms = tuple(Form(f.name, _times(f.unit_ms, f.batch_scale, batch), f.unit_bytes) for f in r.forms)
+        times = _times(r.unit_ms, r.batch_scale, batch)
+        devices.append(Device(DeviceId(r.peer_id), memory, times, r.unit_bytes, r.form, forms))
     measured: dict[tuple[str, str], tuple[float, float]] = {}
     for record in ordered:
         for link in record.links:
@@ -145,7 +152,7 @@ def predict_stages(
     the stage; nothing when the stages are not a valid plan of this view."""
     fit, _excluded = plannable(records, own)
     cluster = cluster_from_view(fit, own.model[:16], units, source_of(fit), max(1, sessions))
-    stages = [Stage(DeviceId(s["peer"]), s["start"], s["end"]) for s in plan["stages"]]
+    stages = [Stage(DeviceId(s["peer"]), s["start"], s["end"], s.get("form", "")) for s in plan["stages"]]
     try:
         compute, transfer = stage_ms(cluster, stages)
     except InvalidPlanError:

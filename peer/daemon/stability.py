@@ -25,7 +25,10 @@ def served_stages(records: Sequence[PeerRecord], unit_count: int) -> tuple[Stage
     layouts: dict[str, list[Stage]] = defaultdict(list)
     for record in records:
         if record.serving and len(record.units) == 2:
-            layouts[record.serving].append(Stage(DeviceId(record.peer_id), record.units[0], record.units[1]))
+            start, end = record.units
+            layouts[record.serving].append(
+                Stage(DeviceId(record.peer_id), start, end, record.units_form or record.form)
+            )
     complete = []
     for layout, stages in sorted(layouts.items()):
         stages.sort(key=lambda stage: stage.start)

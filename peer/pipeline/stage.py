@@ -167,6 +167,7 @@ class StageServer:
             "waiting_steps": batcher.waiting,
             "passes": batcher.passes,
             "mean_batch": round(batcher.steps / batcher.passes, 2) if batcher.passes else 0.0,
+            "weights": shard.form if shard else None,
             "weight_bytes": shard.weight_bytes() if shard else 0,
             "rss_bytes": psutil.Process(os.getpid()).memory_info().rss,
             "pid": os.getpid(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from edgeshard.discovery.forms import FormFigures
 from edgeshard.discovery.records import PeerId, PeerRecord
 from edgeshard.peer.daemon.lifecycle import (
     NEVER,
@@ -67,8 +68,8 @@ def converge(state: State, view: View, peer: PeerId, holding: Holding, now: floa
                 return state, holding
             case Solve(wanted):
                 state = planned(state, wanted, solve(wanted))
-            case Load(start, end, layout):
-                holding = replace(holding, units=(start, end), serving=layout, announced="")
+            case Load(start, end, layout, form):
+                holding = replace(holding, units=(start, end), form=form, serving=layout, announced="")
             case Serve(layout, unload):
                 holding = replace(holding, units=None if unload else holding.units, serving=layout)
             case Announce(serving, withdraw):
@@ -116,6 +117,32 @@ def test_a_peer_loads_its_units_serves_then_announces() -> None:
     assert action == Announce(layout) and state.phase == "loading"
     state, action = decide(view, state, replace(held, announced=layout), A, now=2.2)
     assert action == Wait(NEVER) and state.phase == "serving"
+
+
+def test_a_stage_whose_form_changes_reloads_even_on_the_same_units() -> None:
+    view = view_of(THREE_PEERS)
+    state = planned(State(pending_key=view.key, pending_since=0.0), view, solve(view))
+    assert state.adopted is not None
+    mine = stage_of(state.adopted.plan, A)
+    assert mine is not None and mine.form == ""
+    layout = state.adopted.layout_id
+    held = Holding(units=(mine.start, mine.end), form="int4", serving=layout, announced=layout)
+    _, action = decide(view, state, held, A, now=2.0)
+    assert action == Load(mine.start, mine.end, layout, "")
+
+
+def test_a_peer_offering_a_compact_form_takes_the_model_in_it_when_the_others_are_gone() -> None:
+    int4 = FormFigures("int4", (2.0,) * len(UNITS), tuple(u.bytes // 4 for u in UNITS))
+    offering = replace(record(A, memory=GiB), form="float32", forms=(int4,))
+    both = [offering, record(B, memory=GiB), record(C, memory=GiB)]
+    state, held = converge(State(), view_of(both), A, Holding(), now=0.0)
+    state, held = converge(state, view_of(both), A, held, now=5.0)
+    assert state.adopted is not None and {s.form for s in state.adopted.plan.stages} <= {"float32", ""}
+    alone = view_of([offering], departures=1)  # float32 units need 3 GiB; int4 0.75
+    state, held = converge(state, alone, A, held, now=6.0)
+    assert state.adopted is not None and state.phase == "serving"
+    assert [(s.device, s.form) for s in state.adopted.plan.stages] == [(A, "int4")]
+    assert held.units == (0, len(UNITS)) and held.form == "int4"
 
 
 def test_every_peer_reaches_the_same_layout_and_its_own_stage() -> None:

@@ -3,13 +3,18 @@ counts those sizes, and peers with different forms still plan together."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
+from edgeshard.discovery.forms import FormFigures
 from edgeshard.discovery.records import PeerId, PeerRecord
-from edgeshard.peer.daemon.config import PeerConfig
+from edgeshard.peer.daemon.config import ConfigError, PeerConfig, load_config
 from edgeshard.peer.daemon.identity import planning_settings
 from edgeshard.peer.daemon.planview import cluster_from_view
 from edgeshard.peer.model.files import GGUFModel
-from edgeshard.peer.model.profile import Profile, device_unit_bytes, kv_cache_bytes, per_token_ms, unit_sizes
+from edgeshard.peer.model.options import weights
+from edgeshard.peer.model.profile import Profile, device_unit_bytes, kv_cache_bytes, offer, unit_sizes
 from edgeshard.peer.model.shard import Shard, unit_count
 from edgeshard.solver import plan
 
@@ -63,9 +68,39 @@ def test_the_weight_form_is_not_a_planning_setting() -> None:
     assert planning_settings(PeerConfig(weights="int4")) == planning_settings(PeerConfig(weights="float32"))
 
 
-def test_auto_weighs_the_forms_at_the_batch_the_plan_runs() -> None:
-    """A form faster for one session but flat under batching loses to one that batches well."""
-    int4 = Profile((1.0,) * 4, (1.0,) * 4, "cpu", "float32", 2, 1.0, (1.0, 2.0, 4.0, 8.0, 16.0), "int4", ())
-    float32 = Profile((2.5,) * 4, (1.0,) * 4, "cpu", "float32", 2, 1.0, (1.0, 1.1, 1.3, 1.8, 3.0), "float32", ())
-    assert min([int4, float32], key=lambda p: per_token_ms(p, 1)).form == "int4"
-    assert min([int4, float32], key=lambda p: per_token_ms(p, 8)).form == "float32"
+def test_a_peer_offers_its_fastest_form_first_and_slower_ones_only_if_smaller() -> None:
+    """Forms are weighed at the batch the plan runs: a form faster for one session but flat
+    under batching loses to one that batches well, and then stays on offer as the smaller."""
+    int4 = Profile((1.0,) * 4, (1.0,) * 4, "cpu", "float32", 2, 1.0, (1.0, 2.0, 4.0, 8.0, 16.0), "int4", (1,) * 4)
+    float32 = Profile((2.5,) * 4, (1.0,) * 4, "cpu", "float32", 2, 1.0, (1.0, 1.1, 1.3, 1.8, 3.0), "float32", (8,) * 4)
+    int8 = Profile((3.0,) * 4, (1.0,) * 4, "cpu", "float32", 2, 1.0, (1.0, 2.0, 4.0, 8.0, 16.0), "int8", (2,) * 4)
+    assert [p.form for p in offer([float32, int8, int4], 1)] == ["int4"]  # fastest and smallest
+    assert [p.form for p in offer([int4, int8, float32], 8)] == ["float32", "int4"]  # int8: slower, larger than int4
+    assert [p.form for p in offer([int8, float32], 1)] == ["float32", "int8"]
+
+
+def test_offered_forms_reach_the_plan_which_picks_one_per_stage(default_source: GGUFModel) -> None:
+    """A peer offering float32 and int8 with room for int8 only gets its stage in int8; with room
+    for float32 it keeps the faster float32. The record carries the forms through the wire."""
+    config = default_source.config
+    units = unit_sizes(config, torch.float32, 512, 2)
+    compact = tuple(max(1, u.bytes // 4) for u in units)
+    offering = FormFigures("int8", (2.0,) * len(units), compact, (1.0,) * 5)
+
+    def peer(memory: int) -> PeerRecord:
+        return replace(record("a", memory, ()), form="float32", forms=(offering,))
+
+    roomy = plan(cluster_from_view([peer(1024 * MIB)], "m", units), "latency").stages
+    assert [(s.device, s.form) for s in roomy] == [("a", "float32")]
+    tight = plan(cluster_from_view([peer(256 * MIB)], "m", units), "latency").stages
+    assert [(s.device, s.form) for s in tight] == [("a", "int8")]
+
+
+def test_a_peer_may_offer_several_forms_joined_by_commas() -> None:
+    assert weights("auto") == "auto" and weights("int4, float32") == "int4,float32"
+    for bad in ("fp8", "int4,int4", "auto,int4", ""):
+        with pytest.raises(ValueError, match="joined by commas"):
+            weights(bad)
+    assert load_config({"weights": "int8,float32"}, {}).weights == "int8,float32"
+    with pytest.raises(ConfigError, match="weights"):
+        load_config({}, {"EDGESHARD_PEER_WEIGHTS": "int8,fp8"})

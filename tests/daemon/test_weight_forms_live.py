@@ -33,3 +33,26 @@ def test_a_peer_holding_int4_weights_takes_the_model_that_three_float32_peers_sp
         assert answer.choices[0].message.content
         shard = statuses[0]["shard"]
         assert 0 < shard["weight_bytes"] < 130 * 2**20  # int4 layers, int8 table, refined head
+
+
+def test_a_peer_offering_two_forms_holds_its_stage_in_the_one_that_fits(tmp_path: Path) -> None:
+    """p1 offers float32 and int8 (slower here, a third of the bytes), p2 float32 only, 256 MiB
+    each: float32 alone would need three such peers, so the plan gives p1 its stage in int8, and
+    p1 loads it so."""
+    peers = make_peers(tmp_path, 2, mdns=False)
+    peers[0].args += ["--weights", "float32,int8"]
+    with running(peers) as started:
+        statuses = [p.status() or {} for p in started]
+        assert "int8" in statuses[0]["weights_offered"], statuses[0]["weights_offered"]
+        assert statuses[1]["weights_offered"] == ["float32"]
+        stages = {stage["device"]: stage for stage in statuses[1]["plan"]["stages"]}
+        assert stages["p1"]["form"] == "int8", stages
+        assert statuses[0]["shard"]["weights"] == "int8"
+        assert all(stage.get("form") == "float32" for name, stage in stages.items() if name != "p1")
+        answer = client(started[1]).chat.completions.create(
+            model="smollm2-135m-instruct",
+            messages=[{"role": "user", "content": "Name a colour."}],
+            temperature=0,
+            max_tokens=8,
+        )
+        assert answer.choices[0].message.content

@@ -8,6 +8,7 @@ import random
 
 import pytest
 from edgeshard.discovery.failure import FailurePolicy, PhiAccrual
+from edgeshard.discovery.forms import FormFigures
 from edgeshard.discovery.membership import Membership
 from edgeshard.discovery.records import (
     LinkMeasure,
@@ -86,6 +87,30 @@ def test_codec_round_trips_and_rejects_garbage() -> None:
 def test_unit_sizes_are_one_positive_integer_per_unit(sizes: tuple[float, ...]) -> None:
     with pytest.raises(RecordError, match="ub"):
         decode_records(encode_records([signed("a", unit_bytes=sizes)]))
+
+
+def test_the_forms_a_peer_offers_travel_in_its_record() -> None:
+    int8 = FormFigures("int8", (0.2, 3.0, 3.0, 1.5), (8_000_000, 600_000, 600_000, 9_000_000), (1.0, 1.9))
+    offering = signed("a", form="float32", forms=(int8,), units=(0, 4), units_form="int8", serving="l1")
+    assert decode_records(encode_records([offering])) == [offering]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"form": "Float32"}, "fm"),
+        ({"units_form": "int 8"}, "uf"),
+        ({"forms": (FormFigures("int8", (1.0, 1.0, 1.0)),)}, "fx unit_ms"),
+        ({"forms": (FormFigures("int8", (0.0,) * 4),)}, "fx unit_ms"),
+        ({"forms": (FormFigures("int8", (1.0,) * 4, (1, 2)),)}, "fx unit_bytes"),
+        ({"forms": (FormFigures("int8", (1.0,) * 4, (), (0.0,)),)}, "fx batch_scale"),
+        ({"form": "int8", "forms": (FormFigures("int8", (1.0,) * 4),)}, "fx"),  # its own form again
+        ({"forms": tuple(FormFigures(f"f{i}", (1.0,) * 4) for i in range(9))}, "fx"),
+    ],
+)
+def test_malformed_forms_are_the_senders_fault(changes: dict[str, object], field: str) -> None:
+    with pytest.raises(RecordError, match=field):
+        decode_records(encode_records([signed("a", **changes)]))
 
 
 @given(st.binary(max_size=200))
