@@ -9,6 +9,7 @@ from typing import Any
 
 from edgeshard.solver import EXACT, OBJECTIVES, STRATEGIES, Cluster, Plan, SolverError, plan
 from edgeshard.solver.clusterfile import bundled_names, load_cluster
+from edgeshard.solver.costs import CostModel
 from edgeshard.solver.errors import ClusterFileError, InfeasibleError
 
 EXIT_INFEASIBLE = 1
@@ -16,7 +17,7 @@ EXIT_USAGE = 2
 
 
 def _stages_text(result: Plan) -> str:
-    return " → ".join(f"{s.device}[{s.start}:{s.end})" for s in result.stages)
+    return " → ".join(f"{s.device}[{s.start}:{s.end})" + (f" {s.form}" if s.form else "") for s in result.stages)
 
 
 def _print_plan(result: Plan, cluster: Cluster) -> None:
@@ -25,14 +26,20 @@ def _print_plan(result: Plan, cluster: Cluster) -> None:
         f"model {cluster.model.name}: {len(units)} units; objective {result.objective}; "
         f"strategy {result.strategy}; source {result.source or '(none)'}"
     )
-    print(f"{'stage':>5}  {'device':<16} {'units':<12} {'names':<28} {'memory GiB':>10}")
+    costs = CostModel(cluster)
+    forms = any(stage.form for stage in result.stages)
+    print(f"{'stage':>5}  {'device':<16} {'units':<12} {'names':<28} {'memory GiB':>10}" + ("  form" if forms else ""))
     for index, stage in enumerate(result.stages):
         names = units[stage.start].name
         if stage.end - stage.start > 1:
             names += f" .. {units[stage.end - 1].name}"
-        memory = sum(u.bytes for u in units[stage.start : stage.end]) / 2**30
+        device = costs.index[stage.device]
+        memory = costs.unit_bytes(device, stage.start, stage.end, costs.variant_of(device, stage.form)) / 2**30
         span = f"[{stage.start}, {stage.end})"
-        print(f"{index:>5}  {stage.device:<16} {span:<12} {names:<28} {memory:>10.2f}")
+        print(
+            f"{index:>5}  {stage.device:<16} {span:<12} {names:<28} {memory:>10.2f}"
+            + (f"  {stage.form}" if forms else "")
+        )
     optimal = "proven optimal" if result.optimal else "not proven optimal"
     if result.strategy != EXACT:
         optimal = "baseline"

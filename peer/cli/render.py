@@ -47,14 +47,16 @@ def render_plan(status: dict[str, Any]) -> str:
         f"plan {plan.get('plan_id', '?')} (layout {plan.get('layout_id', '?')}, "
         f"objective {plan.get('objective', '?')}){ready}"
     ]
-    lines.append(f"  {'stage':<5} {'device':<14} {'peer':<18} {'units':<11} {'serving':<8} predicted ms/token")
+    lines.append(
+        f"  {'stage':<5} {'device':<14} {'peer':<18} {'units':<11} {'weights':<8} {'serving':<8} predicted ms/token"
+    )
     for index, stage in enumerate(plan.get("stages") or ()):
         units = f"[{stage.get('start')}:{stage.get('end')})"
         serving = "yes" if stage.get("serving") else "no"
         predicted = f"{_num(stage.get('predicted_compute_ms'))} compute, {_num(stage.get('predicted_transfer_ms'))} out"
         lines.append(
-            f"  {index:<5} {_label(stage):<14} {stage.get('peer', '?')!s:<18} {units:<11} {serving:<8} "
-            + (predicted if "predicted_compute_ms" in stage else "")
+            f"  {index:<5} {_label(stage):<14} {stage.get('peer', '?')!s:<18} {units:<11} "
+            f"{stage.get('form') or '-':<8} {serving:<8} " + (predicted if "predicted_compute_ms" in stage else "")
         )
     lines.append(
         f"predicted: {_num(plan.get('latency_ms'))} ms/token, {_num(plan.get('throughput_tps'))} tokens/s pipelined"

@@ -165,7 +165,7 @@ def predict_stages(
 def describe_plan(plan: Plan, layout_id: str, peers: int, batch: int, names: Mapping[str, str] | None = None) -> str:
     """The log line of an adopted plan (`names`: what people call each peer id)."""
     names = names or {}
-    stages = " → ".join(f"{names.get(s.device, s.device)}[{s.start}:{s.end})" for s in plan.stages)
+    stages = " → ".join(f"{names.get(s.device, s.device)}[{s.start}:{s.end}) {s.form}".rstrip() for s in plan.stages)
     if batch > 1:  # costs per token of a `batch`-session pass
         figures = f"predicted {plan.throughput_tps:.1f} tokens/s pipelined, {batch} sessions per pass"
     else:

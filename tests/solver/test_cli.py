@@ -97,3 +97,23 @@ def test_good_file_plans(tmp_path: Path) -> None:
     path = tmp_path / "cluster.json"
     path.write_text(json.dumps(GOOD))
     assert run("plan", "--cluster", str(path), "--json").returncode == 0
+
+
+def test_plan_names_the_form_a_stage_takes_and_its_memory_in_that_form(tmp_path: Path) -> None:
+    gib = 2**30
+    units = [{"name": n, "bytes": gib, "out_bytes": 10} for n in ("embed", "layer0", "head")]
+    compact = {"name": "int4", "unit_ms": [2, 2, 2], "unit_bytes": [gib // 4] * 3}
+    devices = [
+        {"id": "a", "memory_bytes": gib, "unit_ms": [1, 1, 1], "form": "float32", "forms": [compact]},
+        {"id": "b", "memory_bytes": gib, "unit_ms": [1, 1, 1]},
+    ]
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps({"model": {"name": "m", "units": units}, "devices": devices, "network": NETWORK}))
+    result = run("plan", "--cluster", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["stages"] == [{"device": "a", "start": 0, "end": 3, "form": "int4"}]
+    table = run("plan", "--cluster", str(path)).stdout
+    assert "0.75  int4" in table, table  # 3 GiB of float32 units held in a quarter
+
+
+NETWORK = {"default_mbps": 1000, "default_latency_ms": 1}
