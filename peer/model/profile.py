@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -183,6 +183,12 @@ def _batch_scale(
     return tuple(scale)
 
 
+# Forms by their top-1 agreement with float32 on the embedded model (README, "Weight forms"):
+# where forms are about as fast, a peer offers the more accurate one first.
+ACCURACY: tuple[WeightForm, ...] = ("float32", "float16", "int4", "bfloat16", "int8")
+SPEED_MARGIN = 0.05  # a less accurate form must be this much faster to count as faster
+
+
 def offered_forms(
     source: ModelSource,
     cache_dir: Path,
@@ -192,11 +198,9 @@ def offered_forms(
     fresh: bool = False,
     batch: int = 1,
 ) -> list[Profile]:
-    """The profiles of the forms a peer offers the planner, its own (the fastest at `batch`
-    sessions per pass) first. `choice` is `auto`, a form, or forms joined by commas. `auto`
-    offers the device's compact default and float32, and int8 where the default is not already
-    as small; a form that is slower and no smaller than another offered one is dropped (no plan
-    would choose it)."""
+    """The profiles of the forms a peer offers the planner (see `offer`), each profiled once
+    and cached. `choice` is `auto`, a form, or forms joined by commas; `auto` means the device's
+    compact default, float32, and int8 where the default is not already as small."""
     candidates: list[WeightForm]
     if choice == "auto":
         compact = default_form(device)
@@ -208,15 +212,31 @@ def offered_forms(
 
 
 def offer(profiles: list[Profile], batch: int) -> list[Profile]:
-    """The fastest at `batch` sessions per pass first (ties: the order given), then each slower
-    one only if it is smaller than every faster one kept."""
-    kept: list[Profile] = []
-    for profile in sorted(profiles, key=lambda p: per_token_ms(p, batch)):
+    """What a peer publishes, its own form first: the most accurate form within SPEED_MARGIN of
+    the fastest at `batch` sessions per pass; then, most accurate first, each form smaller than
+    every one kept before it. Those are offered for memory (a plan takes one where the first
+    does not fit), their times raised to at least the first form's, unit by unit, so that
+    measurement noise never makes the planner trade accuracy for nothing (a plan picks the first
+    of equally fast forms)."""
+    ranked = sorted(profiles, key=lambda p: ACCURACY.index(p.form))
+    fastest = min(per_token_ms(p, batch) for p in ranked)
+    first = next(p for p in ranked if per_token_ms(p, batch) <= fastest * (1 + SPEED_MARGIN))
+    kept = [first]
+    for profile in ranked:
+        if profile is first:
+            continue
         if all(sum(profile.weight_bytes) < sum(k.weight_bytes) for k in kept):
-            kept.append(profile)
+            kept.append(no_faster_than(profile, first, batch))
         else:
-            log.info("not offering %s weights: slower than and no smaller than another form", profile.form)
+            log.info("not offering %s weights: a more accurate form is as fast or as small", profile.form)
     return kept
+
+
+def no_faster_than(profile: Profile, first: Profile, batch: int) -> Profile:
+    """`profile` with each unit's time at `batch` raised to at least `first`'s."""
+    ratio = batch_factor(first.batch_scale, batch) / batch_factor(profile.batch_scale, batch)
+    unit_ms = tuple(max(own, theirs * ratio) for own, theirs in zip(profile.unit_ms, first.unit_ms, strict=True))
+    return replace(profile, unit_ms=unit_ms)
 
 
 def per_token_ms(profile: Profile, batch: int) -> float:

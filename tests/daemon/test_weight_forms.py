@@ -68,15 +68,40 @@ def test_the_weight_form_is_not_a_planning_setting() -> None:
     assert planning_settings(PeerConfig(weights="int4")) == planning_settings(PeerConfig(weights="float32"))
 
 
+def form(name: str, ms: float, scale: tuple[float, ...], weight: int) -> Profile:
+    return Profile((ms,) * 4, (1.0,) * 4, "cpu", "float32", 2, 1.0, scale, name, (weight,) * 4)  # type: ignore[arg-type]
+
+
+FLAT, BATCHES_WELL = (1.0, 2.0, 4.0, 8.0, 16.0), (1.0, 1.1, 1.3, 1.8, 3.0)
+
+
 def test_a_peer_offers_its_fastest_form_first_and_slower_ones_only_if_smaller() -> None:
     """Forms are weighed at the batch the plan runs: a form faster for one session but flat
     under batching loses to one that batches well, and then stays on offer as the smaller."""
-    int4 = Profile((1.0,) * 4, (1.0,) * 4, "cpu", "float32", 2, 1.0, (1.0, 2.0, 4.0, 8.0, 16.0), "int4", (1,) * 4)
-    float32 = Profile((2.5,) * 4, (1.0,) * 4, "cpu", "float32", 2, 1.0, (1.0, 1.1, 1.3, 1.8, 3.0), "float32", (8,) * 4)
-    int8 = Profile((3.0,) * 4, (1.0,) * 4, "cpu", "float32", 2, 1.0, (1.0, 2.0, 4.0, 8.0, 16.0), "int8", (2,) * 4)
+    int4, float32, int8 = form("int4", 1.0, FLAT, 1), form("float32", 2.5, BATCHES_WELL, 8), form("int8", 3.0, FLAT, 2)
     assert [p.form for p in offer([float32, int8, int4], 1)] == ["int4"]  # fastest and smallest
     assert [p.form for p in offer([int4, int8, float32], 8)] == ["float32", "int4"]  # int8: slower, larger than int4
     assert [p.form for p in offer([int8, float32], 1)] == ["float32", "int8"]
+    assert offer([int8, float32], 1)[1].unit_ms == int8.unit_ms  # slower already: its own times
+
+
+def test_where_forms_are_about_as_fast_the_most_accurate_comes_first_and_the_others_no_faster() -> None:
+    """A GPU running a small model is bound by kernel launches, so every form measures about the
+    same (seen on an H200: int8 came out 2% faster than bfloat16). Noise must not trade accuracy
+    away: float32 comes first, and the smaller forms are offered for memory with their times
+    raised to float32's, so a plan with room for float32 keeps it."""
+    float32, bfloat16, int8 = (
+        form("float32", 1.00, FLAT, 8),
+        form("bfloat16", 0.99, FLAT, 4),
+        form("int8", 0.98, FLAT, 2),
+    )
+    offered = offer([int8, bfloat16, float32], 1)
+    assert [p.form for p in offered] == ["float32", "bfloat16", "int8"]
+    assert all(p.unit_ms == float32.unit_ms for p in offered)
+    clearly_faster = form("bfloat16", 0.5, FLAT, 4)
+    assert [p.form for p in offer([int8, clearly_faster, float32], 1)] == ["bfloat16", "int8"]
+    twins = offer([float32, form("bfloat16", 0.99, FLAT, 4), form("float16", 0.99, FLAT, 4)], 1)
+    assert [p.form for p in twins] == ["float32", "float16"]  # the same size and speed: the more accurate
 
 
 def test_offered_forms_reach_the_plan_which_picks_one_per_stage(default_source: GGUFModel) -> None:
