@@ -40,6 +40,7 @@ from edgeshard.peer.model.options import WeightForm
 from edgeshard.peer.model.shard import Shard, unit_count
 from edgeshard.peer.model.text import prompt_ids
 from edgeshard.peer.model.weights import quantize_int8
+from gpu_greedy import ours  # this folder is on the path: the script's own
 
 MESSAGES = [
     "Write a short story about a robot who learns to paint.",
@@ -171,18 +172,6 @@ def parts(shard: Shard) -> dict[str, int]:
     return {"layers": layers, "embedding": table, "head+rest": shard.weight_bytes() - layers - table}
 
 
-def greedy(shard: Shard, ids: list[int], tokens: int) -> list[int]:
-    """`tokens` greedy tokens of one session through `Shard.run` (no stop token)."""
-    logits = shard.run("greedy", 0, torch.tensor(ids))
-    out: list[int] = []
-    for step in range(tokens):
-        out.append(int(logits.argmax()))
-        if step + 1 < tokens:
-            logits = shard.run("greedy", len(ids) + step, torch.tensor([out[-1]]))
-    shard.close("greedy")
-    return out
-
-
 def teacher_forced(shard: Shard, ids: list[int], reference: list[int]) -> int:
     """Steps whose argmax is `reference`'s token when fed the reference's tokens."""
     logits = shard.run("forced", 0, torch.tensor(ids))
@@ -204,7 +193,7 @@ def hold(
     source = GGUFModel(path, cache_root)
     shard = Shard(source, 0, unit_count(source.config), weights=form)
     held = Held(path.name, path.stat().st_size, form, shard.weight_bytes(), parts(shard), [], 0, 0.0)
-    held.tokens = [greedy(shard, ids, tokens) for ids in prompts]
+    held.tokens = [ours(shard, ids, tokens) for ids in prompts]
     want = reference or held.tokens
     held.forced = sum(teacher_forced(shard, ids, r) for ids, r in zip(prompts, want, strict=True))
     held.seconds = time.perf_counter() - started

@@ -1,16 +1,26 @@
 """Peers with different weight forms in one cluster (real processes): the int4 peer publishes
 its smaller units, the others plan with them, and it takes (nearly) the whole model where float32
-peers of the same memory need three."""
+peers of the same memory need three; and a peer offering two forms holds its stage in the one
+the plan gives it."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .peers import client, make_peers, running
+from .peers import Peer, client, make_peers, running
 
 pytestmark = pytest.mark.slow
+
+
+def ask(peer: Peer) -> Any:
+    """A short greedy chat completion through the peer's API."""
+    messages = [{"role": "user", "content": "Name a colour."}]
+    return client(peer).chat.completions.create(
+        model="smollm2-135m-instruct", messages=messages, temperature=0, max_tokens=8
+    )
 
 
 def test_a_peer_holding_int4_weights_takes_the_model_that_three_float32_peers_split(tmp_path: Path) -> None:
@@ -26,12 +36,7 @@ def test_a_peer_holding_int4_weights_takes_the_model_that_three_float32_peers_sp
         # the embedding and every layer (the head may still run faster on a float32 peer).
         held = {stage["device"]: stage["end"] - stage["start"] for stage in stages}
         assert len(stages) <= 2 and held.get("p1", 0) >= 31, stages
-        answer = client(started[0]).chat.completions.create(
-            model="smollm2-135m-instruct",
-            messages=[{"role": "user", "content": "Name a colour."}],
-            temperature=0,
-            max_tokens=8,
-        )
+        answer = ask(started[0])
         assert answer.choices[0].message.content
         shard = statuses[0]["shard"]
         assert 0 < shard["weight_bytes"] < 130 * 2**20  # int4 layers, int8 table, refined head
@@ -51,10 +56,5 @@ def test_a_peer_offering_two_forms_holds_its_stage_in_the_one_that_fits(tmp_path
         assert stages["p1"]["form"] == "int8", stages
         assert statuses[0]["shard"]["weights"] == "int8"
         assert all(stage.get("form") == "float32" for name, stage in stages.items() if name != "p1")
-        answer = client(started[1]).chat.completions.create(
-            model="smollm2-135m-instruct",
-            messages=[{"role": "user", "content": "Name a colour."}],
-            temperature=0,
-            max_tokens=8,
-        )
+        answer = ask(started[1])
         assert answer.choices[0].message.content
