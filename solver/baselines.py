@@ -34,10 +34,17 @@ def _stages(costs: CostModel, devices: list[int], cuts: list[int]) -> list[Stage
     bounds = [0, *cuts, costs.unit_count]
     stages = []
     for device, start, end in zip(devices, bounds, bounds[1:], strict=False):
-        if end <= start or not costs.fits(device, start, end):
+        stage = _stage(costs, device, start, end) if end > start else None
+        if stage is None:
             return None
-        stages.append(Stage(costs.ids[device], start, end, costs.form_for(device, start, end)))
+        stages.append(stage)
     return stages
+
+
+def _stage(costs: CostModel, device: int, start: int, end: int) -> Stage | None:
+    """Units [start, end) on a device in its fastest form that holds them; None if none does."""
+    variant = costs.choose(device, start, end)
+    return None if variant is None else Stage(costs.ids[device], start, end, costs.variants[device][variant].name)
 
 
 def _ordered(costs: CostModel, key: Callable[[int], Any]) -> list[int]:
@@ -125,8 +132,9 @@ def greedy(costs: CostModel) -> list[Stage] | None:
         end = position
         while end < costs.unit_count and costs.fits(device, position, end + 1):
             end += 1
-        if end > position:
-            stages.append(Stage(costs.ids[device], position, end, costs.form_for(device, position, end)))
+        stage = _stage(costs, device, position, end) if end > position else None
+        if stage is not None:
+            stages.append(stage)
             position = end
         elif not stages:
             return None  # the anchor must run stage 0

@@ -81,12 +81,6 @@ class CostModel:
         )
 
     @cached_property
-    def device_bytes(self) -> tuple[tuple[int, ...], ...]:
-        """device_bytes[d][j] - device_bytes[d][i] = memory of units [i, j) on device d in its
-        own form (its own sizes when its weights take a form of their own, else the model's)."""
-        return tuple(variants[0].bytes_prefix for variants in self.variants)
-
-    @cached_property
     def bytes_prefix(self) -> tuple[int, ...]:
         """bytes_prefix[j] - bytes_prefix[i] = the least memory units [i, j) take on any device
         in any form (each unit's smallest size): a bound the search prunes with, exact when all agree."""
@@ -101,10 +95,9 @@ class CostModel:
 
     def variant_of(self, device: int, form: str) -> int:
         """The index of a device's form by name ("" is its own form); ValueError if it has none such."""
-        names = [variant.name for variant in self.variants[device]]
         if form == "":
             return 0
-        return names.index(form)
+        return [variant.name for variant in self.variants[device]].index(form)
 
     def choose(self, device: int, start: int, end: int, cap: int | None = None) -> int | None:
         """The device's fastest form that holds units [start, end) (within `cap` ns, if given;
@@ -121,12 +114,6 @@ class CostModel:
     def out_bytes(self) -> tuple[int, ...]:
         """What each unit sends on per token."""
         return tuple(unit.out_bytes for unit in self.cluster.model.units)
-
-    @cached_property
-    def compute_prefix(self) -> tuple[tuple[int, ...], ...]:
-        """compute_prefix[d][j] - compute_prefix[d][i] = ns for device d to run units [i, j) in
-        its own form."""
-        return tuple(variants[0].compute_prefix for variants in self.variants)
 
     @cached_property
     def memory(self) -> tuple[int, ...]:
@@ -163,9 +150,3 @@ class CostModel:
         if variant is None:
             return self.choose(device, start, end) is not None
         return self.unit_bytes(device, start, end, variant) <= self.memory[device]
-
-    def form_for(self, device: int, start: int, end: int) -> str:
-        """The name of the form a stage of units [start, end) takes on a device (its fastest that
-        fits; its own form when none fits, which the plan's check then refuses)."""
-        variant = self.choose(device, start, end)
-        return self.variants[device][variant or 0].name

@@ -66,18 +66,12 @@ class _Tables:
         self.sizes = [c.size for c in classes]
         # stage[c][i][j]: ns of units [i, j) on a class-c device in its fastest form that holds
         # them within the cap (INFINITY: none does), and variant[c][i][j] that form.
+        # max_end[c][i]: the furthest end of a stage of class c starting at unit i (i: none).
         self.stage: list[list[list[int]]] = []
         self.variant: list[list[list[int]]] = []
+        self.max_end: list[list[int]] = []
         for k in range(len(classes)):
             self._stage_table(k)
-        # max_end[c][i]: the furthest end of a stage of class c starting at unit i (i: none).
-        self.max_end = [
-            [
-                max((j for j in range(i + 1, self.units + 1) if row[j] < INFINITY), default=i)
-                for i, row in enumerate(table)
-            ]
-            for table in self.stage
-        ]
         self._hops: dict[tuple[int, int, int], int] = {}
         # window_min[c][m-1]: the least compute of any m consecutive units a class-c device holds.
         self.window_min = [self._window_minima(k) for k in range(len(classes))]
@@ -133,15 +127,20 @@ class _Tables:
         device, units = self.classes[k].representative, self.units
         stage = [[INFINITY] * (units + 1) for _ in range(units + 1)]
         variant = [[0] * (units + 1) for _ in range(units + 1)]
+        ends = []
         for start in range(units):
-            for end in range(start + 1, units + 1):
-                chosen = self.costs.choose(device, start, end, self.cap)
+            end = start
+            while end < units:  # a longer stage fits no form once this one does not (times and sizes only grow)
+                chosen = self.costs.choose(device, start, end + 1, self.cap)
                 if chosen is None:
-                    break  # a longer stage fits no form either (times and sizes only grow)
+                    break
+                end += 1
                 stage[start][end] = self.costs.compute(device, start, end, chosen)
                 variant[start][end] = chosen
+            ends.append(end)
         self.stage.append(stage)
         self.variant.append(variant)
+        self.max_end.append(ends)
 
     def _window_minima(self, k: int) -> list[int]:
         table, minima = self.stage[k], []
