@@ -6,23 +6,12 @@ import random
 
 import pytest
 from edgeshard.solver import InfeasibleError, plan
-from edgeshard.solver.brute_force import all_plans
 from edgeshard.solver.costs import CostModel
-from edgeshard.solver.plan import evaluate
 from edgeshard.solver.random_clusters import random_cluster
 
+from .optimal import assert_optimal
+
 INSTANCES = 240
-
-
-def _reference(costs: CostModel) -> tuple[int | None, tuple[int, int] | None]:
-    """Brute force: min latency, and min (bottleneck, latency) lexicographically."""
-    latency: int | None = None
-    throughput: tuple[int, int] | None = None
-    for _, cost in all_plans(costs):
-        latency = cost.latency_ns if latency is None else min(latency, cost.latency_ns)
-        key = (cost.bottleneck_ns, cost.latency_ns)
-        throughput = key if throughput is None else min(throughput, key)
-    return latency, throughput
 
 
 def _instances() -> list[tuple[int, object]]:
@@ -41,22 +30,9 @@ def _instances() -> list[tuple[int, object]]:
 
 @pytest.mark.parametrize(("index", "cluster"), _instances(), ids=lambda v: str(v) if isinstance(v, int) else "")
 def test_both_objectives_equal_brute_force(index: int, cluster: object) -> None:
-    costs = CostModel(cluster)  # type: ignore[arg-type]
-    best_latency, best_throughput = _reference(costs)
-    if best_latency is None:
-        for objective in ("latency", "throughput"):
-            with pytest.raises(InfeasibleError):
-                plan(cluster, objective)  # type: ignore[arg-type]
-        return
-    latency_plan = plan(cluster, "latency")  # type: ignore[arg-type]
-    throughput_plan = plan(cluster, "throughput")  # type: ignore[arg-type]
-    # Valid under the cost model, and the reported cost is the evaluated one.
-    assert evaluate(costs, latency_plan.stages) == latency_plan.cost
-    assert evaluate(costs, throughput_plan.stages) == throughput_plan.cost
-    assert latency_plan.cost.latency_ns == best_latency
-    # Throughput: least bottleneck, and among those the least latency.
-    assert (throughput_plan.cost.bottleneck_ns, throughput_plan.cost.latency_ns) == best_throughput
-    assert latency_plan.optimal and throughput_plan.optimal
+    plans = assert_optimal(cluster)  # type: ignore[arg-type]
+    if plans is not None:
+        assert all(found.optimal for found in plans)
 
 
 def test_the_instances_exercise_binding_memory_and_slow_links() -> None:

@@ -10,11 +10,11 @@ from dataclasses import replace
 
 import pytest
 from edgeshard.solver import ClusterFileError, Form, InfeasibleError, InvalidPlanError, assess, plan
-from edgeshard.solver.brute_force import all_plans
 from edgeshard.solver.cluster import Cluster, Device, DeviceId, Model, Network, Unit, parse_cluster
-from edgeshard.solver.costs import CostModel
-from edgeshard.solver.plan import Stage, evaluate
+from edgeshard.solver.plan import Stage
 from edgeshard.solver.random_clusters import random_cluster
+
+from .optimal import assert_optimal
 
 GIB = 2**30
 UNITS = 8
@@ -122,22 +122,7 @@ def with_forms(rng: random.Random, base: Cluster) -> Cluster:
 @pytest.mark.parametrize("seed", range(40))
 def test_plans_with_forms_equal_brute_force(seed: int) -> None:
     rng = random.Random(1000 + seed)
-    mixed = with_forms(rng, random_cluster(rng, rng.randint(2, 4), rng.randint(4, 6)))
-    costs = CostModel(mixed)
-    plans = list(all_plans(costs))
-    if not plans:
-        with pytest.raises(InfeasibleError):
-            plan(mixed, "latency")
-        return
-    for objective in ("latency", "throughput"):
-        found = plan(mixed, objective)
-        assert evaluate(costs, found.stages) == found.cost
-        if objective == "latency":
-            assert found.cost.latency_ns == min(cost.latency_ns for _s, cost in plans)
-        else:
-            bottleneck = min(cost.bottleneck_ns for _s, cost in plans)
-            assert found.cost.bottleneck_ns == bottleneck
-            assert found.cost.latency_ns == min(c.latency_ns for _s, c in plans if c.bottleneck_ns == bottleneck)
+    assert_optimal(with_forms(rng, random_cluster(rng, rng.randint(2, 4), rng.randint(4, 6))))
 
 
 def test_random_clusters_exercise_the_compact_forms() -> None:

@@ -9,11 +9,10 @@ from dataclasses import replace
 
 import pytest
 from edgeshard.solver import InfeasibleError, plan
-from edgeshard.solver.brute_force import all_plans
 from edgeshard.solver.cluster import Cluster, Device, DeviceId, Model, Network, Unit, parse_cluster
-from edgeshard.solver.costs import CostModel
-from edgeshard.solver.plan import evaluate
 from edgeshard.solver.random_clusters import random_cluster
+
+from .optimal import assert_optimal
 
 GIB = 2**30
 
@@ -58,14 +57,4 @@ def test_plans_with_per_device_sizes_equal_brute_force(seed: int) -> None:
         else d
         for d in base.devices
     )
-    mixed = replace(base, devices=devices)
-    costs = CostModel(mixed)
-    plans = list(all_plans(costs))
-    if not plans:
-        with pytest.raises(InfeasibleError):
-            plan(mixed, "latency")
-        return
-    best = min(cost.latency_ns for _stages, cost in plans)
-    found = plan(mixed, "latency")
-    assert found.cost.latency_ns == best
-    assert evaluate(costs, found.stages) == found.cost
+    assert_optimal(replace(base, devices=devices))
