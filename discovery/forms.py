@@ -7,15 +7,14 @@ lists the others, so the planner can give a stage the form that fits (solver.For
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from .values import MAX_MEMORY, MAX_MS, integer, number
+
 FORM_NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
 MAX_FORMS = 8
-MAX_MS = 1e6
-MAX_BYTES = 2**52
 
 
 @dataclass(frozen=True)
@@ -53,25 +52,17 @@ def forms_from_wire(value: Any, units: int, own: str) -> tuple[FormFigures, ...]
         if not name or name in {own, *(f.name for f in forms)}:
             raise ValueError("fx: each form has a name of its own")
         unit_ms, unit_bytes, scale = entry[1], entry[2], entry[3]
-        if not (isinstance(unit_ms, list) and len(unit_ms) == units and all(_number(x, 0.0, MAX_MS) for x in unit_ms)):
+        if not (isinstance(unit_ms, list) and len(unit_ms) == units and all(number(x, 0.0, MAX_MS) for x in unit_ms)):
             raise ValueError("fx unit_ms: one time per unit")
         if not sum(unit_ms) > 0:
             raise ValueError("fx unit_ms: not all zero")
         if not (
-            isinstance(unit_bytes, list) and len(unit_bytes) in (0, units) and all(_integer(x) for x in unit_bytes)
+            isinstance(unit_bytes, list)
+            and len(unit_bytes) in (0, units)
+            and all(integer(x, 1, MAX_MEMORY) for x in unit_bytes)
         ):
             raise ValueError("fx unit_bytes: none, or bytes per unit")
-        if not (isinstance(scale, list) and len(scale) <= 16 and all(_number(x, 1e-6, 1e6) for x in scale)):
+        if not (isinstance(scale, list) and len(scale) <= 16 and all(number(x, 1e-6, 1e6) for x in scale)):
             raise ValueError("fx batch_scale: up to 16 factors")
         forms.append(FormFigures(name, tuple(map(float, unit_ms)), tuple(unit_bytes), tuple(map(float, scale))))
     return tuple(forms)
-
-
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_BYTES
-
-
-def _number(value: Any, low: float, high: float) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
-    )

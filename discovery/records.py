@@ -16,7 +16,6 @@ malformed record is the sender's fault (`RecordError`) and changes nothing.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -27,6 +26,9 @@ import msgpack
 
 from .forms import FormFigures, form_name, forms_from_wire, forms_to_wire
 from .signing import KEY_BYTES, SIGNATURE_BYTES, peer_id_of, verify
+from .values import MAX_MEMORY, MAX_MS
+from .values import integer as _integer
+from .values import number as _number
 
 PeerId = NewType("PeerId", str)
 RECORD_VERSION = 2  # 2: signed records, key-derived ids, names
@@ -34,8 +36,6 @@ MAX_PEERS = 256  # records, links and obituaries a message or a view holds
 MAX_UNITS = 4096
 MAX_RECORD_BYTES = 64 * 1024
 MAX_COUNTER = 2**62
-MAX_MEMORY = 2**52  # 4 PiB: far beyond any device, small enough for exact float arithmetic
-MAX_MS = 1e6  # per unit; a device slower than this could not take part anyway
 MAX_MBPS = 1e6
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 PEER_ID = re.compile(r"[0-9a-f]{16}")
@@ -266,16 +266,6 @@ def _signed_records(bodies: Any) -> list[PeerRecord]:
             raise RecordError(f"record of {record.peer_id}: bad signature")
         records.append(replace(record, signed=item[0], signature=item[1]))
     return records
-
-
-def _integer(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def _number(value: Any, low: float, high: float) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
-    )
 
 
 def _text(body: Mapping[str, Any], key: str, limit: int = 128, default: str | None = None) -> str:
