@@ -359,11 +359,6 @@ class PeerNode:
 
     async def _load(self, start: int, end: int, layout: str, form: WeightForm) -> None:
         current = self.stage.shard
-        if current is not None and current.form != form:  # its tensors are of another form
-            log.info(
-                "the plan holds units [%d, %d) in %s weights, not %s: loading anew", start, end, form, current.form
-            )
-            current = None
         await self.stage.serve(None, "")  # refuse sessions while loading
         self._announce("")
         started = time.perf_counter()

@@ -130,8 +130,10 @@ class Shard(nn.Module):
         order = [n for unit in range(start, end) for n in unit_tensor_names(config, unit)]
         names = set(order)
         # Tensors the previous shard of this peer already holds are taken over, not reloaded:
-        # a re-plan that moves a split point by a few layers loads only those layers.
-        reused = {n: t for n, t in reuse.held_tensors().items() if n in names} if reuse is not None else {}
+        # a re-plan that moves a split point by a few layers loads only those layers. A shard of
+        # another weight form holds other tensors: nothing is taken from it.
+        previous = reuse if reuse is not None and reuse.form == self.form else None
+        reused = {n: t for n, t in previous.held_tensors().items() if n in names} if previous is not None else {}
         self.reused_tensors = len(reused)
         # The embedding and head load below: a tied matrix may be wanted in two forms.
         tables = {EMBEDDING, HEAD}

@@ -106,6 +106,7 @@ def test_a_moved_split_point_reuses_the_tensors_held(random_hf_model: Path) -> N
     before, after = Shard(source, 0, 4), Shard(source, 4, 7)
     moved = Shard(source, 0, 5, reuse=before)  # one layer more: only its tensors are loaded
     assert moved.reused_tensors == len(before.held_tensors())
+    assert Shard(source, 0, 5, weights="bfloat16", reuse=before).reused_tensors == 0  # another form: none
     rest = Shard(source, 5, 7, reuse=after)
     ids = torch.tensor([5, 6, 7, 8])
     expected = whole.run("s", 0, ids)
