@@ -204,7 +204,9 @@ def offered_forms(
     candidates: list[WeightForm]
     if choice == "auto":
         compact = default_form(device)
-        candidates = [compact, "float32", *(["int8"] if compact not in ("int4", "int8") else [])]  # type: ignore[list-item]
+        candidates = [compact, "float32"]
+        if compact not in ("int4", "int8"):
+            candidates.append("int8")
     else:
         candidates = [resolve_form(name.strip(), device) for name in choice.split(",")]
     profiles = [load_or_measure(source, cache_dir, device, form, slowdown, fresh) for form in dict.fromkeys(candidates)]
