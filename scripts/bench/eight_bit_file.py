@@ -40,7 +40,8 @@ from edgeshard.peer.model.options import WeightForm
 from edgeshard.peer.model.shard import Shard, unit_count
 from edgeshard.peer.model.text import prompt_ids
 from edgeshard.peer.model.weights import quantize_int8
-from gpu_greedy import ours  # this folder is on the path: the script's own
+from forms import teacher_forced  # this folder is on the path: the script's own
+from gpu_greedy import ours
 
 MESSAGES = [
     "Write a short story about a robot who learns to paint.",
@@ -172,18 +173,6 @@ def parts(shard: Shard) -> dict[str, int]:
     return {"layers": layers, "embedding": table, "head+rest": shard.weight_bytes() - layers - table}
 
 
-def teacher_forced(shard: Shard, ids: list[int], reference: list[int]) -> int:
-    """Steps whose argmax is `reference`'s token when fed the reference's tokens."""
-    logits = shard.run("forced", 0, torch.tensor(ids))
-    hits = 0
-    for step, token in enumerate(reference):
-        hits += int(logits.argmax()) == token
-        if step + 1 < len(reference):
-            logits = shard.run("forced", len(ids) + step, torch.tensor([token]))
-    shard.close("forced")
-    return hits
-
-
 def hold(
     path: Path, cache_root: Path, form: WeightForm, prompts: list[list[int]], tokens: int, reference: list[list[int]]
 ) -> Held:
@@ -195,7 +184,12 @@ def hold(
     held = Held(path.name, path.stat().st_size, form, shard.weight_bytes(), parts(shard), [], 0, 0.0)
     held.tokens = [ours(shard, ids, tokens) for ids in prompts]
     want = reference or held.tokens
-    held.forced = sum(teacher_forced(shard, ids, r) for ids, r in zip(prompts, want, strict=True))
+    forced = teacher_forced(shard, [ids + r for ids, r in zip(prompts, want, strict=True)], [len(p) for p in prompts])
+    held.forced = sum(
+        int(row.argmax()) == token
+        for rows, r in zip(forced, want, strict=True)
+        for row, token in zip(rows, r, strict=True)
+    )
     held.seconds = time.perf_counter() - started
     print(f"{form} from {path.name}: {held.seconds:.1f} s", file=sys.stderr)
     return held
