@@ -358,10 +358,13 @@ def test_ten_thousand_hostile_inputs_take_nothing_down(cluster: list[Peer]) -> N
     half = len(samples) // 2 - 1
     assert samples[-1][0] - samples[half][0] < 32 * 2**20
     assert rss_after - rss_before < 256 * 2**20
-    # Open files go up and down with the connections in flight (TLS ones linger until aiohttp's
-    # keep-alive timeout closes them): bounded means no upward trend and a bounded level.
+    # Open files go up and down with the connections in flight (a CI run saw 77..139 with no
+    # trend), so the level is only bounded; a leak shows once the fuzzing clients have gone: the
+    # count must come back to where it started.
     files = [n for _, n in samples]
-    assert max(files[half + 1 :]) <= max(files[: half + 1]) + 16 and max(files) < 512
+    assert max(files) < 512
+    settled = wait_until(lambda: n if (n := _resources(target)[1]) <= fds_before + 8 else None, 60, "files closed")
+    print(f"open files once the clients left: {settled} (before: {fds_before})")
     assert layout(cluster) == before
     answer = client(target).chat.completions.create(
         model="smollm2-135m-instruct",

@@ -72,13 +72,36 @@ def until(driver: webdriver.Chrome, check: Callable[[], T | None], what: str, ti
         raise AssertionError(f"the page never showed {what}; it shows:\n{body[:3000]}") from None
 
 
+# Every read of the page is one script call: the page redraws its blocks on each event, so an
+# element found one WebDriver call earlier may already be stale (seen in CI, twice).
 def texts(driver: webdriver.Chrome, css: str) -> list[str]:
-    return [element.text for element in driver.find_elements(By.CSS_SELECTOR, css)]
+    found: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => (e.innerText ?? e.textContent).trim())", css
+    )
+    return found
+
+
+def text_at(driver: webdriver.Chrome, css: str) -> str:
+    found = texts(driver, css)
+    assert len(found) == 1, (css, found)
+    return found[0]
 
 
 def shown_links(driver: webdriver.Chrome) -> dict[tuple[str, str], str]:
-    cells = driver.find_elements(By.CSS_SELECTOR, "#links td.link")
-    return {(c.get_attribute("data-from") or "", c.get_attribute("data-to") or ""): c.text for c in cells}
+    cells: list[list[str]] = driver.execute_script(
+        "return [...document.querySelectorAll('#links td.link')]"
+        ".map(c => [c.dataset.from || '', c.dataset.to || '', c.innerText.trim()])"
+    )
+    return {(source, to): shown for source, to, shown in cells}
+
+
+def plan_bar(driver: webdriver.Chrome) -> list[tuple[str, str, float]]:
+    """Each segment of the plan bar: its device, the name it shows, its width in pixels."""
+    segments: list[list[Any]] = driver.execute_script(
+        "return [...document.querySelectorAll('#plan-bar .segment')]"
+        ".map(e => [e.dataset.device, e.querySelector('b').innerText.trim(), e.getBoundingClientRect().width])"
+    )
+    return [(str(device), str(name), float(width)) for device, name, width in segments]
 
 
 def status_links(status: dict[str, Any]) -> dict[tuple[str, str], float]:
@@ -110,14 +133,10 @@ def test_the_dashboard_shows_the_cluster_and_a_reply_arrives_live(
     # The plan bar: one segment per stage, in order, named by device, as wide as its units.
     stages = status["plan"]["stages"]
     assert len(stages) == 3  # 256 MiB each: the model needs all three
-    segments = until(
-        browser,
-        lambda: s if len(s := browser.find_elements(By.CSS_SELECTOR, "#plan-bar .segment")) == len(stages) else None,
-        "the plan bar",
-    )
-    assert [s.get_attribute("data-device") for s in segments] == [st["device"] for st in stages]
-    assert [s.find_element(By.TAG_NAME, "b").text for s in segments] == [st["device"] for st in stages]
-    widths = [s.size["width"] for s in segments]
+    segments = until(browser, lambda: s if len(s := plan_bar(browser)) == len(stages) else None, "the plan bar")
+    assert [device for device, _name, _width in segments] == [st["device"] for st in stages]
+    assert [name for _device, name, _width in segments] == [st["device"] for st in stages]
+    widths = [width for _device, _name, width in segments]
     units = [st["end"] - st["start"] for st in stages]
     for width, count in zip(widths, units, strict=True):  # flex-grow by units: widths in proportion
         assert abs(width / sum(widths) - count / sum(units)) < 0.05
@@ -133,14 +152,14 @@ def test_the_dashboard_shows_the_cluster_and_a_reply_arrives_live(
 
     cells = until(browser, links_match, "the measured links")
     assert len(cells) == 6  # every peer measures the other two
-    for text in cells.values():
-        assert re.fullmatch(r"[\d.]+ [MG]bps · [\d.]+ ms", text), text
+    for cell in cells.values():
+        assert re.fullmatch(r"[\d.]+ [MG]bps · [\d.]+ ms", cell), cell
     labels = texts(browser, "#links-graph text.edge-label")
     assert len(labels) == 6 and all("bps" in label for label in labels)
 
     # A reply, and the page updates without a reload: its per-stage timing and the token count.
     browser.execute_script("window.__sameDocument = 'kept'")
-    tokens_before = int(browser.find_element(By.ID, "tokens").text)
+    tokens_before = int(text_at(browser, "#tokens"))
     answer = client(peer).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Name three colours."}], temperature=0, max_tokens=16
     )
@@ -148,7 +167,7 @@ def test_the_dashboard_shows_the_cluster_and_a_reply_arrives_live(
     assert generated > 0
     until(
         browser,
-        lambda: browser.find_element(By.ID, "timing").get_attribute("data-reply") == answer.id or None,
+        lambda: browser.execute_script("return document.getElementById('timing').dataset.reply") == answer.id or None,
         "the reply's timing",
         30,
     )
@@ -158,19 +177,19 @@ def test_the_dashboard_shows_the_cluster_and_a_reply_arrives_live(
         "return [...document.querySelectorAll('#timing [data-stage]')].map(r => [r.dataset.stage, r.innerText])"
     )
     assert [stage for stage, _text in rows] == [st["device"] for st in stages]
-    for _stage, text in rows:
-        assert re.search(r"[\d.]+ \+ [\d.]+ \+ [\d.]+ ms \(predicted [\d.]+\)", text), text
+    for _stage, timing in rows:
+        assert re.search(r"[\d.]+ \+ [\d.]+ \+ [\d.]+ ms \(predicted [\d.]+\)", timing), timing
     assert len(browser.find_elements(By.CSS_SELECTOR, "#timing [data-link]")) == len(stages) + 1
     tokens = until(
         browser,
-        lambda: t if (t := int(browser.find_element(By.ID, "tokens").text)) >= tokens_before + generated else None,
+        lambda: t if (t := int(text_at(browser, "#tokens"))) >= tokens_before + generated else None,
         "the new token count",
         30,
     )
     assert tokens == tokens_before + generated  # nothing else asked this API meanwhile
     assert browser.execute_script("return window.__sameDocument") == "kept"  # no reload: the stream did it
     assert browser.find_elements(By.CSS_SELECTOR, f'#replies tr[data-reply="{answer.id}"]')
-    assert browser.find_element(By.ID, "live").text == "● live"
+    assert text_at(browser, "#live") == "● live"
 
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1280, min(int(height) + 140, 2400))  # the whole page, 1280 wide
