@@ -3,11 +3,13 @@
 Each round this peer beats its own heartbeat, picks `fanout` targets (random live peers, plus
 bootstrap addresses and mDNS finds it has no record for yet), and POSTs `/gossip` with its digest
 and its records; the target merges them and answers with every record the sender's digest shows it
-lacks. Then dead peers are swept. Every request has a timeout; a malformed body gets a 400 and
-changes nothing. `leave` pushes this peer's own death certificate to every peer at once (a
-stop on purpose); `suspect` checks a peer now on an unauthenticated hint (an mDNS goodbye).
-Requests are signed with the cluster secret (`auth`; the receiving server's
-middleware checks them) and a reply counts only when it is signed too.
+lacks. Then dead peers are swept. The addresses of peers that left the view are tried again in the
+background each round, so a device that comes back is found even by peers that never listed it.
+Every request has a timeout; a malformed body gets a 400 and changes nothing. `leave` pushes this
+peer's own death certificate to every peer at once (a stop on purpose); `suspect` checks a peer
+now on an unauthenticated hint (an mDNS goodbye). Requests are signed with the cluster secret
+(`auth`; the receiving server's middleware checks them) and a reply counts only when it is signed
+too.
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ class Gossip:
         self._session: aiohttp.ClientSession | None = None
         self._nudged = asyncio.Event()
         self._checks: dict[str, asyncio.Task[bool]] = {}  # address: its check under way
+        # Where removed peers lived: contacted again each round, so a device that returns on its
+        # address is found even where no one lists it (a bootstrap seed restarted with an empty
+        # list); in the background, so a host that is off cannot slow the round. Bounded.
+        self.lost: dict[str, None] = {}
+        self._addresses: dict[PeerId, str] = {}  # the view's addresses at the last round
 
     def add_routes(self, app: web.Application) -> None:
         """Mount the /gossip endpoint."""
@@ -178,9 +185,14 @@ class Gossip:
         silent one is left to the failure detector. False when it is not a member, or is being
         checked already (a flood of goodbyes costs one exchange at a time per peer)."""
         record = self.membership.records.get(peer)
-        if record is None or peer == self.membership.own.peer_id or record.address in self._checks:
+        if record is None or peer == self.membership.own.peer_id:
             return False
-        address = record.address
+        return self._in_background(record.address)
+
+    def _in_background(self, address: str) -> bool:
+        """One exchange with `address`, not awaited; False when one is under way already."""
+        if address in self._checks:
+            return False
         task = asyncio.get_running_loop().create_task(self.exchange(address))
         self._checks[address] = task
         task.add_done_callback(lambda done: self._checked(address, done))
@@ -204,11 +216,28 @@ class Gossip:
         """One gossip round; returns the peers that left the view in it (silent or refused)."""
         before = set(self.membership.records)
         self.membership.beat()
+        self._seek_lost()
         await asyncio.gather(*(self.exchange(address) for address in self._targets()))
         swept = self.membership.sweep(self.clock())
         if swept and self.on_change is not None:
             self.on_change([], swept)
         return sorted(before - set(self.membership.records))
+
+    def _seek_lost(self) -> None:
+        """Remember the addresses of peers gone since the last round; contact each lost one."""
+        records = self.membership.records
+        now = {peer: record.address for peer, record in records.items() if peer != self.membership.own.peer_id}
+        for peer, address in self._addresses.items():
+            if peer not in now:
+                self.lost.pop(address, None)
+                self.lost[address] = None
+        self._addresses = now
+        for address in set(now.values()) | {self.membership.own.address}:
+            self.lost.pop(address, None)  # back, or taken over by a live peer (or us)
+        while len(self.lost) > MAX_PEERS:
+            del self.lost[next(iter(self.lost))]
+        for address in self.lost:
+            self._in_background(address)
 
     def nudge(self) -> None:
         """Gossip now rather than at the next interval (our record changed: e.g. a new plan is

@@ -1,5 +1,6 @@
 """edgeshard-peer processes form a cluster by themselves, agree on one plan, answer through the
-OpenAI client with transformers' exact greedy tokens, and survive a SIGKILLed or SIGSTOPped peer.
+OpenAI client with transformers' exact greedy tokens, and survive a SIGSTOPped peer (a SIGKILLed
+one under eight streams, and the recovery after it, is test_many_users.py's).
 
 Real processes on loopback, real mDNS (multicast on 127.0.0.1) or bootstrap lists, real signals.
 Each peer may use 256 MiB for units, so the default model needs three of them.
@@ -7,7 +8,6 @@ Each peer may use 256 MiB for units, so the default model needs three of them.
 
 from __future__ import annotations
 
-import itertools
 import secrets
 import signal
 import socket
@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 
 from tests.engine_fixtures import chat_ids, reference_tokens
 
-from .peers import Peer, agreed, client, make_peers, post_chat, running, start_all, wait_until
+from .peers import Peer, agreed, client, make_peers, running, start_all, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -143,71 +143,6 @@ def test_bootstrap_lists_without_mdns(
         assert not any("mDNS" in p.log() for p in peers)
     finally:
         notify.close()
-        for peer in peers:
-            peer.stop()
-
-
-def test_sigkill_of_a_middle_stage_mid_generation_loses_no_token(
-    tmp_path: Path, default_source: GGUFModel, reference_model: PreTrainedModel
-) -> None:
-    peers = make_peers(tmp_path, 4)  # one spare: after the kill three remain, enough for the model
-    try:
-        plan = start_all(peers)
-        assert len(plan["stages"]) >= 3  # three peers are needed; measured profiles may pick four
-        middle = next(p for p in peers if p.name == plan["stages"][1]["device"])
-        asker = next(p for p in peers if p.name == plan["stages"][0]["device"])
-        survivors = [p for p in peers if p is not middle]
-        ids = chat_ids(default_source, STORY)
-        expected = reference_tokens(reference_model, ids, 120, default_source.config.eos_token_id)
-        assert len(expected) > 40, "the prompt must keep the model talking past the kill"
-
-        stream = client(asker).chat.completions.create(
-            model="smollm2-135m-instruct",
-            messages=[{"role": "user", "content": STORY}],
-            temperature=0,
-            max_tokens=120,
-            stream=True,
-        )
-        chunks, arrivals = [], []
-        for chunk in stream:
-            chunks.append(chunk)
-            arrivals.append(time.monotonic())
-            if len(chunks) == 16:
-                middle.extra["killed"] = True
-                middle.signal(signal.SIGKILL)
-                killed_at = time.monotonic()
-        extra = chunks[-1].model_extra["edgeshard"]
-        assert extra["token_ids"] == expected
-        text = "".join(c.choices[0].delta.content or "" for c in chunks)
-        assert text == default_source.tokenizer().decode(expected, skip_special_tokens=True)
-        assert len(extra["failovers"]) == 1
-        failover = extra["failovers"][0]
-        stall = max(b - a for a, b in itertools.pairwise(arrivals) if b > killed_at)
-        print(f"\nfail-over: {failover}; longest stall after the kill {stall:.2f} s")
-
-        after = wait_until(lambda: agreed(survivors), 60, "the survivors to agree on a new plan", survivors)
-        assert middle.name not in {s["device"] for s in after["stages"]}
-        assert after["layout_id"] == failover["new_layout"]
-
-        # Kill one more: two peers cannot hold the model; a request fails fast and says why.
-        victim = next(p for p in survivors if p is not asker)
-        victim.extra["killed"] = True
-        victim.signal(signal.SIGKILL)
-        rest = [p for p in survivors if p is not victim]
-        wait_until(
-            lambda: True if "cannot hold the model" in str((asker.status() or {}).get("reason")) else None,
-            60,
-            "the planner to report the model no longer fits",
-            rest,
-        )
-        status, _headers, text = post_chat(asker, "hi", 4, timeout_s=60)
-        assert status == 503 and "cannot hold the model" in text
-        # The device returns (a restart: higher incarnation): the cluster recovers by itself.
-        victim.extra["killed"] = False
-        victim.start()
-        wait_until(lambda: agreed([*rest, victim]), 180, "recovery after the peer returned", [*rest, victim])
-        assert ask(asker, QUESTION, 8).model_extra["edgeshard"]["token_ids"]
-    finally:
         for peer in peers:
             peer.stop()
 

@@ -20,7 +20,12 @@ from edgeshard.peer.pipeline.servers import start_server
 
 
 async def _peer(
-    name: str, bootstrap: list[str], secret: bytes | None = None, key: Signer | None = None
+    name: str,
+    bootstrap: list[str],
+    secret: bytes | None = None,
+    key: Signer | None = None,
+    port: int = 0,
+    incarnation: int = 1,
 ) -> tuple[Gossip, web.AppRunner]:
     # Bind first (port 0), then build the record with the real address.
     holder: list[Gossip] = []
@@ -33,9 +38,11 @@ async def _peer(
         app.middlewares.append(middleware(auth, lambda host, why: None))
         app.router.add_post(GOSSIP_PATH, handle)
 
-    runner, url = await start_server(mount)
+    runner, url = await start_server(mount, port=port)
     key = key or Signer()
-    record = PeerRecord(PeerId(key.peer_id), 1, 0, url, "home", "m", 2**30, (1.0, 1.0), name=name, key=key.public_key)
+    record = PeerRecord(
+        PeerId(key.peer_id), incarnation, 0, url, "home", "m", 2**30, (1.0, 1.0), name=name, key=key.public_key
+    )
     members = Membership(record, FailurePolicy(dead_after_s=2.0), sign=partial(sign_record, sign=key.sign))
     gossip = Gossip(members, bootstrap, interval_s=0.1, auth=auth)
     holder.append(gossip)
@@ -79,6 +86,47 @@ async def test_views_converge_and_a_dead_peer_leaves(three: list[tuple[Gossip, w
             break
     assert dead == [[c_id], [c_id]]
     assert all(names(g) == ["a", "b"] for g in survivors)
+
+
+async def test_a_seed_that_restarts_with_no_bootstrap_list_is_found_again() -> None:
+    """a is the seed (b lists it, c lists b). b dies for good, then a dies and restarts on its
+    address with an empty list: only c is left, which never listed a; c finds a again because
+    it keeps trying the addresses of the peers it lost."""
+    key = Signer()
+    peers = [await _peer("a", [], key=key)]
+    address = peers[0][0].membership.own.address
+    peers.append(await _peer("b", [address]))
+    peers.append(await _peer("c", [peers[1][0].membership.own.address]))
+    try:
+        for _ in range(20):
+            await asyncio.gather(*(g.round() for g, _ in peers))
+        assert all(names(g) == ["a", "b", "c"] for g, _ in peers)
+        for gossip, runner in peers[:2]:
+            await gossip.close()
+            await runner.cleanup()
+        c = peers[2][0]
+        for _ in range(60):
+            await c.round()
+            if names(c) == ["c"]:
+                break
+            await asyncio.sleep(0.1)
+        assert names(c) == ["c"]
+        await c.round()
+        assert address in c.lost
+        # The device comes back: its key, the next incarnation, its port, and no bootstrap list.
+        a = await _peer("a", [], key=key, port=int(address.rsplit(":", 1)[1]), incarnation=2)
+        peers = [a, peers[2]]
+        for _ in range(30):
+            await asyncio.gather(a[0].round(), c.round())
+            if names(a[0]) == names(c) == ["a", "c"]:
+                break
+            await asyncio.sleep(0.05)
+        assert names(a[0]) == names(c) == ["a", "c"]
+        assert address not in c.lost
+    finally:
+        for gossip, runner in peers:
+            await gossip.close()
+            await runner.cleanup()
 
 
 async def test_garbage_gets_400_and_changes_nothing(three: list[tuple[Gossip, web.AppRunner]]) -> None:
