@@ -16,6 +16,8 @@ port 7421 of that address, reachable from the machine. Shaping is per directed l
 host's interface an HTB class per destination (its rate) with a netem qdisc below it (delay,
 loss; `--link` applies to both directions, `--default` to every other pair). A kernel built
 without netem gets the rates only, and `up` says so. mDNS runs over the bridge, as on a LAN.
+`up` starts the peers one at a time, each once the previous one's API answers (it has measured
+its device by then): the hosts share the machine's cores, and separate devices would not.
 
 The cluster is closed, as a real one should be: `up` creates a cluster secret (STATE/secret, once:
 kept across `down`), an API key (STATE/api.key, likewise) and a state directory per peer
@@ -289,6 +291,9 @@ def up(args: argparse.Namespace) -> None:
         shape(host, hosts, args.default, links, netem)
     for host in hosts:
         start_peer(host, peer_command(host, options, secret_path()))
+        # One at a time: the hosts share this machine's cores, so a peer profiling while another
+        # does measures the contention, not its device (a host slowed 3x once measured 1.6x).
+        wait_answering(host, key)
     print(f"testbed up: {len(hosts)} hosts; APIs at http://{PREFIX}.N:{API_PORT}/v1; logs in {STATE}")
     print(f"API key in {api_key_path()} (`scripts/testbed key`); clients send it, e.g.")
     print(f'  curl -H "Authorization: Bearer $(scripts/testbed key)" http://{address(hosts[0])}:{API_PORT}/v1/models')
@@ -339,12 +344,27 @@ def statuses(hosts: list[str], key: str | None = None) -> dict[str, dict[str, An
     return result
 
 
+def check_alive(hosts: list[str]) -> None:
+    if dead := [h for h in hosts if (pid := peer_pid(h)) is not None and not alive(pid)]:
+        tail = (STATE / f"{dead[0]}.log").read_text(errors="replace").strip().splitlines()[-3:]
+        raise SystemExit(f"testbed: the peer of {', '.join(dead)} exited: " + " / ".join(tail))
+
+
+def wait_answering(host: str, key: str | None, timeout_s: float = 300) -> None:
+    """Until the host's API answers: its peer has measured the device (that comes first)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        check_alive([host])
+        if statuses([host], key)[host] is not None:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"testbed: the peer of {host} did not answer within {timeout_s:.0f} s (logs in {STATE})")
+
+
 def wait_ready(hosts: list[str], timeout_s: float, key: str | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if dead := [h for h in hosts if (pid := peer_pid(h)) is not None and not alive(pid)]:
-            tail = (STATE / f"{dead[0]}.log").read_text(errors="replace").strip().splitlines()[-3:]
-            raise SystemExit(f"testbed: the peer of {', '.join(dead)} exited: " + " / ".join(tail))
+        check_alive(hosts)
         seen = statuses(hosts, key)
         layouts = {json.dumps((s.get("plan") or {}).get("layout_id")) for s in seen.values() if s}
         if all(s and s["ready"] for s in seen.values()) and len(layouts) == 1:
