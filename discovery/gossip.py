@@ -126,7 +126,8 @@ class Gossip:
         own = self.membership.own
         known = {r.address for r in self.membership.records.values()}
         peers = sorted(r.address for r in self.membership.records.values() if r.peer_id != own.peer_id)
-        fresh = sorted(set(self.candidates) - known - {own.address})
+        # A lost address is contacted by `_seek_lost` already, in the background: not twice.
+        fresh = sorted(set(self.candidates) - known - {own.address} - set(self.lost))
         chosen = self.rng.sample(peers, min(self.fanout, len(peers)))
         return chosen + fresh
 

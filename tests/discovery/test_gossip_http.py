@@ -113,6 +113,9 @@ async def test_a_seed_that_restarts_with_no_bootstrap_list_is_found_again() -> N
         assert names(c) == ["c"]
         await c.round()
         assert address in c.lost
+        b_address = peers[1][0].membership.own.address
+        assert b_address in c.lost and b_address in c.candidates  # c's bootstrap peer, lost:
+        assert b_address not in c._targets()  # contacted in the background only, not twice
         # The device comes back: its key, the next incarnation, its port, and no bootstrap list.
         a = await _peer("a", [], key=key, port=int(address.rsplit(":", 1)[1]), incarnation=2)
         peers = [a, peers[2]]
