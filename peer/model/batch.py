@@ -1,36 +1,44 @@
 """Selective batching (Orca, OSDI '22): one decoder-layer pass for many sessions at once.
 
 Every session's new rows (one per decode step, a few hundred for a prefill chunk) are stacked
-into one [1, N, H] tensor, so the weight-bound parts of a layer (norms, q/k/v/o projections,
-the MLP) read each weight matrix once per batch instead of once per session. Attention is the
-one part that differs per session: each slice attends to its own KV cache, with the same
-attention function transformers' Llama layer calls. The layers' own submodules do the maths,
-so a batch of one computes what the family's decoder layer computes (families.py): Qwen2's
-biases live in its projections, and Qwen3's q_norm/k_norm are applied per head after the
-projection and before the rotary embedding, in the order `Qwen3Attention` applies them.
+into one [N, H] tensor, so the weight-bound parts of a layer read each weight matrix once per
+pass: the q/k/v projections as one fused matrix, o, the MLP's gate and up as one fused matrix,
+and down (4 matrix products a layer, not 7: at one row a call's fixed cost is most of a small
+matrix's time). Attention is the one part that differs per session, and it is batched too: all
+decode rows of a pass attend in one call over a view of the slot pool (kvcache.py), each to its
+own slot's keys under a length mask; a prompt chunk attends alone (causal). Everything that is
+the same for every layer of a pass (positions, slots, masks) is worked out once, in
+`plan_pass`.
+
+The maths is the family's own (families.py): transformers' RMSNorm and activation modules,
+Qwen2's biases in the fused projection, Qwen3's q_norm/k_norm per head before the rotary
+embedding; the rotary embedding and the attention call are those transformers' sdpa path makes
+(for one decode row without a mask: grouped-query attention inside sdpa; with a mask: each
+query head of a group as a row of its key/value head, transformers' `pack_gqa`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import DynamicCache
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
+from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+from .kvcache import KVPool
 
 
 @dataclass(frozen=True)
 class Slice:
-    """One session's rows [offset, offset + length) in the stacked batch, at `position`."""
+    """One session's rows [offset, offset + length) in the stacked batch, at `position`, in
+    pool slot `slot`."""
 
     offset: int
     length: int
     position: int
-    cache: DynamicCache
+    slot: int
 
     @property
     def rows(self) -> slice:
@@ -38,57 +46,118 @@ class Slice:
         return slice(self.offset, self.offset + self.length)
 
 
-def causal_mask(position: int, length: int, device: torch.device) -> torch.Tensor | None:
-    """The mask for `length` queries after `position` cached keys (None where sdpa's implicit
-    causal mask or no mask is right: one query, or an empty cache)."""
-    if length == 1 or position == 0:
-        return None
-    keys = torch.arange(position + length, device=device)
-    queries = torch.arange(position, position + length, device=device)
-    return (keys[None, :] <= queries[:, None])[None, None]  # [1, 1, T, S]
+@dataclass(frozen=True)
+class Decode:
+    """The single-row steps of a pass, attending together over pool slots [low, high)."""
+
+    rows: torch.Tensor  # [B] rows of the stacked batch
+    slots: torch.Tensor  # [B] their slots
+    positions: torch.Tensor  # [B] the position each writes
+    low: int
+    high: int
+    keys: int  # key positions the view spans: the longest session's length after this step
+    in_range: torch.Tensor  # [B] slot - low
+    mask: torch.Tensor | None  # [S, 1, 1, keys] (None: one session, no padding)
 
 
-def _attention_function(implementation: str | None) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
-    """The attention function transformers' Llama layer would call for this implementation."""
-    interface = ALL_ATTENTION_FUNCTIONS
-    if hasattr(interface, "get_interface"):  # transformers >= 5.2x validates the name
-        return interface.get_interface(implementation or "eager", eager_attention_forward)
-    return interface.get(implementation or "eager", eager_attention_forward)  # type: ignore[no-any-return]
+@dataclass(frozen=True)
+class PassPlan:
+    """What every layer of one pass shares."""
+
+    positions: torch.Tensor  # [N] the position of each row
+    decode: Decode | None
+    prompts: tuple[Slice, ...]  # multi-row steps: each attends alone
+
+
+def plan_pass(slices: Sequence[Slice], device: torch.device) -> PassPlan:
+    """The indices and masks of a pass of `slices` (stacked in order)."""
+    positions = torch.cat([torch.arange(s.position, s.position + s.length) for s in slices]).to(device)
+    single = [s for s in slices if s.length == 1]
+    decode = None
+    if single:
+        low, high = min(s.slot for s in single), max(s.slot for s in single) + 1
+        keys = max(s.position for s in single) + 1
+        mask = None
+        if len(single) > 1 or high - low > 1:
+            lengths = torch.ones(high - low, dtype=torch.long)  # slots in range but not in the pass
+            for s in single:
+                lengths[s.slot - low] = s.position + 1
+            mask = (torch.arange(keys)[None, :] < lengths[:, None])[:, None, None, :].to(device)
+        decode = Decode(
+            rows=torch.tensor([s.offset for s in single], device=device),
+            slots=torch.tensor([s.slot for s in single], device=device),
+            positions=torch.tensor([s.position for s in single], device=device),
+            low=low,
+            high=high,
+            keys=keys,
+            in_range=torch.tensor([s.slot - low for s in single], device=device),
+            mask=mask,
+        )
+    return PassPlan(positions, decode, tuple(s for s in slices if s.length > 1))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def layer_forward(
     layer: nn.Module,
-    local_index: int,
+    index: int,
+    pool: KVPool,
     hidden: torch.Tensor,
     cos_sin: tuple[torch.Tensor, torch.Tensor],
-    slices: Sequence[Slice],
-    masks: Sequence[torch.Tensor | None],
+    plan: PassPlan,
 ) -> torch.Tensor:
-    """One decoder layer over the stacked rows [1, N, H] of every session in `slices`."""
-    block: Any = layer  # a family's decoder layer (families.py): the submodules below
+    """One decoder layer over the stacked rows [N, H]; `index` is the layer's place in `pool`.
+    cos_sin: the rotary tables at each row's position, [N, D]."""
+    block: Any = layer  # a family's decoder layer (families.py), projections fused by the shard
     attention = block.self_attn
-    head_dim = attention.head_dim
+    rows, dim = hidden.shape[0], attention.head_dim
+    heads, kv_heads = attention.config.num_attention_heads, attention.config.num_key_value_heads
     residual = hidden
-    normed = block.input_layernorm(hidden)
-    # [1, N, heads, D]: projections for the whole batch at once.
-    queries = attention.q_proj(normed).view(1, hidden.shape[1], -1, head_dim)
-    keys = attention.k_proj(normed).view(1, hidden.shape[1], -1, head_dim)
-    values = attention.v_proj(normed).view(1, hidden.shape[1], -1, head_dim)
+    fused = attention.qkv_proj(block.input_layernorm(hidden))
+    queries = fused[:, : heads * dim].view(rows, heads, dim)
+    keys = fused[:, heads * dim : (heads + kv_heads) * dim].view(rows, kv_heads, dim)
+    values = fused[:, (heads + kv_heads) * dim :].view(rows, kv_heads, dim)
     if hasattr(attention, "q_norm"):  # Qwen3: RMSNorm over each head's D, before the rotary
         queries, keys = attention.q_norm(queries), attention.k_norm(keys)
-    cos, sin = cos_sin
-    attend = _attention_function(attention.config._attn_implementation)
-    outputs = []
-    for part, mask in zip(slices, masks, strict=True):
-        rows = part.rows
-        q = queries[:, rows].transpose(1, 2)
-        k = keys[:, rows].transpose(1, 2)
-        v = values[:, rows].transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos[:, rows], sin[:, rows])
-        k, v = part.cache.update(k, v, local_index)
-        out, _ = attend(attention, q, k, v, mask, dropout=0.0, scaling=attention.scaling)
-        outputs.append(out.reshape(1, part.length, -1))
-    attended = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
-    hidden = residual + attention.o_proj(attended.contiguous())
-    output: torch.Tensor = hidden + block.mlp(block.post_attention_layernorm(hidden))
+    cos, sin = cos_sin[0][:, None, :], cos_sin[1][:, None, :]
+    queries = queries * cos + _rotate_half(queries) * sin
+    keys = keys * cos + _rotate_half(keys) * sin
+    pool_keys, pool_values = pool.keys[index], pool.values[index]
+    attended = torch.empty(rows, heads * dim, dtype=hidden.dtype, device=hidden.device)
+    scale = attention.scaling
+    decode = plan.decode
+    if decode is not None:
+        pool_keys[decode.slots, :, decode.positions] = keys[decode.rows]
+        pool_values[decode.slots, :, decode.positions] = values[decode.rows]
+        k = pool_keys[decode.low : decode.high, :, : decode.keys]
+        v = pool_values[decode.low : decode.high, :, : decode.keys]
+        if decode.mask is None:  # one session: as transformers' decode step
+            q = queries[decode.rows][:, :, None]  # [1, heads, 1, D]
+            out = sdpa(q, k, v, scale=scale, enable_gqa=True).reshape(1, heads * dim)
+        else:
+            q = queries.new_zeros(decode.high - decode.low, heads, dim)
+            q[decode.in_range] = queries[decode.rows]
+            q = q.view(-1, kv_heads, heads // kv_heads, dim)  # pack_gqa: a group's heads as rows
+            out = sdpa(q, k, v, attn_mask=decode.mask, scale=scale).reshape(-1, heads * dim)[decode.in_range]
+        attended[decode.rows] = out
+    for part in plan.prompts:
+        span = part.rows
+        end = part.position + part.length
+        pool_keys[part.slot, :, part.position : end] = keys[span].transpose(0, 1)
+        pool_values[part.slot, :, part.position : end] = values[span].transpose(0, 1)
+        q = queries[span].transpose(0, 1)[None]  # [1, heads, T, D]
+        k, v = pool_keys[part.slot : part.slot + 1, :, :end], pool_values[part.slot : part.slot + 1, :, :end]
+        if part.position == 0:
+            out = sdpa(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        else:
+            causal = torch.arange(end, device=hidden.device)[None, :] <= plan.positions[span][:, None]
+            out = sdpa(q, k, v, attn_mask=causal[None, None], scale=scale, enable_gqa=True)
+        attended[span] = out[0].transpose(0, 1).reshape(part.length, heads * dim)
+    hidden = residual + attention.o_proj(attended)
+    mlp = block.mlp
+    gate, up = mlp.gate_up_proj(block.post_attention_layernorm(hidden)).chunk(2, dim=-1)
+    output: torch.Tensor = hidden + mlp.down_proj(mlp.act_fn(gate) * up)
     return output

@@ -3,7 +3,7 @@
 Units (docs/ARCHITECTURE.md): 0 = token embedding, 1..L = decoder layers, L+1 = final norm + LM head.
 The maths is transformers' own modules of the model's family (families.py: decoder layer, rotary
 embedding, RMSNorm); this module is the glue: which units, which cache, which device and dtype.
-Each decoder layer gets a *local* layer index, so a session's DynamicCache holds exactly this stage's layers.
+A session owns one slot of the shard's KV pool (kvcache.py) for its layers, written in place.
 
 `Shard.run` is synchronous torch code: callers run it off the event loop (see `worker`).
 """
@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from tqdm import tqdm
-from transformers import DynamicCache, PretrainedConfig
+from transformers import PretrainedConfig
 
 from ..errors import PeerError
-from .batch import Slice, causal_mask, layer_forward
+from .batch import Slice, layer_forward, plan_pass
 from .families import config_family, context_limit
 from .files import ModelSource, unit_tensor_names
+from .fusion import build_layer, held_parts
+from .kvcache import KVPool
 from .options import WeightForm
 from .weights import (
     EMBEDDING,
@@ -84,7 +86,7 @@ class Step:
 
 @dataclass
 class _Session:
-    cache: DynamicCache
+    slot: int
     length: int = 0  # positions already in the cache
     used: float = field(default_factory=time.monotonic)
 
@@ -157,17 +159,9 @@ class Shard(nn.Module):
         state: dict[str, torch.Tensor] = {}
         for local, global_id in enumerate(self.layer_ids):
             prefix = f"model.layers.{global_id}."
-            layer = self.layers[local]
-            for name, tensor in tensors.items():
-                if name.startswith(prefix) and isinstance(tensor, torch.Tensor):
-                    state[f"layers.{local}.{name.removeprefix(prefix)}"] = tensor
-            for name, tensor in tensors.items():
-                if name.startswith(prefix) and not isinstance(tensor, torch.Tensor):
-                    # A compact matrix: its Linear becomes the matching quantized module.
-                    path = name.removeprefix(prefix).removesuffix(".weight")
-                    bias = state.pop(f"layers.{local}.{path}.bias", None)
-                    parent, _dot, attribute = path.rpartition(".")
-                    setattr(layer.get_submodule(parent), attribute, linear_module(tensor, bias, self.device, dtype))
+            own = {n.removeprefix(prefix): t for n, t in tensors.items() if n.startswith(prefix)}
+            for name, tensor in build_layer(self.layers[local], own, self.device, dtype).items():
+                state[f"layers.{local}.{name}"] = tensor
         if self.norm is not None:
             norm = tensors["model.norm.weight"]
             assert isinstance(norm, torch.Tensor)
@@ -204,12 +198,17 @@ class Shard(nn.Module):
             self.norm.to(device=self.device, dtype=dtype)
         self.eval()
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
+        dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+        self.pool = KVPool(
+            len(self.layers), max_sessions, int(config.num_key_value_heads), dim, self.max_context, dtype, self.device
+        )
+        self._rotary_table: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def held_tensors(self) -> dict[str, torch.Tensor]:
         """This shard's tensors under their model names (what `unit_tensor_names` lists)."""
         held: dict[str, torch.Tensor] = {}
         for local, global_id in enumerate(self.layer_ids):
-            for name, tensor in self.layers[local].state_dict().items():
+            for name, tensor in held_parts(self.config, self.layers[local].state_dict()).items():
                 held[f"model.layers.{global_id}.{name}"] = tensor
         if self.embedding is not None and self.embedding.weight is not None:
             held[EMBEDDING] = self.embedding.weight
@@ -235,12 +234,14 @@ class Shard(nn.Module):
         now = time.monotonic() if now is None else now
         idle = [sid for sid, s in self.sessions.items() if now - s.used > self.idle_s]
         for sid in idle:
-            del self.sessions[sid]
+            self.close(sid)
         return idle
 
     def close(self, session: str) -> None:
         """Forget a session's cache."""
-        self.sessions.pop(session, None)
+        state = self.sessions.pop(session, None)
+        if state is not None:
+            self.pool.release(state.slot)
 
     def _session(self, session: str, position: int, length: int) -> _Session:
         state = self.sessions.get(session)
@@ -249,8 +250,9 @@ class Shard(nn.Module):
             if state is None and len(self.sessions) >= self.max_sessions:
                 self.evict_idle()
                 if len(self.sessions) >= self.max_sessions:
-                    self.sessions.popitem(last=False)  # the least recently used
-            state = _Session(DynamicCache())
+                    self.close(next(iter(self.sessions)))  # the least recently used
+            slot = self.pool.acquire() if state is None else state.slot
+            state = _Session(slot)
             self.sessions[session] = state
         elif state is None:
             raise SessionError(f"unknown session {session} (closed or evicted)")
@@ -263,6 +265,19 @@ class Shard(nn.Module):
         return state
 
     # --- compute --------------------------------------------------------------------------
+
+    def _rotary(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [positions, D] for at least `length` positions, made once and grown by
+        doubling: the family's rotary module at positions 0..n (each entry is one product of a
+        frequency and a position, so a row is the same whichever positions are computed with it)."""
+        table = self._rotary_table
+        if table is None or table[0].shape[0] < length:
+            held = 0 if table is None else table[0].shape[0]
+            size = min(self.max_context, max(length, 2 * held, 256))
+            probe = torch.zeros(1, 1, 1, dtype=self.dtype, device=self.device)
+            cos, sin = self.rotary(probe, torch.arange(size, device=self.device)[None])
+            table = self._rotary_table = cos[0], sin[0]
+        return table
 
     def run(self, session: str, position: int, inputs: torch.Tensor) -> torch.Tensor:
         """Run this shard for one session's `inputs` at positions [position, position + T).
@@ -308,31 +323,31 @@ class Shard(nn.Module):
         slices, offset = [], 0
         for _index, step, state in admitted:
             length = int(step.inputs.shape[0])
-            slices.append(Slice(offset, length, step.position, state.cache))
+            slices.append(Slice(offset, length, step.position, state.slot))
             offset += length
         stacked = torch.cat([step.inputs for _i, step, _s in admitted]).to(self.device)
         if self.has_embedding:
             assert self.embedding is not None
-            hidden = self.embedding.lookup(stacked)[None]  # [1, N, H]
+            hidden = self.embedding.lookup(stacked)  # [N, H]
         else:
-            hidden = stacked.to(self.dtype)[None]  # [1, N, H]
-        position_ids = torch.cat([torch.arange(s.position, s.position + s.length, device=self.device) for s in slices])[
-            None
-        ]  # [1, N]
+            hidden = stacked.to(self.dtype)  # [N, H]
         if self.layers:
-            masks = [causal_mask(s.position, s.length, self.device) for s in slices]
-            cos_sin = self.rotary(hidden, position_ids)
+            needed = max(s.position + s.length for s in slices)
+            self.pool.reserve(needed)
+            plan = plan_pass(slices, self.device)
+            cos, sin = self._rotary(needed)
+            cos_sin = cos[plan.positions], sin[plan.positions]
             for local, layer in enumerate(self.layers):
-                hidden = layer_forward(layer, local, hidden, cos_sin, slices, masks)
+                hidden = layer_forward(layer, local, self.pool, hidden, cos_sin, plan)
         for (_index, step, state), part in zip(admitted, slices, strict=True):
             state.length = step.position + part.length
         if self.has_head:
             assert self.norm is not None and self.head is not None
             last = torch.tensor([s.offset + s.length - 1 for s in slices], device=self.device)
-            logits = self.head(self.norm(hidden[0, last])).float().cpu()  # [B, V]
+            logits = self.head(self.norm(hidden[last])).float().cpu()  # [B, V]
             per_step = list(logits)  # sampled on the CPU
         else:
-            per_step = [hidden[0, s.rows] for s in slices]
+            per_step = [hidden[s.rows] for s in slices]
         for (index, _step, _state), output in zip(admitted, per_step, strict=True):
             results[index] = output
         return results

@@ -111,3 +111,40 @@ def test_a_moved_split_point_reuses_the_tensors_held(random_hf_model: Path) -> N
     ids = torch.tensor([5, 6, 7, 8])
     expected = whole.run("s", 0, ids)
     assert torch.equal(rest.run("s", 0, moved.run("s", 0, ids)), expected)
+
+
+def test_the_kv_pool_grows_and_slots_are_reused(random_hf_model: Path) -> None:
+    """Decoding past the pool's first capacities (it doubles) computes what one prefill of the
+    same tokens does; a closed session's slot goes to the next, whose past is its own."""
+    from edgeshard.peer.model.kvcache import FIRST_CAPACITY
+
+    shard = _shard(random_hf_model, max_sessions=3, max_context=512)
+    ids = torch.randint(3, 400, (2 * FIRST_CAPACITY + 9,), generator=torch.Generator().manual_seed(3))
+    shard.run("other", 0, ids[:5])
+    shard.run("grow", 0, ids[:3])
+    for position in range(3, len(ids) - 1):
+        shard.run_batch([Step("grow", position, ids[position : position + 1])])
+    stepwise = shard.run("grow", len(ids) - 1, ids[-1:])
+    assert shard.pool.capacity >= len(ids) > 2 * FIRST_CAPACITY
+    slot = shard.sessions["other"].slot
+    shard.close("other")
+    again = shard.run("again", 0, ids)  # takes the freed slot
+    assert shard.sessions["again"].slot == slot
+    assert torch.allclose(stepwise, again, atol=1e-4)
+
+
+def test_decode_rows_of_scattered_slots_attend_together_as_alone(random_hf_model: Path) -> None:
+    """Decode steps of sessions in slots with gaps (a closed one in between) and of different
+    lengths, in one pass: each gets its own output."""
+    alone, together = _shard(random_hf_model), _shard(random_hf_model)
+    prompts = {f"s{i}": list(range(3, 3 + 2 * i + 1)) for i in range(5)}
+    for session, ids in prompts.items():
+        alone.run(session, 0, torch.tensor(ids))
+        together.run(session, 0, torch.tensor(ids))
+    together.close("s2")
+    live = [s for s in prompts if s != "s2"]
+    steps = [Step(s, len(prompts[s]), torch.tensor([7])) for s in live]
+    outputs = together.run_batch(steps)
+    for step, got in zip(steps, outputs, strict=True):
+        assert isinstance(got, torch.Tensor)
+        assert torch.allclose(got, alone.run(step.session, step.position, step.inputs), atol=1e-4)

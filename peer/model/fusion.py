@@ -1,0 +1,94 @@
+"""Fused projections: a decoder layer's q/k/v matrices as one, and its MLP's gate/up as one.
+
+At one row a matrix product's fixed cost (a kernel call, its threads' start) is a large share
+of a small matrix's time (the k and v projections of a grouped-query model are a quarter of q's
+size or less), so a shard multiplies by one matrix whose rows are the parts' rows stacked. Rows
+are independent outputs, so the stacked product computes each part's own values; compact forms
+are stacked before the kernel packs them (groups run along the input, so stacking rows keeps
+every group whole and exact).
+
+The parts keep their model names outside the layer: `held_tensors` (for a shard that takes
+tensors over) gives the fused matrix's row ranges back as views under the parts' names.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from .weights import Compact, Int4Weight, Int8Weight, linear_module
+
+# The fused module's name in a layer, and the parts it stacks, in row order.
+FUSED: dict[str, tuple[str, ...]] = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+}
+
+
+def part_rows(config: PretrainedConfig, fused: str) -> list[int]:
+    """Rows of each part of `fused`, in order."""
+    if fused == "mlp.gate_up_proj":
+        return [int(config.intermediate_size)] * 2
+    dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+    kv = int(config.num_key_value_heads) * dim
+    return [int(config.num_attention_heads) * dim, kv, kv]
+
+
+def stack_rows(parts: list[torch.Tensor | Compact]) -> torch.Tensor | Compact:
+    """The matrices `parts` (all of one form) stacked along their output rows."""
+    first = parts[0]
+    if isinstance(first, Int4Weight):
+        fours = [p for p in parts if isinstance(p, Int4Weight)]
+        return Int4Weight(*(torch.cat([getattr(p, f) for p in fours]) for f in ("nibbles", "scales", "zeros")))
+    if isinstance(first, Int8Weight):
+        eights = [p for p in parts if isinstance(p, Int8Weight)]
+        return Int8Weight(torch.cat([p.q for p in eights]), torch.cat([p.scales for p in eights]))
+    return torch.cat([p for p in parts if isinstance(p, torch.Tensor)])
+
+
+def build_layer(
+    layer: nn.Module, tensors: dict[str, torch.Tensor | Compact], device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """Give a layer built on the meta device its fused and compact modules; `tensors` are its
+    own, by name within the layer. Returns the float tensors left for its state dict."""
+    own = dict(tensors)
+    state: dict[str, torch.Tensor] = {}
+    for fused, parts in FUSED.items():
+        weight = stack_rows([own.pop(f"{p}.weight") for p in parts])
+        biases = [own.pop(f"{p}.bias", None) for p in parts]
+        bias = torch.cat([b for b in biases if isinstance(b, torch.Tensor)]) if biases[0] is not None else None
+        parent, _dot, attribute = fused.rpartition(".")
+        owner = layer.get_submodule(parent)
+        for part in parts:
+            delattr(owner, part.rpartition(".")[2])
+        if isinstance(weight, torch.Tensor):
+            with torch.device("meta"):
+                module: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+            state[f"{fused}.weight"] = weight
+            if bias is not None:
+                state[f"{fused}.bias"] = bias
+        else:
+            module = linear_module(weight, bias, device, dtype)
+        setattr(owner, attribute, module)
+    for name in [n for n, t in own.items() if not isinstance(t, torch.Tensor)]:
+        # A compact matrix of its own (o, down): its Linear becomes the matching quantized module.
+        path = name.removesuffix(".weight")
+        own_bias = own.pop(f"{path}.bias", None)
+        parent, _dot, attribute = path.rpartition(".")
+        module = linear_module(own.pop(name), own_bias if isinstance(own_bias, torch.Tensor) else None, device, dtype)
+        setattr(layer.get_submodule(parent), attribute, module)
+    state.update({name: tensor for name, tensor in own.items() if isinstance(tensor, torch.Tensor)})
+    return state
+
+
+def held_parts(config: PretrainedConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A layer's float state with each fused matrix (and bias) split back into its parts' views."""
+    held = dict(state)
+    for fused, parts in FUSED.items():
+        for kind in ("weight", "bias"):
+            tensor = held.pop(f"{fused}.{kind}", None)
+            if tensor is not None:
+                pieces = torch.split(tensor, part_rows(config, fused))
+                held.update({f"{part}.{kind}": piece for part, piece in zip(parts, pieces, strict=True)})
+    return held
