@@ -1,0 +1,364 @@
+"""`scripts/bench-llamacpp`: EdgeShard against llama.cpp on this device, on the same GGUF files.
+
+  scripts/bench-llamacpp [--files embedded,1b-q4_0,1b-q4_k_m,1b-q8_0] [--runs 5] [--tokens 64]
+
+llama.cpp is a benchmark-only dependency: `pip install llama-cpp-python==0.3.36` into the venv
+(it builds llama.cpp from source, about 15 minutes here) and, for the concurrent-chats row, a
+`llama-server` binary (`--llama-server PATH`: built from llama-cpp-python's vendored sources
+with `cmake --build build --target llama-server`); without it that row is skipped and says so.
+
+Files: the embedded SmolLM2-135M Q4_1 file as shipped, and a random model of Llama-3.2-1B's
+shape (hidden 2048, 16 layers, MLP 8192, 32 heads, 8 KV heads, tied head; the embedded file's
+tokenizer, so vocabulary 49152) written here as F16 with gguf's writer and quantized by
+llama.cpp's own quantizer (`llama_model_quantize`) to Q4_0, Q4_K_M and Q8_0, into --work.
+
+Rows, each ours beside llama.cpp's in the same run, with the ratio (> 1: ours is faster):
+  decode, 1 session     ms/token after the first token, greedy, one stage (`edgeshard generate
+                        --stages 1`'s path: a real stage server and origin on loopback);
+                        RUNS runs interleaved, best and worst/best
+  prefill, 512 tokens   tokens/s of a 512-token prompt to its first token
+  8 chats, one API      aggregate completion tokens/s of 8 concurrent chat completions through
+                        one edgeshard-peer's API and through `llama-server --parallel 8`, from
+                        the same client
+  3 stage processes     decode ms/token of 3 stage processes over one stage's (ours only)
+Threads: both use this machine's cores (llama.cpp n_threads = torch's threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+from edgeshard.peer.model.files import GGUFModel, default_model_path, open_model
+from edgeshard.peer.model.options import WeightForm
+from edgeshard.peer.model.shard import even_split, unit_count
+from edgeshard.peer.pipeline.local import LocalCluster
+from edgeshard.peer.wire import SamplingParams
+
+ONE_B = {"block_count": 16, "embedding_length": 2048, "feed_forward_length": 8192, "head_count": 32, "head_count_kv": 8}
+QUANTS = {"q4_0": 2, "q8_0": 7, "q4_k_m": 15}  # llama_ftype values
+CHATS = 8
+PROMPT_TOKENS = 512
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def write_one_b(target: Path, seed: int = 0) -> None:
+    """A random Llama of Llama-3.2-1B's shape, F16, with the embedded file's tokenizer fields."""
+    reader = gguf.GGUFReader(str(default_model_path()))
+    writer = gguf.GGUFWriter(str(target), arch="llama")
+    for field in reader.fields.values():
+        name = field.name
+        if name == gguf.Keys.General.ARCHITECTURE or name.startswith("GGUF.") or name.startswith("llama."):
+            continue
+        if name == "general.file_type":
+            continue
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), value_type, sub_type=sub_type)
+    hidden, ffn, heads, kv = (
+        ONE_B[k] for k in ("embedding_length", "feed_forward_length", "head_count", "head_count_kv")
+    )
+    dim = hidden // heads
+    writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16))
+    writer.add_context_length(8192)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(ONE_B["block_count"])
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv)
+    writer.add_rope_dimension_count(dim)
+    writer.add_rope_freq_base(500000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    rng = np.random.default_rng(seed)
+
+    def matrix(rows: int, columns: int) -> np.ndarray:
+        return (rng.standard_normal((rows, columns), dtype=np.float32) * 0.02).astype(np.float16)
+
+    writer.add_tensor("token_embd.weight", matrix(vocab, hidden))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    for block in range(ONE_B["block_count"]):
+        for name, rows, columns in (
+            ("attn_q", hidden, hidden),
+            ("attn_k", kv * dim, hidden),
+            ("attn_v", kv * dim, hidden),
+            ("attn_output", hidden, hidden),
+            ("ffn_gate", ffn, hidden),
+            ("ffn_up", ffn, hidden),
+            ("ffn_down", hidden, ffn),
+        ):
+            writer.add_tensor(f"blk.{block}.{name}.weight", matrix(rows, columns))
+        for norm in ("attn_norm", "ffn_norm"):
+            writer.add_tensor(f"blk.{block}.{norm}.weight", np.ones(hidden, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def quantize(source: Path, target: Path, kind: str) -> None:
+    """llama.cpp's own quantizer, as `llama-quantize` runs it."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANTS[kind]
+    params.nthread = torch.get_num_threads()
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
+    if status != 0:
+        raise RuntimeError(f"llama_model_quantize {kind}: status {status}")
+
+
+def files(work: Path, names: list[str]) -> dict[str, Path]:
+    """The benchmark's files by name, made in `work` when missing."""
+    work.mkdir(parents=True, exist_ok=True)
+    made: dict[str, Path] = {}
+    f16 = work / "llama-1b-shape-f16.gguf"
+    for name in names:
+        if name == "embedded":
+            made[name] = default_model_path()
+            continue
+        kind = name.removeprefix("1b-")
+        target = work / f"llama-1b-shape-{kind}.gguf"
+        if not target.exists():
+            if not f16.exists():
+                print(f"writing {f16} ...", file=sys.stderr)
+                write_one_b(f16)
+            print(f"quantizing {target.name} ...", file=sys.stderr)
+            quantize(f16, target, kind)
+        made[name] = target
+    return made
+
+
+def form_for(name: str) -> WeightForm:
+    """The form a user would hold the file in: int8 for an 8-bit file, int4 for a 4-bit one."""
+    return "int8" if name.endswith("q8_0") else "int4"
+
+
+# --- ours --------------------------------------------------------------------------------------
+
+
+async def ours_generate(
+    source: GGUFModel, form: WeightForm, stages: int, processes: bool, ids: list[int], tokens: int, runs: int
+) -> list[tuple[float, float]]:
+    """(first-token seconds, decode ms/token) of `runs` greedy generations, one cluster."""
+    ranges = even_split(unit_count(source.config), stages)
+    model = str(source.path)
+    results = []
+    async with LocalCluster(model, ranges, processes=processes, weights=form, source=source) as cluster:
+        for _ in range(runs + 1):  # the first warms up
+            started = time.perf_counter()
+            first, count = started, 0
+            async for _token in cluster.origin.generate(cluster.route, ids, SamplingParams(), tokens, stop_ids=()):
+                if count == 0:
+                    first = time.perf_counter()
+                count += 1
+            finished = time.perf_counter()
+            results.append((first - started, (finished - first) * 1000 / max(count - 1, 1)))
+    return results[1:]
+
+
+# --- llama.cpp ---------------------------------------------------------------------------------
+
+
+def llama_runs(path: Path, ids: list[int], tokens: int, runs: int) -> list[tuple[float, float]]:
+    """(first-token seconds, decode ms/token) of `runs` greedy generations with llama-cpp-python."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=2048, n_batch=512, n_threads=torch.get_num_threads(), verbose=False)
+    results = []
+    for _ in range(runs + 1):
+        llm.reset()
+        started = time.perf_counter()
+        llm.eval(ids)
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        first = time.perf_counter()
+        for _step in range(tokens - 1):
+            llm.eval([token])
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        finished = time.perf_counter()
+        results.append((first - started, (finished - first) * 1000 / (tokens - 1)))
+    del llm
+    return results[1:]
+
+
+# --- 8 chats through an API --------------------------------------------------------------------
+
+
+def chat(api: str, index: int, tokens: int, counts: list[int], key: str = "") -> None:
+    body = {
+        "model": "any",
+        "messages": [{"role": "user", "content": f"Tell me a long story about place number {index}."}],
+        "max_tokens": tokens,
+        "temperature": 0.0,
+    }
+    request = urllib.request.Request(
+        f"{api}/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    with urllib.request.urlopen(request, timeout=900) as response:
+        counts.append(int(json.loads(response.read())["usage"]["completion_tokens"]))
+
+
+def concurrent_tps(api: str, tokens: int) -> float:
+    """Aggregate completion tokens/s of CHATS concurrent chats (after one warm-up chat)."""
+    chat(api, 99, 4, [])
+    counts: list[int] = []
+    threads = [threading.Thread(target=chat, args=(api, i, tokens, counts)) for i in range(CHATS)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def wait_http(url: str, timeout_s: float = 900.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(1.0)
+    raise RuntimeError(f"{url} did not answer in {timeout_s} s")
+
+
+def ours_chats(path: Path, form: WeightForm, tokens: int, port: int) -> float:
+    from edgeshard.peer.cli.cluster import start_peers, stop_peers, wait_ready
+
+    logs = Path(tempfile.mkdtemp(prefix="bench-llamacpp-peer-"))
+    args = argparse.Namespace(
+        peers=1,
+        model=str(path),
+        max_memory=None,
+        context=1024,
+        sessions=CHATS,
+        objective="throughput",
+        base_port=port,
+        weights=form,
+    )
+    peers = start_peers(args, logs)
+    try:
+        wait_ready(peers, logs, quiet=True)
+        return concurrent_tps(peers[0].api, tokens)
+    finally:
+        stop_peers(peers)
+
+
+def llama_server_chats(binary: Path, path: Path, tokens: int, port: int) -> float:
+    command = [str(binary), "-m", str(path), "--port", str(port), "--host", "127.0.0.1", "--parallel", str(CHATS)]
+    command += ["-c", str(CHATS * 1024), "-t", str(torch.get_num_threads()), "--no-webui"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        return concurrent_tps(f"http://127.0.0.1:{port}", tokens)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.1f} (worst/best {max(values) / min(values):.2f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", default="embedded,1b-q4_0,1b-q4_k_m,1b-q8_0")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "edgeshard-bench-llamacpp"))
+    parser.add_argument("--llama-server", default=shutil.which("llama-server") or "", help="llama-server binary")
+    parser.add_argument("--skip", default="", help="rows to leave out: chats,stages")
+    parser.add_argument("--port", type=int, default=18620)
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    made = files(Path(args.work), args.files.split(","))
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def row(file: str, what: str, ours: float, theirs: float | None, unit: str, higher_is_better: bool) -> None:
+        ratio = "" if theirs is None else f"{(ours / theirs if higher_is_better else theirs / ours):.2f}×"
+        rows.append((file, what, f"{ours:.1f} {unit}", "" if theirs is None else f"{theirs:.1f} {unit}", ratio))
+        print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
+
+    for name, path in made.items():
+        source = open_model(str(path))
+        assert isinstance(source, GGUFModel)
+        form = form_for(name)
+        vocab = int(source.config.vocab_size)
+        generator = torch.Generator().manual_seed(1)
+        short = torch.randint(100, vocab, (16,), generator=generator).tolist()
+        long = torch.randint(100, vocab, (PROMPT_TOKENS,), generator=generator).tolist()
+        label = f"{name} ({form})"
+        ours_decode: list[float] = []
+        theirs_decode: list[float] = []
+        for _ in range(args.runs):  # interleaved: a slow minute of this machine hits both
+            ours_decode += [ms for _s, ms in asyncio.run(ours_generate(source, form, 1, False, short, args.tokens, 1))]
+            theirs_decode += [ms for _s, ms in llama_runs(path, short, args.tokens, 1)]
+        print(f"{label} decode ms: ours {ours_decode} llama.cpp {theirs_decode}", file=sys.stderr)
+        rows.append(
+            (
+                label,
+                "decode, 1 session, ms/token",
+                spread(ours_decode),
+                spread(theirs_decode),
+                f"{min(theirs_decode) / min(ours_decode):.2f}×",
+            )
+        )
+        print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
+        ours_prefill = min(s for s, _ms in asyncio.run(ours_generate(source, form, 1, False, long, 2, 2)))
+        theirs_prefill = min(s for s, _ms in llama_runs(path, long, 2, 2))
+        row(
+            label,
+            f"prefill, {PROMPT_TOKENS} tokens, tokens/s",
+            PROMPT_TOKENS / ours_prefill,
+            PROMPT_TOKENS / theirs_prefill,
+            "tok/s",
+            True,
+        )
+        if "chats" not in skip:
+            ours_tps = ours_chats(path, form, args.tokens, args.port)
+            binary = Path(args.llama_server) if args.llama_server else None
+            theirs_tps = llama_server_chats(binary, path, args.tokens, args.port + 50) if binary else None
+            row(label, f"{CHATS} chats through one API, tokens/s", ours_tps, theirs_tps, "tok/s", True)
+        if "stages" not in skip:
+            one = min(ms for _s, ms in asyncio.run(ours_generate(source, form, 1, True, short, args.tokens, 2)))
+            three = min(ms for _s, ms in asyncio.run(ours_generate(source, form, 3, True, short, args.tokens, 2)))
+            rows.append(
+                (
+                    label,
+                    "3 stage processes vs 1, decode ms/token",
+                    f"{three:.1f} vs {one:.1f}",
+                    "",
+                    f"{one / three:.2f}×",
+                )
+            )
+            print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
+    capability = torch.backends.cpu.get_cpu_capability()
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {capability}")
+    print("| file (our form) | row | EdgeShard | llama.cpp | ours vs llama.cpp |")
+    print("|---|---|---:|---:|---:|")
+    for cells in rows:
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
