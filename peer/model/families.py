@@ -139,3 +139,11 @@ def context_limit(config: PretrainedConfig, wanted: int | None = None) -> int:
     limit = int(wanted or config.max_position_embeddings)
     window = getattr(config, "sliding_window", None)
     return min(limit, int(window)) if window else limit
+
+
+def attention_shape(config: PretrainedConfig) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head dim): head_dim where the config names one (Qwen3's
+    is not hidden / heads), else hidden / heads; key/value heads default to the query heads."""
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", 0) or heads)
+    return heads, kv_heads, int(getattr(config, "head_dim", 0) or int(config.hidden_size) // heads)

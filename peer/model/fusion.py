@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
+from .families import attention_shape
 from .weights import Compact, Int4Weight, Int8Weight, linear_module
 
 # The fused module's name in a layer, and the parts it stacks, in row order.
@@ -30,9 +31,8 @@ def part_rows(config: PretrainedConfig, fused: str) -> list[int]:
     """Rows of each part of `fused`, in order."""
     if fused == "mlp.gate_up_proj":
         return [int(config.intermediate_size)] * 2
-    dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
-    kv = int(config.num_key_value_heads) * dim
-    return [int(config.num_attention_heads) * dim, kv, kv]
+    heads, kv_heads, dim = attention_shape(config)
+    return [heads * dim, kv_heads * dim, kv_heads * dim]
 
 
 def stack_rows(parts: list[torch.Tensor | Compact]) -> torch.Tensor | Compact:

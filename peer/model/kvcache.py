@@ -4,7 +4,7 @@ Each decoder layer holds keys and values as [slots, kv_heads, capacity, head_dim
 owns one slot for its lifetime and writes position p of its keys at [slot, :, p]. A step
 writes in place, so nothing is concatenated per step (transformers' `DynamicCache` grows every
 layer's tensors by one `torch.cat` per step), and the decode steps of a pass attend to one view
-of the pool (`decode_view`) in a single attention call per layer.
+of the pool (a slice of its slots and positions) in a single attention call per layer.
 
 Capacity is shared by all slots and doubles when a session needs more, up to the shard's
 context; the pool is made with `torch.empty`, so the operating system backs only the pages
@@ -33,7 +33,7 @@ class KVPool:
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
-        self.layers, self.slots, self.limit = layers, slots, limit
+        self.layers, self.limit = layers, limit
         self.shape = (slots, kv_heads, head_dim)
         self.dtype, self.device = dtype, device
         self.capacity = 0
@@ -56,7 +56,7 @@ class KVPool:
         capacity = max(FIRST_CAPACITY, self.capacity)
         while capacity < length:
             capacity *= 2
-        capacity = min(max(capacity, length), self.limit)
+        capacity = min(capacity, self.limit)
         slots, heads, dim = self.shape
         for tensors in (self.keys, self.values):
             for index, held in enumerate(tensors):
@@ -67,7 +67,3 @@ class KVPool:
                 shape = (slots, heads, capacity, dim)
                 tensors.extend(torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers))
         self.capacity = capacity
-
-    def nbytes(self) -> int:
-        """Bytes the pool spans (virtual: only written pages are resident)."""
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))

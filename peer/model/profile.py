@@ -24,6 +24,7 @@ from transformers import PretrainedConfig
 
 from .batches import BATCHES, batch_factor
 from .devices import default_form, resolve_form
+from .families import attention_shape
 from .files import ModelSource, atomic_write
 from .options import WeightForm
 from .shard import Shard, Step, unit_count
@@ -60,9 +61,7 @@ def unit_sizes(config: PretrainedConfig, dtype: torch.dtype, context: int, sessi
     the bytes each sends on per decoded token (float32 hidden state; the head sends a token id)."""
     size = torch.empty((), dtype=dtype).element_size()
     hidden, inter = int(config.hidden_size), int(config.intermediate_size)
-    heads = int(config.num_attention_heads)
-    kv_heads = int(config.num_key_value_heads or heads)
-    head_dim = int(getattr(config, "head_dim", 0) or hidden // heads)
+    heads, kv_heads, head_dim = attention_shape(config)
     matrix = int(config.vocab_size) * hidden * size
     layer = (hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * inter + 2 * hidden) * size
     kv_cache = kv_cache_bytes(config, dtype, context, sessions)
@@ -77,9 +76,7 @@ def unit_sizes(config: PretrainedConfig, dtype: torch.dtype, context: int, sessi
 
 def kv_cache_bytes(config: PretrainedConfig, dtype: torch.dtype, context: int, sessions: int) -> int:
     """One decoder layer's KV caches: `sessions` sessions of `context` positions."""
-    heads = int(config.num_attention_heads)
-    kv_heads = int(config.num_key_value_heads or heads)
-    head_dim = int(getattr(config, "head_dim", 0) or int(config.hidden_size) // heads)
+    _heads, kv_heads, head_dim = attention_shape(config)
     return 2 * kv_heads * head_dim * context * sessions * torch.empty((), dtype=dtype).element_size()
 
 

@@ -23,7 +23,7 @@ from transformers import PretrainedConfig
 
 from ..errors import PeerError
 from .batch import Slice, layer_forward, plan_pass
-from .families import config_family, context_limit
+from .families import attention_shape, config_family, context_limit
 from .files import ModelSource, unit_tensor_names
 from .fusion import build_layer, held_parts
 from .kvcache import KVPool
@@ -198,10 +198,8 @@ class Shard(nn.Module):
             self.norm.to(device=self.device, dtype=dtype)
         self.eval()
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
-        dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
-        self.pool = KVPool(
-            len(self.layers), max_sessions, int(config.num_key_value_heads), dim, self.max_context, dtype, self.device
-        )
+        _heads, kv_heads, dim = attention_shape(config)
+        self.pool = KVPool(len(self.layers), max_sessions, kv_heads, dim, self.max_context, dtype, self.device)
         self._rotary_table: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def held_tensors(self) -> dict[str, torch.Tensor]:
