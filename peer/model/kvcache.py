@@ -7,10 +7,14 @@ layer's tensors by one `torch.cat` per step), and the decode steps of a pass att
 of the pool (a slice of its slots and positions) in a single attention call per layer.
 
 Capacity is shared by all slots and doubles when a session needs more, up to the shard's
-context; the pool is made with `torch.empty`, so the operating system backs only the pages
-that were written (a slot's row of a head is contiguous along positions): what is resident
-grows with the positions held, as it did with concatenated caches, while the planner counts
-the whole context for every session.
+context, so what is resident grows with the positions held, as it did with concatenated caches,
+while the planner counts the whole context for every session.
+
+The pool is made with `torch.zeros`, never `torch.empty`: decode rows of a pass attend over the
+same key range under a length mask, and a masked position still enters the product with the
+values as weight 0 times its value. Memory the allocator hands back may hold NaN bit patterns,
+and 0 x NaN is NaN: one shorter session's output became NaN (greedy token 0 for ever, sampling
+refused) whenever the pool grew into reused memory.
 """
 
 from __future__ import annotations
@@ -60,10 +64,10 @@ class KVPool:
         slots, heads, dim = self.shape
         for tensors in (self.keys, self.values):
             for index, held in enumerate(tensors):
-                grown = torch.empty(slots, heads, capacity, dim, dtype=self.dtype, device=self.device)
+                grown = torch.zeros(slots, heads, capacity, dim, dtype=self.dtype, device=self.device)
                 grown[:, :, : self.capacity] = held[:, :, : self.capacity]
                 tensors[index] = grown
             if not tensors:
                 shape = (slots, heads, capacity, dim)
-                tensors.extend(torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers))
+                tensors.extend(torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers))
         self.capacity = capacity

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -147,4 +148,30 @@ def test_decode_rows_of_scattered_slots_attend_together_as_alone(random_hf_model
     outputs = together.run_batch(steps)
     for step, got in zip(steps, outputs, strict=True):
         assert isinstance(got, torch.Tensor)
+        assert torch.allclose(got, alone.run(step.session, step.position, step.inputs), atol=1e-4)
+
+
+def test_masked_positions_of_memory_that_held_nan_change_no_output(
+    random_hf_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory the allocator hands back may hold anything, NaN included; a decode row attends
+    over the pass's longest range under a mask, and 0 x NaN is NaN. With every fresh tensor
+    filled with NaN, the pool still reads zero where nothing was written and shorter sessions'
+    outputs stay their own (a SIGKILL test once streamed token 0 for ever from this)."""
+    real_empty = torch.empty
+
+    def poisoned(*args: Any, **kwargs: Any) -> torch.Tensor:
+        tensor = real_empty(*args, **kwargs)
+        return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
+
+    alone = _shard(random_hf_model)
+    monkeypatch.setattr(torch, "empty", poisoned)
+    together = _shard(random_hf_model)
+    prompts = {"short": [3, 4], "long": list(range(3, 12))}
+    for session, ids in prompts.items():
+        alone.run(session, 0, torch.tensor(ids))
+        together.run(session, 0, torch.tensor(ids))
+    steps = [Step(s, len(ids), torch.tensor([7])) for s, ids in prompts.items()]
+    for step, got in zip(steps, together.run_batch(steps), strict=True):
+        assert isinstance(got, torch.Tensor) and bool(torch.isfinite(got).all())
         assert torch.allclose(got, alone.run(step.session, step.position, step.inputs), atol=1e-4)
