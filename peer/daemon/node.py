@@ -36,6 +36,7 @@ from ..api.admission import Admission
 from ..api.handlers import Api
 from ..api.schemas import served_model_name
 from ..errors import PeerError
+from ..model.compute import on_compute
 from ..model.devices import pick_device
 from ..model.files import ModelSource, default_cache_dir, open_model
 from ..model.options import WeightForm
@@ -116,15 +117,17 @@ class PeerNode:
         source, self.origin.hidden_size = self.source, int(self.source.config.hidden_size)
         fingerprint: str = await asyncio.to_thread(lambda: source.fingerprint)
         self._tokenizer = await asyncio.to_thread(source.tokenizer)  # converted once, before the API opens
-        profiles = await asyncio.to_thread(
-            offered_forms,
-            source,
-            self.cache_dir,
-            self.device,
-            config.weights,
-            config.emulate_slowdown,
-            config.reprofile,
-            self._batch(),
+        profiles = await on_compute(  # where the passes run: one OpenMP team (model/compute.py)
+            partial(
+                offered_forms,
+                source,
+                self.cache_dir,
+                self.device,
+                config.weights,
+                config.emulate_slowdown,
+                config.reprofile,
+                self._batch(),
+            )
         )
         profile = profiles[0]
         self.form: WeightForm = profile.form  # what a plan that names no form means

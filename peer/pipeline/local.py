@@ -12,12 +12,14 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from ..errors import StageError
+from ..model.compute import on_compute
 from ..model.files import ModelSource, open_model
 from ..model.options import WeightForm
 from ..model.shard import Shard
@@ -64,7 +66,7 @@ class LocalCluster:
         source = self.source or open_model(self.model)
         self.origin.hidden_size = int(source.config.hidden_size)
         for start, end in self.ranges:
-            shard = Shard(source, start, end, device=self.device, weights=self.weights)
+            shard = await on_compute(partial(Shard, source, start, end, device=self.device, weights=self.weights))
             stage = StageServer(shard, max_sessions=shard.max_sessions)
             runner, url = await start_server(stage.add_routes)
             self._stages.append(stage)

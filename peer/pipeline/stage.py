@@ -4,8 +4,8 @@ Theory of operation. A session is opened by an `Open` frame that carries the rou
 stage's URL), this stage's hop index and the origin's URL; each stage remembers where the
 session goes next (its `SessionRoute`) and forwards the `Open` down the route. Stage 0 then
 receives `InputIds`, every other stage `Hidden`. A step does not run when its frame arrives: it
-joins the `Batcher`, which runs every ready session's step in one pass on the single worker
-thread (torch, the device-to-host copy and the encoding of the outgoing frame never run on the
+joins the `Batcher`, which runs every ready session's step in one pass on the process's one
+compute thread (model/compute.py; torch, the device-to-host copy and the encoding of the outgoing frame never run on the
 event loop, so heartbeats and other links stay on time). The pass's outputs go on as `Hidden`,
 or, on the last stage, are sampled per session and sent to the origin as `Sampled`. A session has
 at most one step in flight (the origin waits for each token), so per-session order holds. Any
@@ -21,7 +21,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
@@ -32,6 +31,7 @@ from aiohttp import web
 
 from .. import wire
 from ..errors import ProtocolError, StageError
+from ..model.compute import on_compute
 from ..model.sampling import sample
 from ..model.shard import SessionError, Shard, Step
 from ..wire import Close, Error, Frame, Hidden, InputIds, Open, Sampled, SamplingParams, WireDtype, encode
@@ -97,7 +97,6 @@ class StageServer:
         self.routes: dict[str, SessionRoute] = {}
         self._arrivals: dict[str, Arrival] = {}  # each waiting step's arrival, for its trace
         self.max_sessions = max_sessions
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard")
         self.batcher: Batcher[list[Outbound | None]] = Batcher(self._compute, self._deliver, max_batch=max_sessions)
         self._sending: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -121,8 +120,9 @@ class StageServer:
         return bool(self.routes)
 
     async def run_on_worker(self, call: Callable[[], T]) -> T:
-        """Run torch work on the stage's single worker thread (caches are only touched there)."""
-        return await asyncio.get_running_loop().run_in_executor(self.worker, call)
+        """Run torch work on the process's one compute thread (compute.py: one OpenMP team runs
+        twice as fast as two; caches are only touched there)."""
+        return await on_compute(call)
 
     def add_routes(self, app: web.Application) -> None:
         """Mount the stage endpoint, a status page, and the idle-session sweeper."""
@@ -344,7 +344,7 @@ class StageServer:
         for task in list(self._sending):
             task.cancel()
         await self.links.close()
-        self.worker.shutdown(wait=True)
+        await self.run_on_worker(lambda: None)  # the thread is shared: wait for this stage's work
 
 
 def _run_pass(

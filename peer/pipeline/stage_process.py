@@ -14,7 +14,9 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 
+from ..model.compute import on_compute
 from ..model.files import open_model
 from ..model.options import FORMS
 from ..model.shard import Shard
@@ -26,7 +28,7 @@ async def serve(args: argparse.Namespace) -> None:
     """Load the shard, serve it, stop on stdin EOF or a signal."""
     started = time.perf_counter()
     source = open_model(args.model)
-    shard = Shard(source, args.start, args.end, device=args.device, weights=args.weights)
+    shard = await on_compute(partial(Shard, source, args.start, args.end, device=args.device, weights=args.weights))
     stage = StageServer(shard, max_sessions=shard.max_sessions)
     runner, url = await start_server(stage.add_routes, args.host, args.port)
     print(json.dumps({"url": url, "pid": os.getpid(), "load_s": time.perf_counter() - started}), flush=True)

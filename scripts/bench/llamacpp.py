@@ -179,19 +179,25 @@ def llama_runs(path: Path, ids: list[int], tokens: int, runs: int) -> list[tuple
     import llama_cpp
 
     llm = llama_cpp.Llama(str(path), n_ctx=2048, n_batch=512, n_threads=torch.get_num_threads(), verbose=False)
+    vocab = llm.n_vocab()
+
+    def greedy() -> int:  # the last position's logits (llm.scores is filled only with logits_all)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))
+        return int(np.argmax(logits))
+
     results = []
     for _ in range(runs + 1):
         llm.reset()
         started = time.perf_counter()
         llm.eval(ids)
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = greedy()
         first = time.perf_counter()
         for _step in range(tokens - 1):
             llm.eval([token])
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = greedy()
         finished = time.perf_counter()
         results.append((first - started, (finished - first) * 1000 / (tokens - 1)))
-    del llm
+    llm.close()
     return results[1:]
 
 

@@ -1,0 +1,50 @@
+"""The one thread that runs a process's torch work.
+
+On Linux torch's CPU kernels run on libgomp (GNU OpenMP), which gives every thread that ever ran
+a parallel op its own team of worker threads. Once the teams together hold more threads than the
+machine has cores, libgomp stops spinning between parallel regions (GOMP_SPINCOUNT is throttled
+to 100), so each of a decode step's few hundred parallel ops pays a futex wake-up on every core.
+Measured on a 2-core machine (embedded model, int4, one stage, decode): 14.5 ms/token while one
+thread runs every torch op, 30-33 ms once a second thread has run any (and with
+OMP_WAIT_POLICY=PASSIVE for any number of threads). The stage used to load on the event loop or
+a `to_thread` helper and compute on its own worker, which was the second team: half the speed,
+and a speed that depended on which thread had touched torch last.
+
+So a process loads, profiles and runs every pass of every stage it serves on this one thread
+(it also keeps a shard's KV pool single-threaded, which the stage relies on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+THREAD_NAME = "torch"
+_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
+
+
+def executor() -> ThreadPoolExecutor:
+    """The process's compute thread, as an executor (it is never shut down: it lives as long as
+    the process, and other stages of the process may still use it)."""
+    return _executor
+
+
+async def on_compute(call: Callable[[], T]) -> T:
+    """Run `call` on the compute thread, waiting without blocking the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(_executor, call)
+
+
+def run_on_compute(call: Callable[[], T]) -> T:
+    """Run `call` on the compute thread from synchronous code (blocking until it returns)."""
+    if is_compute_thread():
+        return call()
+    return _executor.submit(call).result()
+
+
+def is_compute_thread() -> bool:
+    return threading.current_thread().name.startswith(THREAD_NAME + "_")
