@@ -26,6 +26,7 @@ from edgeshard.solver import OBJECTIVES
 
 from ..api.client import ApiError, describe_status, get_status, stream_chunks, texts
 from ..errors import PeerError
+from ..model.compute import colocated_environment
 from ..model.options import PEER_WEIGHTS_HELP, weights
 
 READY_TIMEOUT_S = 600.0
@@ -63,9 +64,8 @@ class LocalPeer:
         if self.process is not None:
             self.process.wait()
         with self.log.open("ab") as log:
-            # Peers here share one host's cores: OpenMP threads that spin while idle would steal
-            # them from the peer that is computing, so idle threads sleep.
-            environment = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+            # Peers here share one host's cores: a short OpenMP spin (model/compute.py).
+            environment = colocated_environment(os.environ)
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=environment)
 
     @property

@@ -32,7 +32,10 @@ from .weights import compute_dtype
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 4
+# Part of every cached profile's key: bump it whenever the stage's step gets faster or slower (5:
+# the KV pool, fused projections and one compute thread per process), or old caches keep
+# planning with the old speed.
+PROFILE_VERSION = 5
 PROMPT_TOKENS = 32
 DECODE_STEPS = 8
 RUNTIME_RESERVE_BYTES = 768 * 2**20  # the interpreter, torch and transformers themselves

@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from ..errors import StageError
-from ..model.compute import on_compute
+from ..model.compute import colocated_environment, on_compute
 from ..model.files import ModelSource, open_model
 from ..model.options import WeightForm
 from ..model.shard import Shard
@@ -74,10 +74,8 @@ class LocalCluster:
             self.route.append(url)
 
     async def _start_processes(self) -> None:
-        # Stage processes here share one host's cores; OpenMP threads that spin while idle
-        # would steal them from the stage that is computing, so let idle threads sleep.
-        environment = {**os.environ}
-        environment.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        # Stage processes here share one host's cores: a short OpenMP spin (model/compute.py).
+        environment = colocated_environment(os.environ)
         # Start all, then wait for all: the stages load in parallel.
         for start, end in self.ranges:
             child = await asyncio.create_subprocess_exec(

@@ -36,7 +36,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -201,12 +203,62 @@ def llama_runs(path: Path, ids: list[int], tokens: int, runs: int) -> list[tuple
     return results[1:]
 
 
+# --- one measurement, in a process of its own ---------------------------------------------------
+
+Runs = list[tuple[float, float]]
+
+
+def prompt_ids(vocab: int, length: int) -> list[int]:
+    """The same random prompt for both engines."""
+    return torch.randint(100, vocab, (length,), generator=torch.Generator().manual_seed(1)).tolist()
+
+
+def measure_here(spec: dict[str, Any]) -> Runs:
+    path = Path(spec["path"])
+    source = open_model(str(path))
+    assert isinstance(source, GGUFModel)
+    ids = prompt_ids(int(source.config.vocab_size), spec["prompt"])
+    if spec["engine"] == "llama.cpp":
+        return llama_runs(path, ids, spec["tokens"], spec["runs"])
+    return asyncio.run(
+        ours_generate(source, spec["form"], spec["stages"], spec["processes"], ids, spec["tokens"], spec["runs"])
+    )
+
+
+def measure_apart(
+    engine: str,
+    *,
+    path: Path,
+    form: WeightForm,
+    prompt: int,
+    tokens: int,
+    runs: int,
+    stages: int = 1,
+    processes: bool = False,
+) -> Runs:
+    """A measurement in a fresh process, as a user's run is: two OpenMP runtimes (torch's and
+    llama.cpp's) in one process slowed both, and what ran before must not warm or cool the next."""
+    spec = {"engine": engine, "path": str(path), "form": form, "prompt": prompt, "tokens": tokens}
+    spec |= {"runs": runs, "stages": stages, "processes": processes}
+    done = subprocess.run(
+        [sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{engine} measurement failed:\n{done.stderr[-3000:]}")
+    return [(float(a), float(b)) for a, b in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
 # --- 8 chats through an API --------------------------------------------------------------------
 
 
-def chat(api: str, index: int, tokens: int, counts: list[int], key: str = "") -> None:
+def served_model(api: str) -> str:
+    with urllib.request.urlopen(f"{api}/v1/models", timeout=30) as response:
+        return str(json.loads(response.read())["data"][0]["id"])
+
+
+def chat(api: str, index: int, tokens: int, counts: list[int], model: str = "any") -> None:
     body = {
-        "model": "any",
+        "model": model,
         "messages": [{"role": "user", "content": f"Tell me a long story about place number {index}."}],
         "max_tokens": tokens,
         "temperature": 0.0,
@@ -214,17 +266,16 @@ def chat(api: str, index: int, tokens: int, counts: list[int], key: str = "") ->
     request = urllib.request.Request(
         f"{api}/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
     )
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
     with urllib.request.urlopen(request, timeout=900) as response:
         counts.append(int(json.loads(response.read())["usage"]["completion_tokens"]))
 
 
 def concurrent_tps(api: str, tokens: int) -> float:
     """Aggregate completion tokens/s of CHATS concurrent chats (after one warm-up chat)."""
-    chat(api, 99, 4, [])
+    model = served_model(api)
+    chat(api, 99, 4, [], model)
     counts: list[int] = []
-    threads = [threading.Thread(target=chat, args=(api, i, tokens, counts)) for i in range(CHATS)]
+    threads = [threading.Thread(target=chat, args=(api, i, tokens, counts, model)) for i in range(CHATS)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -294,7 +345,11 @@ def main() -> int:
     parser.add_argument("--llama-server", default=shutil.which("llama-server") or "", help="llama-server binary")
     parser.add_argument("--skip", default="", help="rows to leave out: chats,stages")
     parser.add_argument("--port", type=int, default=18620)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # one measurement (JSON spec), in a child
     args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure_here(json.loads(args.measure))))
+        return 0
     skip = set(filter(None, args.skip.split(",")))
     made = files(Path(args.work), args.files.split(","))
     rows: list[tuple[str, str, str, str, str]] = []
@@ -305,19 +360,16 @@ def main() -> int:
         print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
 
     for name, path in made.items():
-        source = open_model(str(path))
-        assert isinstance(source, GGUFModel)
         form = form_for(name)
-        vocab = int(source.config.vocab_size)
-        generator = torch.Generator().manual_seed(1)
-        short = torch.randint(100, vocab, (16,), generator=generator).tolist()
-        long = torch.randint(100, vocab, (PROMPT_TOKENS,), generator=generator).tolist()
         label = f"{name} ({form})"
+
+        runs_of = partial(measure_apart, path=path, form=form)
+
         ours_decode: list[float] = []
         theirs_decode: list[float] = []
         for _ in range(args.runs):  # interleaved: a slow minute of this machine hits both
-            ours_decode += [ms for _s, ms in asyncio.run(ours_generate(source, form, 1, False, short, args.tokens, 1))]
-            theirs_decode += [ms for _s, ms in llama_runs(path, short, args.tokens, 1)]
+            ours_decode += [ms for _s, ms in runs_of("ours", prompt=16, tokens=args.tokens, runs=1)]
+            theirs_decode += [ms for _s, ms in runs_of("llama.cpp", prompt=16, tokens=args.tokens, runs=1)]
         print(f"{label} decode ms: ours {ours_decode} llama.cpp {theirs_decode}", file=sys.stderr)
         rows.append(
             (
@@ -329,8 +381,8 @@ def main() -> int:
             )
         )
         print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
-        ours_prefill = min(s for s, _ms in asyncio.run(ours_generate(source, form, 1, False, long, 2, 2)))
-        theirs_prefill = min(s for s, _ms in llama_runs(path, long, 2, 2))
+        ours_prefill = min(s for s, _ms in runs_of("ours", prompt=PROMPT_TOKENS, tokens=2, runs=2))
+        theirs_prefill = min(s for s, _ms in runs_of("llama.cpp", prompt=PROMPT_TOKENS, tokens=2, runs=2))
         row(
             label,
             f"prefill, {PROMPT_TOKENS} tokens, tokens/s",
@@ -345,8 +397,10 @@ def main() -> int:
             theirs_tps = llama_server_chats(binary, path, args.tokens, args.port + 50) if binary else None
             row(label, f"{CHATS} chats through one API, tokens/s", ours_tps, theirs_tps, "tok/s", True)
         if "stages" not in skip:
-            one = min(ms for _s, ms in asyncio.run(ours_generate(source, form, 1, True, short, args.tokens, 2)))
-            three = min(ms for _s, ms in asyncio.run(ours_generate(source, form, 3, True, short, args.tokens, 2)))
+            one = min(ms for _s, ms in runs_of("ours", prompt=16, tokens=args.tokens, runs=2, stages=1, processes=True))
+            three = min(
+                ms for _s, ms in runs_of("ours", prompt=16, tokens=args.tokens, runs=2, stages=3, processes=True)
+            )
             rows.append(
                 (
                     label,

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from edgeshard.discovery.auth import write_secret
 from edgeshard.peer.api.client import ApiError, get_status
+from edgeshard.peer.model.compute import colocated_environment
 from openai import OpenAI
 
 T = TypeVar("T")
@@ -66,7 +67,7 @@ class Peer:
                 [sys.executable, "-m", "edgeshard.peer.daemon", *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env},
+                env=colocated_environment({**os.environ, **self.env}),  # peers sharing this host's cores
             )
 
     def status(self) -> dict[str, Any] | None:
