@@ -17,7 +17,6 @@ So a process loads, profiles and runs every pass of every stage it serves on thi
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -25,13 +24,8 @@ from typing import TypeVar
 T = TypeVar("T")
 
 THREAD_NAME = "torch"
+# Never shut down: it lives as long as the process, and every stage of the process uses it.
 _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
-
-
-def executor() -> ThreadPoolExecutor:
-    """The process's compute thread, as an executor (it is never shut down: it lives as long as
-    the process, and other stages of the process may still use it)."""
-    return _executor
 
 
 async def on_compute(call: Callable[[], T]) -> T:
@@ -39,19 +33,8 @@ async def on_compute(call: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(_executor, call)
 
 
-def run_on_compute(call: Callable[[], T]) -> T:
-    """Run `call` on the compute thread from synchronous code (blocking until it returns)."""
-    if is_compute_thread():
-        return call()
-    return _executor.submit(call).result()
-
-
-def is_compute_thread() -> bool:
-    return threading.current_thread().name.startswith(THREAD_NAME + "_")
-
-
 # Stage processes or peers that share one host's cores (a local cluster, `edgeshard cluster`,
-# the testbed). Each computes in turn, and a team that spins long after its op steals the cores
+# the test suite's peers). Each computes in turn, and a team that spins long after its op steals the cores
 # from the next stage; PASSIVE (never spin) makes every op pay a wake-up instead. Measured on 2
 # cores, embedded model, int4, decode ms/token, 1 stage process / 3 stage processes:
 # PASSIVE 30 / 30, libgomp's default (300,000 spins) 17 / 25-29, 100,000 spins 15 / 20.5,

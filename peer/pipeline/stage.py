@@ -5,11 +5,12 @@ stage's URL), this stage's hop index and the origin's URL; each stage remembers 
 session goes next (its `SessionRoute`) and forwards the `Open` down the route. Stage 0 then
 receives `InputIds`, every other stage `Hidden`. A step does not run when its frame arrives: it
 joins the `Batcher`, which runs every ready session's step in one pass on the process's one
-compute thread (model/compute.py; torch, the device-to-host copy and the encoding of the outgoing frame never run on the
-event loop, so heartbeats and other links stay on time). The pass's outputs go on as `Hidden`,
-or, on the last stage, are sampled per session and sent to the origin as `Sampled`. A session has
-at most one step in flight (the origin waits for each token), so per-session order holds. Any
-fault in a frame is answered with an `Error` frame naming the session; the stage keeps serving.
+compute thread (model/compute.py: torch, the device-to-host copy and the encoding of the
+outgoing frame never run on the event loop, so heartbeats and other links stay on time). The
+pass's outputs go on as `Hidden`, or, on the last stage, are sampled per session and sent to
+the origin as `Sampled`. A session has at most one step in flight (the origin waits for each
+token), so per-session order holds. Any fault in a frame is answered with an `Error` frame
+naming the session; the stage keeps serving.
 A session ends with its `Close`, with the link it came over, or with the shard it ran on.
 """
 

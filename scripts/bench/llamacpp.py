@@ -53,6 +53,7 @@ ONE_B = {"block_count": 16, "embedding_length": 2048, "feed_forward_length": 819
 QUANTS = {"q4_0": 2, "q8_0": 7, "q4_k_m": 15}  # llama_ftype values
 CHATS = 8
 PROMPT_TOKENS = 512
+DECODE_PROMPT_TOKENS = 16  # the prompt before a decode measurement
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -256,7 +257,7 @@ def served_model(api: str) -> str:
         return str(json.loads(response.read())["data"][0]["id"])
 
 
-def chat(api: str, index: int, tokens: int, counts: list[int], model: str = "any") -> None:
+def chat(api: str, index: int, tokens: int, counts: list[int], model: str) -> None:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": f"Tell me a long story about place number {index}."}],
@@ -364,12 +365,13 @@ def main() -> int:
         label = f"{name} ({form})"
 
         runs_of = partial(measure_apart, path=path, form=form)
+        decode_runs = partial(runs_of, prompt=DECODE_PROMPT_TOKENS, tokens=args.tokens)
 
         ours_decode: list[float] = []
         theirs_decode: list[float] = []
         for _ in range(args.runs):  # interleaved: a slow minute of this machine hits both
-            ours_decode += [ms for _s, ms in runs_of("ours", prompt=16, tokens=args.tokens, runs=1)]
-            theirs_decode += [ms for _s, ms in runs_of("llama.cpp", prompt=16, tokens=args.tokens, runs=1)]
+            ours_decode += [ms for _s, ms in decode_runs("ours", runs=1)]
+            theirs_decode += [ms for _s, ms in decode_runs("llama.cpp", runs=1)]
         print(f"{label} decode ms: ours {ours_decode} llama.cpp {theirs_decode}", file=sys.stderr)
         rows.append(
             (
@@ -397,10 +399,8 @@ def main() -> int:
             theirs_tps = llama_server_chats(binary, path, args.tokens, args.port + 50) if binary else None
             row(label, f"{CHATS} chats through one API, tokens/s", ours_tps, theirs_tps, "tok/s", True)
         if "stages" not in skip:
-            one = min(ms for _s, ms in runs_of("ours", prompt=16, tokens=args.tokens, runs=2, stages=1, processes=True))
-            three = min(
-                ms for _s, ms in runs_of("ours", prompt=16, tokens=args.tokens, runs=2, stages=3, processes=True)
-            )
+            one = min(ms for _s, ms in decode_runs("ours", runs=2, stages=1, processes=True))
+            three = min(ms for _s, ms in decode_runs("ours", runs=2, stages=3, processes=True))
             rows.append(
                 (
                     label,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edgeshard.peer.model.compute import THREAD_NAME, run_on_compute
+from edgeshard.peer.model.compute import THREAD_NAME
 from edgeshard.peer.model.files import open_model
 from edgeshard.peer.model.shard import Shard, even_split, unit_count
 from edgeshard.peer.pipeline.local import LocalCluster
@@ -39,8 +39,3 @@ async def test_a_local_cluster_loads_and_computes_only_on_the_compute_thread(
     assert {kind for kind, _ in where} == {"load", "pass"}
     assert len(where) >= 2 + 2 * 4  # two loads, two stages' passes for every token
     assert all(name.startswith(THREAD_NAME + "_") for _, name in where), where
-
-
-def test_run_on_compute_runs_there_and_nests() -> None:
-    assert run_on_compute(lambda: threading.current_thread().name).startswith(THREAD_NAME + "_")
-    assert run_on_compute(lambda: run_on_compute(lambda: 7)) == 7  # no deadlock from the thread itself
