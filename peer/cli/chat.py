@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..api.client import ApiError, chat_stream, get_status, texts
 from ..errors import PeerError
-from ..model.options import DEFAULT_MODEL, WEIGHT_CHOICES, WEIGHTS_HELP
+from ..model.options import COMPILE_CHOICES, COMPILE_HELP, DEFAULT_MODEL, WEIGHT_CHOICES, WEIGHTS_HELP, use_compile_mode
 from .render import ReplyStats, describe_error, render_local_plan, render_peers, render_plan
 from .repl import HELP, MAX_TEMPERATURE, Reader, Repl, Settings, Show, read_plain_line, terminal_reader
 
@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto", help=WEIGHTS_HELP)
+    parser.add_argument("--compile", choices=COMPILE_CHOICES, help=COMPILE_HELP + " (default auto)")
     parser.add_argument("--device", default="auto")
 
 
@@ -178,6 +179,8 @@ async def run_chat(args: argparse.Namespace, interactive: bool = False) -> None:
     from ..pipeline.local import LocalCluster
 
     settings = _settings(args)
+    if args.compile:
+        use_compile_mode(args.compile)
     source = open_model(args.model)
     ranges = even_split(unit_count(source.config), args.stages)
     device = pick_device(args.device)

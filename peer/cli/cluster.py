@@ -27,7 +27,7 @@ from edgeshard.solver import OBJECTIVES
 from ..api.client import ApiError, describe_status, get_status, stream_chunks, texts
 from ..errors import PeerError
 from ..model.compute import colocated_environment
-from ..model.options import PEER_WEIGHTS_HELP, weights
+from ..model.options import COMPILE_CHOICES, COMPILE_HELP, PEER_WEIGHTS_HELP, weights
 
 READY_TIMEOUT_S = 600.0
 
@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", type=int, default=512, help="KV positions per session (default 512)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="latency")
     parser.add_argument("--weights", type=weights, default="auto", help=PEER_WEIGHTS_HELP)
+    parser.add_argument("--compile", choices=COMPILE_CHOICES, help=COMPILE_HELP + " (default: the peers' own, auto)")
     parser.add_argument("--sessions", type=int, default=4, help="concurrent sessions per stage (default 4)")
     parser.add_argument("--base-port", type=int, default=7430, help="peer i listens on base+2i, its API on base+2i+1")
     parser.add_argument("--logs", metavar="DIR", help="where the peers' logs go (default: a temporary folder)")
@@ -98,6 +99,8 @@ def start_peers(args: argparse.Namespace, logs: Path) -> list[LocalPeer]:
         ]
         if args.max_memory:
             command += ["--max-memory", args.max_memory]
+        if getattr(args, "compile", None):
+            command += ["--compile", args.compile]
         peer = LocalPeer(name, f"http://127.0.0.1:{port + 1}", command, logs / f"{name}.log")
         peer.start()
         peers.append(peer)

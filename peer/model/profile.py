@@ -23,6 +23,7 @@ from edgeshard.solver import Unit
 from transformers import PretrainedConfig
 
 from .batches import BATCHES, batch_factor
+from .compiled import compiles, process_mode
 from .devices import default_form, resolve_form
 from .families import attention_shape
 from .files import ModelSource, atomic_write
@@ -33,9 +34,9 @@ from .weights import compute_dtype
 log = logging.getLogger(__name__)
 
 # Part of every cached profile's key: bump it whenever the stage's step gets faster or slower (5:
-# the KV pool, fused projections and one compute thread per process), or old caches keep
-# planning with the old speed.
-PROFILE_VERSION = 5
+# the KV pool, fused projections and one compute thread per process; 6: a warm-up pass before
+# the timed ones, and compiled steps keyed apart), or old caches keep planning with the old speed.
+PROFILE_VERSION = 6
 PROMPT_TOKENS = 32
 DECODE_STEPS = 8
 RUNTIME_RESERVE_BYTES = 768 * 2**20  # the interpreter, torch and transformers themselves
@@ -111,7 +112,11 @@ def _synchronize(device: str) -> None:
 
 
 def _time_unit(shard: Shard, first: torch.Tensor, steps: torch.Tensor, device: str) -> tuple[float, float]:
-    """(fastest decode ms, prefill ms) of one shard."""
+    """(fastest decode ms, prefill ms) of one shard, after a pass of each kind that warms up
+    (and, for a compiled step, compiles: seconds of work that serving pays once, not per token)."""
+    shard.run("warm-up", 0, first)
+    shard.run("warm-up", first.shape[0], steps[:1])
+    shard.close("warm-up")
     started = time.perf_counter()
     shard.run("profile", 0, first)
     _synchronize(device)
@@ -251,7 +256,8 @@ def load_or_measure(
 ) -> Profile:
     """The cached profile for this model and device, measured on first use (or when `fresh`: a
     profile taken while the device was busy with something else stays slow until re-measured)."""
-    key = f"v{PROFILE_VERSION}-{device.replace(':', '_')}-{form}-t{torch.get_num_threads()}-x{slowdown:g}"
+    compiled = "-compiled" if compiles(process_mode(), form, device) else ""
+    key = f"v{PROFILE_VERSION}-{device.replace(':', '_')}-{form}{compiled}-t{torch.get_num_threads()}-x{slowdown:g}"
     path = cache_dir / "profiles" / f"{source.fingerprint[:32]}-{key}.json"
     try:
         if fresh:

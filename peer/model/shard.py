@@ -23,6 +23,7 @@ from transformers import PretrainedConfig
 
 from ..errors import PeerError
 from .batch import Slice, layer_forward, plan_pass
+from .compiled import compiles, layer_parts, process_mode
 from .families import attention_shape, config_family, context_limit
 from .files import ModelSource, unit_tensor_names
 from .fusion import build_layer, held_parts
@@ -107,6 +108,7 @@ class Shard(nn.Module):
         slowdown: float = 1.0,
         reuse: Shard | None = None,
         weights: WeightForm | None = None,
+        compile_step: bool | None = None,
     ) -> None:
         super().__init__()
         # The weight form (weights.py); without one, the plain float form of `dtype`.
@@ -199,6 +201,10 @@ class Shard(nn.Module):
         self.eval()
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
         _heads, kv_heads, dim = attention_shape(config)
+        # The layers' dense parts, compiled or not (compiled.py; None: the process's --compile).
+        if compile_step is None:
+            compile_step = compiles(process_mode(), self.form, str(self.device))
+        self.parts = layer_parts(compile_step)
         self.pool = KVPool(len(self.layers), max_sessions, kv_heads, dim, self.max_context, dtype, self.device)
         self._rotary_table: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -336,7 +342,7 @@ class Shard(nn.Module):
             cos, sin = self._rotary(needed)
             cos_sin = cos[plan.positions], sin[plan.positions]
             for local, layer in enumerate(self.layers):
-                hidden = layer_forward(layer, local, self.pool, hidden, cos_sin, plan)
+                hidden = layer_forward(layer, local, self.pool, hidden, cos_sin, plan, self.parts)
         for (_index, step, state), part in zip(admitted, slices, strict=True):
             state.length = step.position + part.length
         if self.has_head:

@@ -1,16 +1,19 @@
 """`scripts/bench-llamacpp`: EdgeShard against llama.cpp on this device, on the same GGUF files.
 
-  scripts/bench-llamacpp [--files embedded,1b-q4_0,1b-q4_k_m,1b-q8_0] [--runs 5] [--tokens 64]
+  scripts/bench-llamacpp [--files embedded,1b-q4_0,1b-q4_k_m,1b-q8_0,8b-q4_k_m] [--runs 5] [--tokens 64]
+                         [--compile auto|on|off]
 
 llama.cpp is a benchmark-only dependency: `pip install llama-cpp-python==0.3.36` into the venv
 (it builds llama.cpp from source, about 15 minutes here) and, for the concurrent-chats row, a
 `llama-server` binary (`--llama-server PATH`: built from llama-cpp-python's vendored sources
 with `cmake --build build --target llama-server`); without it that row is skipped and says so.
 
-Files: the embedded SmolLM2-135M Q4_1 file as shipped, and a random model of Llama-3.2-1B's
-shape (hidden 2048, 16 layers, MLP 8192, 32 heads, 8 KV heads, tied head; the embedded file's
-tokenizer, so vocabulary 49152) written here as F16 with gguf's writer and quantized by
-llama.cpp's own quantizer (`llama_model_quantize`) to Q4_0, Q4_K_M and Q8_0, into --work.
+Files: the embedded SmolLM2-135M Q4_1 file as shipped, and random models of Llama-3.2-1B's
+shape (`1b-*`: hidden 2048, 16 layers, MLP 8192, 32 heads, 8 KV heads) and of Llama-3.1-8B's
+(`8b-*`: hidden 4096, 32 layers, MLP 14336, 32 heads, 8 KV heads), each with a tied head and
+the embedded file's tokenizer (so vocabulary 49152), written here as F16 with gguf's writer
+(a tensor at a time) and quantized by llama.cpp's own quantizer (`llama_model_quantize`) to
+Q4_0, Q4_K_M or Q8_0 (the name's suffix), into --work.
 
 Rows, each ours beside llama.cpp's in the same run, with the ratio (> 1: ours is faster):
   decode, 1 session     ms/token after the first token, greedy, one stage (`edgeshard generate
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -44,12 +48,20 @@ import gguf
 import numpy as np
 import torch
 from edgeshard.peer.model.files import GGUFModel, default_model_path, open_model
-from edgeshard.peer.model.options import WeightForm
+from edgeshard.peer.model.options import COMPILE_CHOICES, COMPILE_ENVIRONMENT, WeightForm
 from edgeshard.peer.model.shard import even_split, unit_count
 from edgeshard.peer.pipeline.local import LocalCluster
 from edgeshard.peer.wire import SamplingParams
 
 ONE_B = {"block_count": 16, "embedding_length": 2048, "feed_forward_length": 8192, "head_count": 32, "head_count_kv": 8}
+EIGHT_B = {
+    "block_count": 32,
+    "embedding_length": 4096,
+    "feed_forward_length": 14336,
+    "head_count": 32,
+    "head_count_kv": 8,
+}
+SHAPES = {"1b": ONE_B, "8b": EIGHT_B}  # Llama-3.2-1B's and Llama-3.1-8B's shapes
 QUANTS = {"q4_0": 2, "q8_0": 7, "q4_k_m": 15}  # llama_ftype values
 CHATS = 8
 PROMPT_TOKENS = 512
@@ -59,8 +71,9 @@ DECODE_PROMPT_TOKENS = 16  # the prompt before a decode measurement
 # --- files -------------------------------------------------------------------------------------
 
 
-def write_one_b(target: Path, seed: int = 0) -> None:
-    """A random Llama of Llama-3.2-1B's shape, F16, with the embedded file's tokenizer fields."""
+def write_shape(target: Path, shape: dict[str, int], seed: int = 0) -> None:
+    """A random Llama of `shape`, F16, with the embedded file's tokenizer fields. Tensors are made
+    and written one at a time (an 8B-shaped file is 14 GB: it must not be held in memory)."""
     reader = gguf.GGUFReader(str(default_model_path()))
     writer = gguf.GGUFWriter(str(target), arch="llama")
     for field in reader.fields.values():
@@ -73,13 +86,13 @@ def write_one_b(target: Path, seed: int = 0) -> None:
         sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(name, field.contents(), value_type, sub_type=sub_type)
     hidden, ffn, heads, kv = (
-        ONE_B[k] for k in ("embedding_length", "feed_forward_length", "head_count", "head_count_kv")
+        shape[k] for k in ("embedding_length", "feed_forward_length", "head_count", "head_count_kv")
     )
     dim = hidden // heads
     writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16))
     writer.add_context_length(8192)
     writer.add_embedding_length(hidden)
-    writer.add_block_count(ONE_B["block_count"])
+    writer.add_block_count(shape["block_count"])
     writer.add_feed_forward_length(ffn)
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv)
@@ -92,9 +105,9 @@ def write_one_b(target: Path, seed: int = 0) -> None:
     def matrix(rows: int, columns: int) -> np.ndarray:
         return (rng.standard_normal((rows, columns), dtype=np.float32) * 0.02).astype(np.float16)
 
-    writer.add_tensor("token_embd.weight", matrix(vocab, hidden))
-    writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
-    for block in range(ONE_B["block_count"]):
+    tensors: list[tuple[str, tuple[int, ...], type]] = [("token_embd.weight", (vocab, hidden), np.float16)]
+    tensors.append(("output_norm.weight", (hidden,), np.float32))
+    for block in range(shape["block_count"]):
         for name, rows, columns in (
             ("attn_q", hidden, hidden),
             ("attn_k", kv * dim, hidden),
@@ -104,12 +117,17 @@ def write_one_b(target: Path, seed: int = 0) -> None:
             ("ffn_up", ffn, hidden),
             ("ffn_down", hidden, ffn),
         ):
-            writer.add_tensor(f"blk.{block}.{name}.weight", matrix(rows, columns))
+            tensors.append((f"blk.{block}.{name}.weight", (rows, columns), np.float16))
         for norm in ("attn_norm", "ffn_norm"):
-            writer.add_tensor(f"blk.{block}.{norm}.weight", np.ones(hidden, dtype=np.float32))
+            tensors.append((f"blk.{block}.{norm}.weight", (hidden,), np.float32))
+    for name, dims, dtype in tensors:
+        size = int(np.prod(dims)) * np.dtype(dtype).itemsize
+        writer.add_tensor_info(name, dims, np.dtype(dtype), size)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_ti_data_to_file()
+    for _name, dims, _dtype in tensors:
+        writer.write_tensor_data(matrix(*dims) if len(dims) == 2 else np.ones(dims, dtype=np.float32))
     writer.close()
 
 
@@ -129,17 +147,17 @@ def files(work: Path, names: list[str]) -> dict[str, Path]:
     """The benchmark's files by name, made in `work` when missing."""
     work.mkdir(parents=True, exist_ok=True)
     made: dict[str, Path] = {}
-    f16 = work / "llama-1b-shape-f16.gguf"
     for name in names:
         if name == "embedded":
             made[name] = default_model_path()
             continue
-        kind = name.removeprefix("1b-")
-        target = work / f"llama-1b-shape-{kind}.gguf"
+        size, _dash, kind = name.partition("-")
+        f16 = work / f"llama-{size}-shape-f16.gguf"
+        target = work / f"llama-{size}-shape-{kind}.gguf"
         if not target.exists():
             if not f16.exists():
                 print(f"writing {f16} ...", file=sys.stderr)
-                write_one_b(f16)
+                write_shape(f16, SHAPES[size])
             print(f"quantizing {target.name} ...", file=sys.stderr)
             quantize(f16, target, kind)
         made[name] = target
@@ -346,12 +364,17 @@ def main() -> int:
     parser.add_argument("--llama-server", default=shutil.which("llama-server") or "", help="llama-server binary")
     parser.add_argument("--skip", default="", help="rows to leave out: chats,stages")
     parser.add_argument("--port", type=int, default=18620)
+    parser.add_argument(
+        "--compile", choices=COMPILE_CHOICES, help="our stages' --compile (default: the product's, auto)"
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # one measurement (JSON spec), in a child
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure_here(json.loads(args.measure))))
         return 0
     skip = set(filter(None, args.skip.split(",")))
+    if args.compile:  # to our stages in this process's children and to the peer of the chats row
+        os.environ[COMPILE_ENVIRONMENT] = os.environ["EDGESHARD_PEER_COMPILE"] = args.compile
     made = files(Path(args.work), args.files.split(","))
     rows: list[tuple[str, str, str, str, str]] = []
 

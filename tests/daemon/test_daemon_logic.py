@@ -54,6 +54,7 @@ def test_settings_layer_file_then_environment_then_flags(tmp_path: Path) -> None
         ("", {"listen": "host:99999"}, "listen"),
         ("", {"name": "bad name!"}, "name"),
         ("", {"max_memory": "lots"}, "max_memory"),
+        ("", {"compile": "sometimes"}, "compile"),
         ("", {"dead_after_s": "4"}, "dead_after_s"),
         ("dead_after = 12\n", {}, "renamed 'dead_after_s'"),
         ("[peer\n", {}, "peer.toml"),
