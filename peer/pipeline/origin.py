@@ -25,7 +25,8 @@ from ..wire import Close, Error, Frame, InputIds, Open, Sampled, SamplingParams,
 from .links import STAGE_PATH, Links, Reply, Sign, frame_endpoint
 from .timing import StepTiming
 
-STEP_TIMEOUT_S = 120.0
+STEP_TIMEOUT_S = 120.0  # a decode step's bound; a prompt chunk's grows with its tokens
+TIMEOUT_TOKENS_PER_STEP = 16
 PREFILL_CHUNK_TOKENS = 256
 FRAME_HEADROOM_BYTES = 4096  # a Hidden frame's fields beside its data
 
@@ -37,6 +38,13 @@ def prefill_chunk(hidden_size: int | None, wire_dtype: WireDtype) -> int:
         return PREFILL_CHUNK_TOKENS
     fits = (wire.MAX_FRAME_BYTES - FRAME_HEADROOM_BYTES) // (hidden_size * wire.WIRE_ITEMSIZE[wire_dtype])
     return max(1, min(PREFILL_CHUNK_TOKENS, fits))
+
+
+def step_timeout(timeout_s: float, tokens: int) -> float:
+    """The wait for a step's token: `timeout_s` per TIMEOUT_TOKENS_PER_STEP tokens fed. A slow
+    device's 256-token chunk legitimately outlasts a decode step's bound (the 1B shape's int8
+    chunk took over 120 s on 2 cores); a dead stage is caught sooner by its link closing."""
+    return timeout_s * max(1, -(-tokens // TIMEOUT_TOKENS_PER_STEP))
 
 
 class Origin:
@@ -95,11 +103,12 @@ class Origin:
         async def step(position: int, feed: Sequence[int]) -> int:
             sent = time.time()
             await self.links.send(stage0, InputIds(session, position, tuple(feed)))
+            bound = step_timeout(timeout_s, len(feed))
             try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel (client gone)
-                async with asyncio.timeout(timeout_s):
+                async with asyncio.timeout(bound):
                     reply = await queue.get()
             except TimeoutError:
-                raise StageError(f"no token within {timeout_s:.0f}s (session {session})", "timeout") from None
+                raise StageError(f"no token within {bound:.0f}s (session {session})", "timeout") from None
             if isinstance(reply, Error):
                 raise StageError(f"{reply.code}: {reply.message}", reply.code)
             expected = position + len(feed)

@@ -18,7 +18,7 @@ from edgeshard.peer.model.shard import even_split, unit_count
 from edgeshard.peer.pipeline.hidden import hidden_frame
 from edgeshard.peer.pipeline.links import Reply, frame_endpoint
 from edgeshard.peer.pipeline.local import LocalCluster
-from edgeshard.peer.pipeline.origin import prefill_chunk
+from edgeshard.peer.pipeline.origin import TIMEOUT_TOKENS_PER_STEP, prefill_chunk, step_timeout
 from edgeshard.peer.pipeline.servers import start_server
 from edgeshard.peer.wire import Close, Error, Frame, InputIds, Open, Sampled, SamplingParams, decode, encode
 from transformers import PreTrainedModel
@@ -216,3 +216,24 @@ def test_a_fault_after_the_pass_fails_only_its_own_session() -> None:
     bad, good = (decode(o.data) for o in outputs if o is not None)
     assert isinstance(bad, Error) and bad.session == "bad" and bad.code == "stage-fault"
     assert isinstance(good, Sampled) and good.session == "good" and good.token_id == 3
+
+
+def test_a_prompt_chunk_waits_longer_than_a_decode_step() -> None:
+    assert step_timeout(120.0, 1) == 120.0
+    assert step_timeout(120.0, TIMEOUT_TOKENS_PER_STEP) == 120.0
+    assert step_timeout(120.0, TIMEOUT_TOKENS_PER_STEP + 1) == 240.0
+    assert step_timeout(120.0, 256) == 120.0 * 256 / TIMEOUT_TOKENS_PER_STEP
+
+
+async def test_a_slow_prompt_chunk_is_not_taken_for_a_dead_stage(default_source: GGUFModel) -> None:
+    """A timeout shorter than a 256-token chunk's compute (but longer than a decode step's)
+    still lets the prompt through: its bound grows with the chunk (a slow device's int8 chunk
+    outlasted the decode bound)."""
+    ids = default_source.tokenizer().encode("A long and slow afternoon by the sea. " * 40)[:256]
+    async with LocalCluster("default", [(0, 32)], source=default_source) as run:
+        started = time.perf_counter()
+        _ = [t async for t in run.origin.generate(run.route, ids, SamplingParams(), 1)]
+        chunk_s = time.perf_counter() - started
+        timeout_s = chunk_s / 3  # under the chunk's time, far over a decode step's
+        tokens = [t async for t in run.origin.generate(run.route, ids, SamplingParams(), 3, timeout_s=timeout_s)]
+        assert len(tokens) == 3
