@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import PeerError
-from . import chat, cluster, doctor, generate, init, status
+from . import chat, cluster, doctor, generate, init, perplexity, status
 from . import plan as plan_command
 
 EXIT_USAGE = 2
@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_arguments(commands.add_parser("status", help="a running peer's view of the cluster and its plan"))
     init.add_arguments(commands.add_parser("init", help="write a new cluster secret for --secret-file"))
     doctor.add_arguments(commands.add_parser("doctor", help="why a cluster does not form: checks from this host"))
+    perplexity.add_arguments(
+        commands.add_parser("perplexity", help="a text's perplexity, as llama-perplexity scores it")
+    )
     return parser
 
 
@@ -42,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": status.main,
         "init": init.main,
         "doctor": doctor.main,
+        "perplexity": perplexity.main,
     }
     try:
         return run[args.command](args)

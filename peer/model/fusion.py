@@ -13,6 +13,8 @@ tensors over) gives the fused matrix's row ranges back as views under the parts'
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers import PretrainedConfig
@@ -40,7 +42,7 @@ def stack_rows(parts: list[torch.Tensor | Compact]) -> torch.Tensor | Compact:
     first = parts[0]
     if isinstance(first, Int4Weight):
         fours = [p for p in parts if isinstance(p, Int4Weight)]
-        return Int4Weight(*(torch.cat([getattr(p, f) for p in fours]) for f in ("nibbles", "scales", "zeros")))
+        return Int4Weight(*(torch.cat([getattr(p, f) for p in fours]) for f in ("nibbles", "scales", "mins")))
     if isinstance(first, Int8Weight):
         eights = [p for p in parts if isinstance(p, Int8Weight)]
         return Int8Weight(torch.cat([p.q for p in eights]), torch.cat([p.scales for p in eights]))
@@ -48,15 +50,21 @@ def stack_rows(parts: list[torch.Tensor | Compact]) -> torch.Tensor | Compact:
 
 
 def build_layer(
-    layer: nn.Module, tensors: dict[str, torch.Tensor | Compact], device: torch.device, dtype: torch.dtype
+    layer: nn.Module,
+    names: list[str],
+    load: Callable[[str], torch.Tensor | Compact],
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> dict[str, torch.Tensor]:
-    """Give a layer built on the meta device its fused and compact modules; `tensors` are its
-    own, by name within the layer. Returns the float tensors left for its state dict."""
-    own = dict(tensors)
+    """Give a layer built on the meta device its fused and compact modules; `names` are its own
+    tensors' names within the layer, `load` reads one. Each matrix is read only when its module
+    is built, and a compact one lives on only in that module's packing, so a load holds at most
+    one module's matrices twice. Returns the float tensors left for its state dict."""
+    own: dict[str, torch.Tensor | Compact] = {}
     state: dict[str, torch.Tensor] = {}
     for fused, parts in FUSED.items():
-        weight = stack_rows([own.pop(f"{p}.weight") for p in parts])
-        biases = [own.pop(f"{p}.bias", None) for p in parts]
+        weight = stack_rows([load(f"{p}.weight") for p in parts])
+        biases = [load(f"{p}.bias") if f"{p}.bias" in names else None for p in parts]
         bias = torch.cat([b for b in biases if isinstance(b, torch.Tensor)]) if biases[0] is not None else None
         parent, _dot, attribute = fused.rpartition(".")
         owner = layer.get_submodule(parent)
@@ -71,13 +79,26 @@ def build_layer(
         else:
             module = linear_module(weight, bias, device, dtype)
         setattr(owner, attribute, module)
-    for name in [n for n, t in own.items() if not isinstance(t, torch.Tensor)]:
+        del weight, module
+    fused_names = {f"{p}.{kind}" for parts in FUSED.values() for p in parts for kind in ("weight", "bias")}
+    rest = [n for n in names if n not in fused_names]
+    for name in rest:
+        if not name.endswith(".weight"):
+            continue
+        value = load(name)
+        if isinstance(value, torch.Tensor):
+            own[name] = value
+            continue
         # A compact matrix of its own (o, down): its Linear becomes the matching quantized module.
         path = name.removesuffix(".weight")
-        own_bias = own.pop(f"{path}.bias", None)
+        own_bias = load(f"{path}.bias") if f"{path}.bias" in names else None
         parent, _dot, attribute = path.rpartition(".")
-        module = linear_module(own.pop(name), own_bias if isinstance(own_bias, torch.Tensor) else None, device, dtype)
+        module = linear_module(value, own_bias if isinstance(own_bias, torch.Tensor) else None, device, dtype)
         setattr(layer.get_submodule(parent), attribute, module)
+        del value, module
+    for name in rest:
+        if name.endswith(".bias") and name.removesuffix(".bias") + ".weight" in own:
+            own[name] = load(name)
     state.update({name: tensor for name, tensor in own.items() if isinstance(tensor, torch.Tensor)})
     return state
 

@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from transformers import PretrainedConfig
 from ..errors import PeerError
 from .batch import Slice, layer_forward, plan_pass
 from .compiled import compiles, layer_parts, process_mode
+from .convert import load_weight, table_target
 from .families import attention_shape, config_family, context_limit
 from .files import ModelSource, unit_tensor_names
 from .fusion import build_layer, held_parts
@@ -34,14 +36,12 @@ from .weights import (
     HEAD,
     Compact,
     Int4Weight,
-    Int8Weight,
     RefinedHead,
     Table,
     compute_dtype,
     is_quantized,
     layer_target,
     linear_module,
-    load_weight,
 )
 
 
@@ -83,6 +83,7 @@ class Step:
     session: str
     position: int
     inputs: torch.Tensor
+    every_row: bool = False  # on the head stage: logits of every position [T, V], not the last [V]
 
 
 @dataclass
@@ -144,14 +145,19 @@ class Shard(nn.Module):
         wanted = [n for n in dict.fromkeys(order) if n not in reused and n not in tables]
         # A progress bar on a terminal (tqdm stays quiet when stderr is not one).
         progress = tqdm(
-            ((n, load_weight(source, n, layer_target(n, self.form))) for n in wanted),
-            total=len(wanted),
-            desc=f"loading units [{start}, {end})",
-            unit="tensor",
-            disable=None,
-            leave=False,
+            total=len(wanted), desc=f"loading units [{start}, {end})", unit="tensor", disable=None, leave=False
         )
-        tensors: dict[str, torch.Tensor | Compact] = {**reused, **dict(progress)}
+
+        def held(name: str) -> torch.Tensor | Compact:
+            if name in reused:
+                return reused[name]
+            value = load_weight(source, name, layer_target(name, self.form))
+            progress.update()
+            return value
+
+        def prefixed(prefix: str, name: str) -> torch.Tensor | Compact:
+            return held(prefix + name)
+
         family = config_family(config)
         with torch.device("meta"):
             self.layers = nn.ModuleList(
@@ -160,14 +166,18 @@ class Shard(nn.Module):
             self.norm = family.norm_class(config.hidden_size, eps=config.rms_norm_eps) if self.has_head else None
         state: dict[str, torch.Tensor] = {}
         for local, global_id in enumerate(self.layer_ids):
+            # A layer at a time, a module at a time: compact values live on only packed in
+            # their modules (the load bound is tested in test_load_memory).
             prefix = f"model.layers.{global_id}."
-            own = {n.removeprefix(prefix): t for n, t in tensors.items() if n.startswith(prefix)}
-            for name, tensor in build_layer(self.layers[local], own, self.device, dtype).items():
+            own = [n.removeprefix(prefix) for n in unit_tensor_names(config, global_id + 1)]
+            built = build_layer(self.layers[local], own, partial(prefixed, prefix), self.device, dtype)
+            for name, tensor in built.items():
                 state[f"layers.{local}.{name}"] = tensor
         if self.norm is not None:
-            norm = tensors["model.norm.weight"]
+            norm = held("model.norm.weight")
             assert isinstance(norm, torch.Tensor)
             state["norm.weight"] = norm
+        progress.close()
         self.load_state_dict(state, strict=True, assign=True)
         quantized = is_quantized(self.form)
         self.embedding: Table | None = None
@@ -175,17 +185,20 @@ class Shard(nn.Module):
         if self.has_embedding:
             table: torch.Tensor | Compact | None = reused.get(EMBEDDING) if not quantized else None
             if table is None:
-                table = load_weight(source, EMBEDDING, "int8g" if quantized else None)
+                table = load_weight(source, EMBEDDING, table_target(source, EMBEDDING, self.form))
             self.embedding = Table(table, self.device, dtype)
+            del table
         if self.has_head:
             name = EMBEDDING if config.tie_word_embeddings else HEAD
-            # A tied head shares the embedding's matrix (float) or rows (int4) when this stage holds both.
+            # A tied head shares the embedding's matrix (float) or rows (compact) when this stage holds both.
             on_hand = self.embedding if self.embedding is not None and name == EMBEDDING else None
-            if self.form == "int4":  # int4 for the whole vocabulary, int8 rows for the leaders
-                shared_rows = on_hand.compact if on_hand is not None else None
-                coarse, rows = load_weight(source, name, "int4"), shared_rows or load_weight(source, name, "int8g")
-                assert isinstance(coarse, Int4Weight) and isinstance(rows, Int8Weight)
-                self.head = RefinedHead(coarse, rows, self.device)
+            if self.form == "int4":  # int4 for the whole vocabulary, exact rows for the leaders
+                shared = on_hand.compact if on_hand is not None else None
+                exact = shared or load_weight(source, name, table_target(source, name, self.form))
+                coarse = exact if isinstance(exact, Int4Weight) else load_weight(source, name, "int4")
+                assert isinstance(coarse, Int4Weight) and not isinstance(exact, torch.Tensor)
+                self.head = RefinedHead(coarse, exact, self.device)
+                del shared, coarse, exact
             else:
                 head: torch.Tensor | Compact | None = None
                 if not quantized:
@@ -347,9 +360,16 @@ class Shard(nn.Module):
             state.length = step.position + part.length
         if self.has_head:
             assert self.norm is not None and self.head is not None
-            last = torch.tensor([s.offset + s.length - 1 for s in slices], device=self.device)
-            logits = self.head(self.norm(hidden[last])).float().cpu()  # [B, V]
-            per_step = list(logits)  # sampled on the CPU
+            wanted = [
+                list(range(s.offset, s.offset + s.length)) if step.every_row else [s.offset + s.length - 1]
+                for (_i, step, _s), s in zip(admitted, slices, strict=True)
+            ]
+            rows = torch.tensor([r for rows in wanted for r in rows], device=self.device)
+            logits = self.head(self.norm(hidden[rows])).float().cpu()  # [rows, V], sampled on the CPU
+            split = torch.split(logits, [len(rows) for rows in wanted])
+            per_step = [
+                part if step.every_row else part[0] for (_i, step, _s), part in zip(admitted, split, strict=True)
+            ]
         else:
             per_step = [hidden[s.rows] for s in slices]
         for (index, _step, _state), output in zip(admitted, per_step, strict=True):

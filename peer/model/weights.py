@@ -3,11 +3,12 @@
 `float32`, `bfloat16` and `float16` are plain dtypes. `int8` keeps every matrix as int8 with one
 float scale per output row (weight-only: activations stay float32) and multiplies with torch's
 `_weight_int8pack_mm`, as gpt-fast does. `int4` keeps the decoder layers' matrices as 4-bit
-values in groups of 32 along the input, each group with a scale and an offset (the layout of
-llama.cpp's Q4_0/Q4_1, so those files load without loss), multiplied by torch's
-`_weight_int4pack_mm_for_cpu`; its embedding and head stay int8 (a lookup cannot index the
-packed layout, and the head is where 4 bits costs most accuracy, which llama.cpp's Q4_K_M
-also keeps at 6 bits). Norms, biases and the rotary tables stay float32 in every form.
+values in groups of 32 along the input, each group with a scale and a minimum (the layout of
+llama.cpp's Q4_0, Q4_1 and Q4_K, so those files load without loss: blocks.py), multiplied by
+torch's `_weight_int4pack_mm_for_cpu`. Its embedding table is the file's own int4 groups when
+the file has them, else int8 with a scale per group of 32 (Q8_0's layout); its head computes
+int4 logits and re-scores the leading candidates from those exact rows (the head is where 4
+bits costs most accuracy). Norms, biases and the rotary tables stay float32 in every form.
 
 The compact values are plain tensors (`Int8Weight`, `Int4Weight`): the disk cache stores them as
 they are, and the kernels' own packing happens at load (its layout is the kernel's business).
@@ -15,21 +16,17 @@ they are, and the kernels' own packing happens at load (its layout is the kernel
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from .files import ModelSource
 from .options import WeightForm
 
 GROUP = 32  # int4: input columns per scale/offset pair (llama.cpp's Q4 block)
 _INT4_TILES = 2  # inner k-tiles of the CPU int4 packing (what gpt-fast uses)
+PACK_VALUES = 1 << 20  # values packed at once: the kernel's packing takes them as int32
 
 
 def compute_dtype(form: WeightForm) -> torch.dtype:
@@ -73,13 +70,14 @@ class Int8Weight:
 
 @dataclass(frozen=True)
 class Int4Weight:
-    """W[n, g·32 + j] ≈ (q[n, g·32 + j] − 8) · scales[n, g] + zeros[n, g], q in 0..15.
+    """W[n, g·32 + j] ≈ q[n, g·32 + j] · scales[n, g] + mins[n, g], q in 0..15 (the products
+    of llama.cpp's Q4 blocks, so their values are kept bit for bit).
 
     `nibbles` uint8 [N, K/2] holds q two to a byte (low nibble: the even column)."""
 
     nibbles: torch.Tensor
     scales: torch.Tensor
-    zeros: torch.Tensor
+    mins: torch.Tensor
 
     def values(self) -> torch.Tensor:
         """q as int32 [N, K]."""
@@ -87,16 +85,22 @@ class Int4Weight:
         return torch.stack([low, high], dim=-1).reshape(self.nibbles.shape[0], -1).to(torch.int32)
 
     def dequantize(self) -> torch.Tensor:
-        rows, columns = self.nibbles.shape[0], self.nibbles.shape[1] * 2
-        grouped = (self.values().float() - 8).view(rows, columns // GROUP, GROUP)
-        return (grouped * self.scales[..., None] + self.zeros[..., None]).view(rows, columns)
+        return self.rows(torch.arange(self.nibbles.shape[0]))
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` (any shape) as float32 [..., K]."""
+        nibbles = self.nibbles[ids]
+        q = torch.stack([nibbles & 0x0F, nibbles >> 4], dim=-1).float()  # [..., K/2, 2]
+        grouped = q.view(*ids.shape, -1, GROUP)
+        values = grouped * self.scales[ids][..., None] + self.mins[ids][..., None]
+        return values.view(*ids.shape, -1)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"nibbles": self.nibbles, "scales": self.scales, "zeros": self.zeros}
+        return {"nibbles": self.nibbles, "scales": self.scales, "mins": self.mins}
 
     @property
     def nbytes(self) -> int:
-        return _bytes(self.nibbles, self.scales, self.zeros)
+        return _bytes(self.nibbles, self.scales, self.mins)
 
 
 Compact = Int8Weight | Int4Weight
@@ -109,7 +113,7 @@ def _bytes(*tensors: torch.Tensor) -> int:
 def from_tensors(stored: dict[str, torch.Tensor]) -> Compact:
     """The compact value a `tensors()` dict (e.g. read back from the disk cache) holds."""
     if "nibbles" in stored:
-        return Int4Weight(stored["nibbles"], stored["scales"], stored["zeros"])
+        return Int4Weight(stored["nibbles"], stored["scales"], stored["mins"])
     return Int8Weight(stored["q"], stored["scales"])
 
 
@@ -136,25 +140,18 @@ def quantize_int4(weight: torch.Tensor) -> Int4Weight:
     low, high = grouped.amin(dim=-1), grouped.amax(dim=-1)
     scales = ((high - low) / 15).clamp(min=1e-12)
     q = torch.round((grouped - low[..., None]) / scales[..., None]).clamp(0, 15).to(torch.uint8)
-    return int4_from_values(q.view(rows, columns), scales, low + 8 * scales)
+    return int4_from_values(q.view(rows, columns), scales, low)
 
 
-def int4_from_values(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> Int4Weight:
+def int4_from_values(q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> Int4Weight:
     """Pack q (0..15, [N, K]) two to a byte."""
     q = q.to(torch.uint8)
     nibbles = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
-    return Int4Weight(nibbles, scales.float().contiguous(), zeros.float().contiguous())
+    return Int4Weight(nibbles, scales.float().contiguous(), mins.float().contiguous())
 
 
 # Compact targets: the two forms' matrices, and int8 rows with a scale per group (tables).
 Target = Literal["int8", "int4", "int8g"]
-
-
-def compact(weight: torch.Tensor, target: Target) -> Compact:
-    """A float matrix as `target`."""
-    if target == "int4":
-        return quantize_int4(weight)
-    return quantize_int8(weight, grouped=target == "int8g")
 
 
 # --- modules -------------------------------------------------------------------------------
@@ -200,10 +197,10 @@ class Int4Linear(QuantizedLinear):
 
     def __init__(self, weight: Int4Weight, bias: torch.Tensor | None, device: torch.device) -> None:
         super().__init__()
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(weight.values(), _INT4_TILES)
-        # [K/GROUP, N, 2]: the kernel's scales-and-zeros layout.
-        pairs = torch.stack([weight.scales, weight.zeros], dim=-1).transpose(0, 1).contiguous()
-        self._keep("packed", packed.to(device))
+        # The kernel computes (q − 8) · scale + zero; its scales and zeros are [K/GROUP, N, 2].
+        zeros = weight.mins + 8 * weight.scales
+        pairs = torch.stack([weight.scales, zeros], dim=-1).transpose(0, 1).contiguous()
+        self._keep("packed", _int4_pack(weight).to(device))
         self._keep("scales_and_zeros", pairs.to(device, torch.bfloat16))
         self._keep("bias", None if bias is None else bias.float().to(device))
 
@@ -214,6 +211,18 @@ class Int4Linear(QuantizedLinear):
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], -1).to(x.dtype)
+
+
+def _int4_pack(weight: Int4Weight) -> torch.Tensor:
+    """The kernel's packing, PACK_VALUES at a time: it takes q as int32, 8 bytes per value
+    against the half byte held, and rows pack independently (tested)."""
+    rows, half = weight.nibbles.shape
+    step = max(64, PACK_VALUES // (2 * half) // 64 * 64)  # the packing tiles rows 64 at a time
+    packed = torch.empty(rows, half, dtype=torch.uint8)
+    for start in range(0, rows, step):
+        part = Int4Weight(weight.nibbles[start : start + step], weight.scales, weight.mins)
+        packed[start : start + step] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(part.values(), _INT4_TILES)
+    return packed
 
 
 def _int8_mm(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -244,42 +253,43 @@ def linear_module(
 
 class RefinedHead(QuantizedLinear):
     """The int4 form's head: int4 logits for the whole vocabulary (fast), then the leading
-    `REFINE` candidates' logits recomputed from int8 rows with a scale per group of 32 (exact for
-    a Q8_0 file). A 4-bit head alone moved the top token on about one step in ten here; with the
-    candidates re-scored, sampling sees exact logits where nearly all the mass is."""
+    `REFINE` candidates' logits recomputed in float32 from `exact` rows: the file's own int4
+    groups when it has them (then `coarse` is the same matrix), else int8 with a scale per group
+    of 32 (exact for a Q8_0 file). A 4-bit head alone moved the top token on about one step in
+    ten here; with the candidates re-scored, sampling sees exact logits where the mass is."""
 
     REFINE = 64
-    q: torch.Tensor
-    scales: torch.Tensor
 
-    def __init__(self, coarse: Int4Weight, rows: Int8Weight, device: torch.device) -> None:
+    def __init__(self, coarse: Int4Weight, exact: Compact, device: torch.device) -> None:
         super().__init__()
         self.coarse = Int4Linear(coarse, None, device)
-        self._keep("q", rows.q.to(device))  # shared with the embedding table on a one-stage shard
-        self._keep("scales", rows.scales.to(device))
+        # Shared with the embedding table on a one-stage shard; buffers so weight_bytes sees them.
+        parts = {name: tensor.to(device) for name, tensor in exact.tensors().items()}
+        for name, tensor in parts.items():
+            self._keep(f"exact_{name}", tensor)
+        self.exact = from_tensors(parts)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.coarse(hidden).float()  # [B, V]
         top = logits.topk(min(self.REFINE, logits.shape[-1]), dim=-1).indices  # [B, k]
-        rows = Int8Weight(self.q, self.scales).rows(top)  # [B, k, H]
+        rows = self.exact.rows(top)  # [B, k, H]
         exact = torch.einsum("bh,bkh->bk", hidden.float(), rows)
         refined: torch.Tensor = logits.scatter(-1, top, exact)
         return refined
 
 
 class Table:
-    """The embedding matrix as a lookup table: float rows, or int8 rows with their scales."""
+    """The embedding matrix as a lookup table: float rows, or compact rows (int8 with a scale
+    per group, or int4 groups) dequantized as they are looked up."""
 
     def __init__(self, weight: torch.Tensor | Compact, device: torch.device, dtype: torch.dtype) -> None:
         self.dtype = dtype
-        if isinstance(weight, Int4Weight):
-            raise ValueError("an embedding table is float or int8")
         self.weight: torch.Tensor | None = None
-        self.compact: Int8Weight | None = None
+        self.compact: Compact | None = None
         if isinstance(weight, torch.Tensor):
             self.weight = weight.to(device, dtype)
         else:
-            self.compact = Int8Weight(weight.q.to(device), weight.scales.to(device))
+            self.compact = from_tensors({name: t.to(device) for name, t in weight.tensors().items()})
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows for token ids, in the compute dtype."""
@@ -292,7 +302,7 @@ class Table:
         if self.weight is not None:
             return [self.weight]
         assert self.compact is not None
-        return [self.compact.q, self.compact.scales]
+        return list(self.compact.tensors().values())
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -304,22 +314,3 @@ def layer_target(name: str, form: WeightForm) -> WeightForm | None:
     """The compact form a decoder layer's tensor takes under `form` (None: it stays float):
     the matrices of the projections; norms and biases stay float."""
     return form if is_quantized(form) and name.endswith("_proj.weight") else None
-
-
-def load_weight(source: ModelSource, name: str, target: WeightForm | Target | None) -> torch.Tensor | Compact:
-    """Tensor `name` as a stage holds it: float (target None), or in the compact form `target`
-    (read from the source's disk cache when it has one, else quantized and cached there)."""
-    if target is None or target not in ("int8", "int4", "int8g"):
-        return source.tensor(name)
-    cache_dir: Path | None = getattr(source, "cache_dir", None)
-    cached = cache_dir / f"tensors-{target}" / f"{name}.safetensors" if cache_dir is not None else None
-    if cached is not None and cached.exists():
-        with safe_open(str(cached), framework="pt") as handle:
-            return from_tensors({key: handle.get_tensor(key) for key in handle.keys()})  # noqa: SIM118
-    value = compact(source.tensor(name, keep=False), target)
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cached.with_suffix(f".{os.getpid()}.tmp")
-        save_file(value.tensors(), str(temporary))
-        os.replace(temporary, cached)
-    return value

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from edgeshard.peer.errors import ModelFileError
-from edgeshard.peer.model.families import context_limit, family_of
+from edgeshard.peer.model.families import context_limit, family_of, gguf_family
 from edgeshard.peer.model.files import GGUFModel, HuggingFaceModel, ModelSource, unit_tensor_names
 from edgeshard.peer.model.shard import ContextError, Shard, Step, even_split, unit_count
 from transformers import (
@@ -23,6 +23,8 @@ from transformers import (
     Qwen2Config,
     Qwen3Config,
 )
+
+from .quantized_files import write_llama
 
 PROMPT = [3, 14, 15, 92, 65, 35, 89, 79]
 NEW_TOKENS = 12
@@ -244,3 +246,16 @@ def test_other_families_are_refused_by_name(tmp_path: Path) -> None:
     (directory / "config.json").write_text('{"model_type": "gpt2"}')
     with pytest.raises(ModelFileError, match="'gpt2' is not supported"):
         _ = HuggingFaceModel(directory, tmp_path).config
+
+
+def test_gemma_and_phi3_are_refused_with_what_is_missing() -> None:
+    with pytest.raises(ModelFileError, match="soft-capping"):
+        gguf_family("gemma2")
+    with pytest.raises(ModelFileError, match="fused qkv and gate_up"):
+        family_of("phi3")
+
+
+def test_a_tensor_type_gguf_cannot_read_is_refused_by_name(tmp_path: Path) -> None:
+    path = write_llama(tmp_path / "q8_1.gguf", gguf.GGMLQuantizationType.Q8_1, gguf.GGMLQuantizationType.Q8_0)
+    with pytest.raises(ModelFileError, match="Q8_1 is not supported"):
+        _ = GGUFModel(path, tmp_path).config

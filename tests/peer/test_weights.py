@@ -12,6 +12,8 @@ from pathlib import Path
 import gguf
 import pytest
 import torch
+from edgeshard.peer.model import weights
+from edgeshard.peer.model.convert import compact_cache
 from edgeshard.peer.model.files import GGUFModel
 from edgeshard.peer.model.shard import Shard, Step, unit_count
 from edgeshard.peer.model.weights import (
@@ -135,7 +137,7 @@ def test_the_embedded_model_in_compact_forms_is_small_cached_and_agrees_with_flo
         assert shard.weight_bytes() < reference.weight_bytes() / 3
         if form == "int4":  # the file is Q4_1 (layers) and Q8_0 (embedding): held within 1.3× of it
             assert shard.weight_bytes() < 1.3 * file_bytes
-        stored = list((source.cache_dir / f"tensors-{form}").iterdir())
+        stored = list(compact_cache(source, form).iterdir())
         # the layers' seven matrices, and the tied embedding/head matrix (int8 rows; int4 for the head)
         assert len(stored) == 7 * source.config.num_hidden_layers + 1
         got = teacher_forced_argmax(shard, ids)
@@ -176,7 +178,18 @@ def test_q4_1_file_layers_in_int4_are_the_files_own_values(default_source: GGUFM
 def test_a_compact_stage_caches_its_compact_values_not_float32(default_source: GGUFModel, tmp_path: Path) -> None:
     source = GGUFModel(default_source.path, tmp_path)
     Shard(source, 5, 7, weights="int4")  # two decoder layers
-    compact = sorted(p.name for p in (source.cache_dir / "tensors-int4").iterdir())
+    compact = sorted(p.name for p in compact_cache(source, "int4").iterdir())
     floats = sorted(p.name for p in (source.cache_dir / "tensors").iterdir())
     assert len(compact) == 14 and all("_proj.weight" in name for name in compact)
     assert len(floats) == 4 and all("layernorm" in name for name in floats)  # the norms stay float
+
+
+def test_int4_packing_in_row_chunks_equals_packing_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's packing runs a few rows at a time (its int32 input is 16x the nibbles);
+    chunks of any size, and a last short one, must pack as the whole matrix does."""
+    compact = quantize_int4(torch.randn(272, 128))  # 272 rows: 4 chunks of 64 and one of 16
+    x = torch.randn(3, 128)
+    whole = Int4Linear(compact, None, CPU)(x)
+    monkeypatch.setattr(weights, "PACK_VALUES", 64 * 128 * 2)
+    chunked = Int4Linear(compact, None, CPU)
+    assert torch.equal(chunked(x), whole)
