@@ -22,8 +22,6 @@ from gguf.quants import Q4_K, dequantize
 Q = GGMLQuantizationType
 EXACT_INT4 = frozenset({Q.Q4_0, Q.Q4_1, Q.Q4_K})
 EXACT_INT8 = frozenset({Q.Q8_0})
-FLOAT_TYPES = frozenset({Q.F32, Q.F16, Q.BF16})
-GROUP = 32
 
 
 def readable(qtype: Q) -> bool:

