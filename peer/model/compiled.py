@@ -59,8 +59,13 @@ def project(
     if hasattr(attention, "q_norm"):  # Qwen3: RMSNorm over each head's D, before the rotary
         queries, keys = attention.q_norm(queries), attention.k_norm(keys)
     cos, sin = cos[:, None, :], sin[:, None, :]
-    queries = queries * cos + _rotate_half(queries) * sin
-    keys = keys * cos + _rotate_half(keys) * sin
+    turned = cos.shape[-1]
+    if turned == dim:
+        queries = queries * cos + _rotate_half(queries) * sin
+        keys = keys * cos + _rotate_half(keys) * sin
+    else:  # partial rotary (Phi's partial_rotary_factor): the first `turned` dims of a head only
+        queries = torch.cat([queries[..., :turned] * cos + _rotate_half(queries[..., :turned]) * sin, queries[..., turned:]], dim=-1)
+        keys = torch.cat([keys[..., :turned] * cos + _rotate_half(keys[..., :turned]) * sin, keys[..., turned:]], dim=-1)
     return queries, keys, values
 
 
@@ -69,7 +74,8 @@ def finish(block: Any, residual: torch.Tensor, attended: torch.Tensor) -> torch.
     hidden = residual + block.self_attn.o_proj(attended)
     mlp = block.mlp
     gate, up = mlp.gate_up_proj(block.post_attention_layernorm(hidden)).chunk(2, dim=-1)
-    output: torch.Tensor = hidden + mlp.down_proj(mlp.act_fn(gate) * up)
+    activation = mlp.act_fn if hasattr(mlp, "act_fn") else mlp.activation_fn  # Phi-3 names it otherwise
+    output: torch.Tensor = hidden + mlp.down_proj(activation(gate) * up)
     return output
 
 

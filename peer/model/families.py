@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, MistralConfig, PretrainedConfig, Qwen2Config, Qwen3Config
+from transformers import LlamaConfig, MistralConfig, Phi3Config, PretrainedConfig, Qwen2Config, Qwen3Config
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 from transformers.models.mistral.modeling_mistral import (
     MistralDecoderLayer,
     MistralRMSNorm,
     MistralRotaryEmbedding,
 )
+from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer, Phi3RMSNorm, Phi3RotaryEmbedding
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RMSNorm, Qwen3RotaryEmbedding
 
@@ -95,6 +96,17 @@ FAMILIES: tuple[Family, ...] = (
         gguf_layer_names={"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"},
         needs="Qwen3 dense models (per-head q/k RMSNorm)",
     ),
+    Family(
+        "phi3",
+        Phi3Config,
+        Phi3DecoderLayer,
+        Phi3RMSNorm,
+        Phi3RotaryEmbedding,
+        gguf_architecture="phi3",
+        # llama.cpp keeps Phi-3's fused matrices: attn_qkv, and ffn_up holding gate and up.
+        gguf_layer_names={"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
+        needs="Phi-3, Phi-3.5 mini (fused qkv and gate_up; LongRoPE context capped at its original length)",
+    ),
 )
 
 
@@ -120,7 +132,6 @@ NOT_YET = {
     "alternating sliding-window layers, pre/post feed-forward norms",
     "gemma3": "embeddings scaled by sqrt(hidden), (1 + w) RMSNorm weights, q/k norms, "
     "interleaved local/global attention with two rotary bases",
-    "phi3": "fused qkv and gate_up projections, LongRoPE scaling",
 }
 
 
@@ -154,10 +165,17 @@ def layer_tensor_suffixes(config: PretrainedConfig) -> list[str]:
 
 def context_limit(config: PretrainedConfig, wanted: int | None = None) -> int:
     """The longest session a shard runs exactly: `wanted` (else max_position_embeddings),
-    capped at the sliding window where the model has one (see the module's docstring)."""
+    capped at the sliding window where the model has one (see the module's docstring), and for
+    LongRoPE (Phi-3/3.5 128k) at the original context: transformers switches every position to
+    the long factors once a sequence passes it, which keys already cached did not get."""
     limit = int(wanted or config.max_position_embeddings)
     window = getattr(config, "sliding_window", None)
-    return min(limit, int(window)) if window else limit
+    if window:
+        limit = min(limit, int(window))
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type") == "longrope":
+        limit = min(limit, int(rope.get("original_max_position_embeddings") or limit))
+    return limit
 
 
 def attention_shape(config: PretrainedConfig) -> tuple[int, int, int]:

@@ -165,6 +165,11 @@ class GGUFModel:
     def _tensors(self) -> dict[str, Any]:
         tensors = {}
         for tensor in self._reader.tensors:
+            if tensor.name.startswith("rope_factors_"):
+                raise ModelFileError(
+                    f"{self.path}: LongRoPE factors ({tensor.name}, a Phi-3 128k file) are not supported from GGUF "
+                    "yet; its Hugging Face directory runs, capped at its original context"
+                )
             name = gguf_to_hf_name(tensor.name, self.family)
             if name is not None:
                 tensors[name] = tensor
@@ -184,7 +189,14 @@ class GGUFModel:
         heads = int(self._field(f"{arch}.attention.head_count"))
         kv_heads = self._reader.fields.get(f"{arch}.attention.head_count_kv")
         embedding = self._tensors["model.embed_tokens.weight"]
-        query = self._tensors["model.layers.0.self_attn.q_proj.weight"]
+        kv_count = int(kv_heads.contents()) if kv_heads is not None else heads
+        if "model.layers.0.self_attn.q_proj.weight" in self._tensors:
+            head_dim = int(self._tensors["model.layers.0.self_attn.q_proj.weight"].shape[1]) // heads
+        else:  # Phi-3: q, k and v rows in one matrix
+            fused = self._tensors["model.layers.0.self_attn.qkv_proj.weight"]
+            head_dim = int(fused.shape[1]) // (heads + 2 * kv_count)
+        rotary = self._reader.fields.get(f"{arch}.rope.dimension_count")
+        window = self._reader.fields.get(f"{arch}.attention.sliding_window")
         bos, eos = (self._reader.fields.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos"))
         values: dict[str, Any] = dict(
             vocab_size=int(embedding.shape[1]),
@@ -192,8 +204,8 @@ class GGUFModel:
             intermediate_size=int(self._field(f"{arch}.feed_forward_length")),
             num_hidden_layers=int(self._field(f"{arch}.block_count")),
             num_attention_heads=heads,
-            num_key_value_heads=int(kv_heads.contents()) if kv_heads is not None else heads,
-            head_dim=int(query.shape[1]) // heads,
+            num_key_value_heads=kv_count,
+            head_dim=head_dim,
             max_position_embeddings=int(self._field(f"{arch}.context_length")),
             rms_norm_eps=float(self._field(f"{arch}.attention.layer_norm_rms_epsilon")),
             rope_parameters={
@@ -204,8 +216,13 @@ class GGUFModel:
             bos_token_id=int(bos.contents()) if bos is not None else None,
             eos_token_id=int(eos.contents()) if eos is not None else None,
         )
+        if rotary is not None and int(rotary.contents()) != head_dim:
+            values["rope_parameters"]["partial_rotary_factor"] = int(rotary.contents()) / head_dim
+        if family.model_type == "phi3":
+            values["pad_token_id"] = None  # Phi3Config's default (32000) names a token of Phi-3's own vocabulary
+            values["sliding_window"] = int(window.contents()) if window is not None else None
         config = family.config_class(**values)
-        if family.model_type != "qwen2":  # Qwen2's q/k/v biases are fixed; Llama's and Qwen3's optional
+        if family.model_type not in ("qwen2", "phi3"):  # Qwen2's q/k/v biases are fixed; Llama's and Qwen3's optional
             config.attention_bias = "model.layers.0.self_attn.q_proj.bias" in self._tensors
         config._attn_implementation = "sdpa"
         return config

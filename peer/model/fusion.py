@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from .families import attention_shape
+from .families import attention_shape, layer_tensor_suffixes
 from .weights import Compact, from_tensors, linear_module
 
 # The fused module's name in a layer, and the parts it stacks, in row order.
@@ -75,13 +75,18 @@ def build_layer(
     own: dict[str, torch.Tensor | Compact] = {}
     state: dict[str, torch.Tensor] = {}
     for fused, parts in FUSED.items():
-        weight = stack_rows([partial(load, f"{p}.weight") for p in parts], part_rows(config, fused))
-        biases = [load(f"{p}.bias") if f"{p}.bias" in names else None for p in parts]
-        bias = torch.cat([b for b in biases if isinstance(b, torch.Tensor)]) if biases[0] is not None else None
         parent, _dot, attribute = fused.rpartition(".")
         owner = layer.get_submodule(parent)
-        for part in parts:
-            delattr(owner, part.rpartition(".")[2])
+        if f"{fused}.weight" in names:  # fused in the model itself (Phi-3)
+            weight = load(f"{fused}.weight")
+            bias_read = load(f"{fused}.bias") if f"{fused}.bias" in names else None
+            bias = bias_read if isinstance(bias_read, torch.Tensor) else None
+        else:
+            weight = stack_rows([partial(load, f"{p}.weight") for p in parts], part_rows(config, fused))
+            biases = [load(f"{p}.bias") if f"{p}.bias" in names else None for p in parts]
+            bias = torch.cat([b for b in biases if isinstance(b, torch.Tensor)]) if biases[0] is not None else None
+            for part in parts:
+                delattr(owner, part.rpartition(".")[2])
         if isinstance(weight, torch.Tensor):
             with torch.device("meta"):
                 module: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
@@ -92,7 +97,9 @@ def build_layer(
             module = linear_module(weight, bias, device, dtype)
         setattr(owner, attribute, module)
         del weight, module
-    fused_names = {f"{p}.{kind}" for parts in FUSED.values() for p in parts for kind in ("weight", "bias")}
+    fused_names = {
+        f"{p}.{kind}" for fused, parts in FUSED.items() for p in (fused, *parts) for kind in ("weight", "bias")
+    }
     rest = [n for n in names if n not in fused_names]
     for name in rest:
         if not name.endswith(".weight"):
@@ -116,9 +123,13 @@ def build_layer(
 
 
 def held_parts(config: PretrainedConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A layer's float state with each fused matrix (and bias) split back into its parts' views."""
+    """A layer's float state with each fused matrix (and bias) split back into its parts' views
+    (a matrix the model itself fuses keeps its own name)."""
     held = dict(state)
+    own = set(layer_tensor_suffixes(config))
     for fused, parts in FUSED.items():
+        if f"{fused}.weight" in own:
+            continue
         for kind in ("weight", "bias"):
             tensor = held.pop(f"{fused}.{kind}", None)
             if tensor is not None:

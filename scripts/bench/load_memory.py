@@ -90,11 +90,15 @@ def table(names: list[str], stage_counts: list[int], work: Path) -> None:
     from llamacpp import files
 
     made = files(work, names)
-    print("| file | file MB | form | stages | held MB | cold peak − base, per byte held (worst stage) | cached |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+    print(
+        "| file | file MB | form | stages | held MB (÷ file) | cold: peak RSS MB, worst stage "
+        "| cold: (peak − base) ÷ held | cached: peak RSS MB | cached: (peak − base) ÷ held |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for name, path in made.items():
         forms = ["int4", "int8"] if name.endswith("q8_0") else ["int4"]
         units = unit_count(open_model(str(path)).config)
+        size = path.stat().st_size
         for form in forms:
             for stages in stage_counts:
                 with tempfile.TemporaryDirectory(prefix="edgeshard-load-") as cache:
@@ -102,12 +106,13 @@ def table(names: list[str], stage_counts: list[int], work: Path) -> None:
                     cold = [run_probe(path, a, b, form, Path(cache)) for a, b in ranges]
                     cached = [run_probe(path, a, b, form, Path(cache)) for a, b in ranges]
                 held = sum(r["held"] for r in cold)
-                worst = max(cold, key=cost)
+                worst, worst_cached = max(cold, key=cost), max(cached, key=cost)
                 print(
-                    f"| {name} | {path.stat().st_size / MiB:.1f} | {form} | {stages} | {held / MiB:.1f} "
+                    f"| {name} | {size / MiB:.1f} | {form} | {stages} | {held / MiB:.1f} ({held / size:.2f}) "
+                    f"| {max(r['peak'] for r in cold) / MiB:.0f} "
                     f"| {cost(worst):.2f} ({(worst['peak'] - worst['base']) / MiB:.0f} MB for "
                     f"{worst['held'] / MiB:.0f} MB, base {worst['base'] / MiB:.0f}) "
-                    f"| {max(cost(r) for r in cached):.2f} |",
+                    f"| {max(r['peak'] for r in cached) / MiB:.0f} | {cost(worst_cached):.2f} |",
                     flush=True,
                 )
 
