@@ -116,20 +116,29 @@ def layer_forward(
     pool_keys, pool_values = pool.keys[index], pool.values[index]
     attended = torch.empty(rows, heads * dim, dtype=hidden.dtype, device=hidden.device)
     scale = attention.scaling
+    window = getattr(attention, "sliding_window", None)  # set on Gemma's sliding layers only
+    softcap = getattr(attention, "attn_logit_softcapping", None)  # Gemma 2
+    plain = window is None and softcap is None
     decode = plan.decode
     if decode is not None:
         pool_keys[decode.slots, :, decode.positions] = keys[decode.rows]
         pool_values[decode.slots, :, decode.positions] = values[decode.rows]
         k = pool_keys[decode.low : decode.high, :, : decode.keys]
         v = pool_values[decode.low : decode.high, :, : decode.keys]
-        if decode.mask is None:  # one session: as transformers' decode step
+        if decode.mask is None and plain:  # one session: as transformers' decode step
             q = queries[decode.rows][:, :, None]  # [1, heads, 1, D]
             out = sdpa(q, k, v, scale=scale, enable_gqa=True).reshape(1, heads * dim)
         else:
             q = queries.new_zeros(decode.high - decode.low, heads, dim)
             q[decode.in_range] = queries[decode.rows]
             q = q.view(-1, kv_heads, heads // kv_heads, dim)  # pack_gqa: a group's heads as rows
-            out = sdpa(q, k, v, attn_mask=decode.mask, scale=scale).reshape(-1, heads * dim)[decode.in_range]
+            mask = decode.mask
+            if window is not None:
+                ends = torch.zeros(decode.high - decode.low, dtype=torch.long, device=hidden.device)
+                ends[decode.in_range] = decode.positions
+                near = torch.arange(decode.keys, device=hidden.device)[None, :] > (ends - window)[:, None]
+                mask = near[:, None, None, :] if mask is None else mask & near[:, None, None, :]
+            out = _attend(q, k, v, mask, scale, softcap).reshape(-1, heads * dim)[decode.in_range]
         attended[decode.rows] = out
     for part in plan.prompts:
         span = part.rows
@@ -138,10 +147,36 @@ def layer_forward(
         pool_values[part.slot, :, part.position : end] = values[span].transpose(0, 1)
         q = queries[span].transpose(0, 1)[None]  # [1, heads, T, D]
         k, v = pool_keys[part.slot : part.slot + 1, :, :end], pool_values[part.slot : part.slot + 1, :, :end]
-        if part.position == 0:
+        if part.position == 0 and plain:
             out = sdpa(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
         else:
-            causal = torch.arange(end, device=hidden.device)[None, :] <= plan.positions[span][:, None]
-            out = sdpa(q, k, v, attn_mask=causal[None, None], scale=scale, enable_gqa=True)
+            key_positions = torch.arange(end, device=hidden.device)[None, :]
+            query_positions = plan.positions[span][:, None]
+            causal = key_positions <= query_positions
+            if window is not None:
+                causal &= key_positions > query_positions - window
+            if plain:
+                out = sdpa(q, k, v, attn_mask=causal[None, None], scale=scale, enable_gqa=True)
+            else:  # a group's heads as rows of its key/value head, as in the decode pass
+                grouped = q.reshape(1, kv_heads, heads // kv_heads * part.length, dim)
+                mask = causal.repeat(heads // kv_heads, 1)[None, None]
+                out = _attend(grouped, k, v, mask, scale, softcap).reshape(1, heads, part.length, dim)
         attended[span] = out[0].transpose(0, 1).reshape(part.length, heads * dim)
     return parts.finish(block, hidden, attended)
+
+
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float, softcap: float | None
+) -> torch.Tensor:
+    """Attention of q [B, kv_heads, R, D] (R rows per key/value head) over k, v [B, kv_heads,
+    S, D] under a boolean mask [B or 1, 1, R or 1, S]; with `softcap`, Gemma 2's: scores
+    capped as tanh(s / cap) * cap before the mask and a float32 softmax (transformers' eager
+    attention; sdpa cannot cap)."""
+    if softcap is None:
+        return sdpa(q, k, v, attn_mask=mask, scale=scale)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(weights, v)

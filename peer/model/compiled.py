@@ -64,17 +64,26 @@ def project(
         queries = queries * cos + _rotate_half(queries) * sin
         keys = keys * cos + _rotate_half(keys) * sin
     else:  # partial rotary (Phi's partial_rotary_factor): the first `turned` dims of a head only
-        queries = torch.cat([queries[..., :turned] * cos + _rotate_half(queries[..., :turned]) * sin, queries[..., turned:]], dim=-1)
-        keys = torch.cat([keys[..., :turned] * cos + _rotate_half(keys[..., :turned]) * sin, keys[..., turned:]], dim=-1)
+        queries = torch.cat(
+            [queries[..., :turned] * cos + _rotate_half(queries[..., :turned]) * sin, queries[..., turned:]], dim=-1
+        )
+        keys = torch.cat(
+            [keys[..., :turned] * cos + _rotate_half(keys[..., :turned]) * sin, keys[..., turned:]], dim=-1
+        )
     return queries, keys, values
 
 
 def finish(block: Any, residual: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
     """The layer's output rows [N, H] from its input rows and their attention output [N, heads*D]."""
-    hidden = residual + block.self_attn.o_proj(attended)
     mlp = block.mlp
-    gate, up = mlp.gate_up_proj(block.post_attention_layernorm(hidden)).chunk(2, dim=-1)
     activation = mlp.act_fn if hasattr(mlp, "act_fn") else mlp.activation_fn  # Phi-3 names it otherwise
+    if hasattr(block, "pre_feedforward_layernorm"):  # Gemma 2/3: a norm after each sublayer too
+        hidden = residual + block.post_attention_layernorm(block.self_attn.o_proj(attended))
+        gate, up = mlp.gate_up_proj(block.pre_feedforward_layernorm(hidden)).chunk(2, dim=-1)
+        gemma: torch.Tensor = hidden + block.post_feedforward_layernorm(mlp.down_proj(activation(gate) * up))
+        return gemma
+    hidden = residual + block.self_attn.o_proj(attended)
+    gate, up = mlp.gate_up_proj(block.post_attention_layernorm(hidden)).chunk(2, dim=-1)
     output: torch.Tensor = hidden + mlp.down_proj(activation(gate) * up)
     return output
 

@@ -28,7 +28,18 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, MistralConfig, Phi3Config, PretrainedConfig, Qwen2Config, Qwen3Config
+from transformers import (
+    Gemma2Config,
+    Gemma3TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    PretrainedConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
+from transformers.models.gemma2.modeling_gemma2 import Gemma2DecoderLayer, Gemma2RMSNorm, Gemma2RotaryEmbedding
+from transformers.models.gemma3.modeling_gemma3 import Gemma3DecoderLayer, Gemma3RMSNorm, Gemma3RotaryEmbedding
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 from transformers.models.mistral.modeling_mistral import (
     MistralDecoderLayer,
@@ -55,6 +66,9 @@ class Family:
     gguf_permuted: bool = False  # llama.cpp permuted the Q/K rows (undo on load)
     gguf_layer_names: dict[str, str] = field(default_factory=dict)  # GGUF names beyond the common ones
     needs: str = ""  # what a model of this family needs, for the docs and error messages
+    embedding_scale: bool = False  # Gemma: embeddings times sqrt(hidden), rounded to the compute dtype
+    windowed: bool = False  # per-layer sliding windows masked in our attention (no context cap)
+    rotary_by_layer_type: bool = False  # Gemma 3: local and global layers have their own rotary bases
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -107,6 +121,29 @@ FAMILIES: tuple[Family, ...] = (
         gguf_layer_names={"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
         needs="Phi-3, Phi-3.5 mini (fused qkv and gate_up; LongRoPE context capped at its original length)",
     ),
+    Family(
+        "gemma2",
+        Gemma2Config,
+        Gemma2DecoderLayer,
+        Gemma2RMSNorm,
+        Gemma2RotaryEmbedding,
+        gguf_architecture=None,  # its GGUF metadata (soft-caps, window, query scale) is not read yet
+        needs="Gemma 2 (scaled embeddings, (1 + w) norms, soft-capped attention and logits, sliding layers)",
+        embedding_scale=True,
+        windowed=True,
+    ),
+    Family(
+        "gemma3_text",
+        Gemma3TextConfig,
+        Gemma3DecoderLayer,
+        Gemma3RMSNorm,
+        Gemma3RotaryEmbedding,
+        gguf_architecture=None,
+        needs="Gemma 3 text models (1B; q/k norms, local and global layers with their own rotary bases)",
+        embedding_scale=True,
+        windowed=True,
+        rotary_by_layer_type=True,
+    ),
 )
 
 
@@ -127,11 +164,11 @@ def family_of(model_type: str | None) -> Family:
 
 # Families people ask for, and what their layers need that a shard does not do yet.
 NOT_YET = {
-    "gemma": "embeddings scaled by sqrt(hidden), (1 + w) RMSNorm weights, GeGLU",
-    "gemma2": "embeddings scaled by sqrt(hidden), (1 + w) RMSNorm weights, attention and final logit soft-capping, "
-    "alternating sliding-window layers, pre/post feed-forward norms",
-    "gemma3": "embeddings scaled by sqrt(hidden), (1 + w) RMSNorm weights, q/k norms, "
-    "interleaved local/global attention with two rotary bases",
+    "gemma": "Gemma 1: GeGLU with (1 + w) norms and no post-norms (Gemma 2 and 3 run)",
+    "gemma2": "Gemma 2 from GGUF: its metadata (soft-caps, sliding window, query scale) is not read yet; "
+    "its Hugging Face directory runs",
+    "gemma3": "Gemma 3 from GGUF, and the multimodal Gemma 3 (4B and up: a vision tower); "
+    "a text-only Hugging Face directory (gemma3_text) runs",
 }
 
 
@@ -170,7 +207,7 @@ def context_limit(config: PretrainedConfig, wanted: int | None = None) -> int:
     the long factors once a sequence passes it, which keys already cached did not get."""
     limit = int(wanted or config.max_position_embeddings)
     window = getattr(config, "sliding_window", None)
-    if window:
+    if window and not config_family(config).windowed:
         limit = min(limit, int(window))
     rope = getattr(config, "rope_parameters", None) or {}
     if rope.get("rope_type") == "longrope":

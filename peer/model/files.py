@@ -32,6 +32,7 @@ from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBas
 from ..errors import ModelFileError
 from .blocks import readable, row_bytes
 from .families import Family, config_family, family_of, gguf_family, layer_tensor_suffixes
+from .gguf_config import gguf_config
 from .gguf_names import gguf_to_hf_name, reverse_permute
 from .options import DEFAULT_MODEL
 from .rows import Rows, chunk_rows, matrix_shape, read_float, read_rows
@@ -183,49 +184,8 @@ class GGUFModel:
 
     @cached_property
     def config(self) -> PretrainedConfig:
-        """The family's config from the `<arch>.*` metadata (the values transformers derives;
-        head_dim from the Q rows, which also covers Qwen3's head_dim != hidden / heads)."""
-        family, arch = self.family, self.family.gguf_architecture
-        heads = int(self._field(f"{arch}.attention.head_count"))
-        kv_heads = self._reader.fields.get(f"{arch}.attention.head_count_kv")
-        embedding = self._tensors["model.embed_tokens.weight"]
-        kv_count = int(kv_heads.contents()) if kv_heads is not None else heads
-        if "model.layers.0.self_attn.q_proj.weight" in self._tensors:
-            head_dim = int(self._tensors["model.layers.0.self_attn.q_proj.weight"].shape[1]) // heads
-        else:  # Phi-3: q, k and v rows in one matrix
-            fused = self._tensors["model.layers.0.self_attn.qkv_proj.weight"]
-            head_dim = int(fused.shape[1]) // (heads + 2 * kv_count)
-        rotary = self._reader.fields.get(f"{arch}.rope.dimension_count")
-        window = self._reader.fields.get(f"{arch}.attention.sliding_window")
-        bos, eos = (self._reader.fields.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos"))
-        values: dict[str, Any] = dict(
-            vocab_size=int(embedding.shape[1]),
-            hidden_size=int(self._field(f"{arch}.embedding_length")),
-            intermediate_size=int(self._field(f"{arch}.feed_forward_length")),
-            num_hidden_layers=int(self._field(f"{arch}.block_count")),
-            num_attention_heads=heads,
-            num_key_value_heads=kv_count,
-            head_dim=head_dim,
-            max_position_embeddings=int(self._field(f"{arch}.context_length")),
-            rms_norm_eps=float(self._field(f"{arch}.attention.layer_norm_rms_epsilon")),
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": float(self._field(f"{arch}.rope.freq_base")),
-            },
-            tie_word_embeddings="lm_head.weight" not in self._tensors,
-            bos_token_id=int(bos.contents()) if bos is not None else None,
-            eos_token_id=int(eos.contents()) if eos is not None else None,
-        )
-        if rotary is not None and int(rotary.contents()) != head_dim:
-            values["rope_parameters"]["partial_rotary_factor"] = int(rotary.contents()) / head_dim
-        if family.model_type == "phi3":
-            values["pad_token_id"] = None  # Phi3Config's default (32000) names a token of Phi-3's own vocabulary
-            values["sliding_window"] = int(window.contents()) if window is not None else None
-        config = family.config_class(**values)
-        if family.model_type not in ("qwen2", "phi3"):  # Qwen2's q/k/v biases are fixed; Llama's and Qwen3's optional
-            config.attention_bias = "model.layers.0.self_attn.q_proj.bias" in self._tensors
-        config._attn_implementation = "sdpa"
-        return config
+        """The family's config from the file's metadata (gguf_config.py)."""
+        return gguf_config(self.path, self.family, self._reader.fields, self._tensors)
 
     def _tensor_info(self, name: str) -> Any:
         if name not in self._tensors:

@@ -159,11 +159,9 @@ class Shard(nn.Module):
         def prefixed(prefix: str, name: str) -> torch.Tensor | Compact:
             return held(prefix + name)
 
-        family = config_family(config)
-        with torch.device("meta"):
-            self.layers = nn.ModuleList(
-                family.layer_class(config, layer_idx=local) for local in range(len(self.layer_ids))
-            )
+        family = self.family = config_family(config)
+        with torch.device("meta"):  # the model's own layer index: Gemma's picks the layer's window and rotary
+            self.layers = nn.ModuleList(family.layer_class(config, layer_idx=index) for index in self.layer_ids)
             self.norm = family.norm_class(config.hidden_size, eps=config.rms_norm_eps) if self.has_head else None
         state: dict[str, torch.Tensor] = {}
         for local, global_id in enumerate(self.layer_ids):
@@ -221,7 +219,7 @@ class Shard(nn.Module):
             compile_step = compiles(process_mode(), self.form, str(self.device))
         self.parts = layer_parts(compile_step)
         self.pool = KVPool(len(self.layers), max_sessions, kv_heads, dim, self.max_context, dtype, self.device)
-        self._rotary_table: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._rotary_tables: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def held_tensors(self) -> dict[str, torch.Tensor]:
         """This shard's tensors under their model names (what `unit_tensor_names` lists)."""
@@ -285,17 +283,20 @@ class Shard(nn.Module):
 
     # --- compute --------------------------------------------------------------------------
 
-    def _rotary(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rotary(self, length: int, layer_type: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin [positions, D] for at least `length` positions, made once and grown by
         doubling: the family's rotary module at positions 0..n (each entry is one product of a
-        frequency and a position, so a row is the same whichever positions are computed with it)."""
-        table = self._rotary_table
+        frequency and a position, so a row is the same whichever positions are computed with it).
+        `layer_type`: Gemma 3's local and global layers each have their own table."""
+        table = self._rotary_tables.get(layer_type)
         if table is None or table[0].shape[0] < length:
             held = 0 if table is None else table[0].shape[0]
             size = min(self.max_context, max(length, 2 * held, 256))
             probe = torch.zeros(1, 1, 1, dtype=self.dtype, device=self.device)
-            cos, sin = self.rotary(probe, torch.arange(size, device=self.device)[None])
-            table = self._rotary_table = cos[0], sin[0]
+            positions = torch.arange(size, device=self.device)[None]
+            by_type = (layer_type,) if self.family.rotary_by_layer_type else ()
+            cos, sin = self.rotary(probe, positions, *by_type)
+            table = self._rotary_tables[layer_type] = cos[0], sin[0]
         return table
 
     def run(self, session: str, position: int, inputs: torch.Tensor) -> torch.Tensor:
@@ -348,16 +349,21 @@ class Shard(nn.Module):
         if self.has_embedding:
             assert self.embedding is not None
             hidden = self.embedding.lookup(stacked)  # [N, H]
+            if self.family.embedding_scale:  # Gemma: sqrt(hidden) rounded to the dtype, as transformers does
+                hidden = hidden * torch.tensor(self.config.hidden_size**0.5).to(hidden.dtype)
         else:
             hidden = stacked.to(self.dtype)  # [N, H]
         if self.layers:
             needed = max(s.position + s.length for s in slices)
             self.pool.reserve(needed)
             plan = plan_pass(slices, self.device)
-            cos, sin = self._rotary(needed)
-            cos_sin = cos[plan.positions], sin[plan.positions]
+            tables: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
             for local, layer in enumerate(self.layers):
-                hidden = layer_forward(layer, local, self.pool, hidden, cos_sin, plan, self.parts)
+                kind = getattr(layer.self_attn, "layer_type", None) if self.family.rotary_by_layer_type else None
+                if kind not in tables:
+                    cos, sin = self._rotary(needed, kind)
+                    tables[kind] = cos[plan.positions], sin[plan.positions]
+                hidden = layer_forward(layer, local, self.pool, hidden, tables[kind], plan, self.parts)
         for (_index, step, state), part in zip(admitted, slices, strict=True):
             state.length = step.position + part.length
         if self.has_head:
@@ -367,7 +373,11 @@ class Shard(nn.Module):
                 for (_i, step, _s), s in zip(admitted, slices, strict=True)
             ]
             rows = torch.tensor([r for rows in wanted for r in rows], device=self.device)
-            logits = self.head(self.norm(hidden[rows])).float().cpu()  # [rows, V], sampled on the CPU
+            logits = self.head(self.norm(hidden[rows]))
+            cap = getattr(self.config, "final_logit_softcapping", None)  # Gemma 2
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            logits = logits.float().cpu()  # [rows, V], sampled on the CPU
             split = torch.split(logits, [len(rows) for rows in wanted])
             per_step = [
                 part if step.every_row else part[0] for (_i, step, _s), part in zip(admitted, split, strict=True)

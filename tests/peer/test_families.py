@@ -16,6 +16,8 @@ from edgeshard.peer.model.files import GGUFModel, HuggingFaceModel, ModelSource,
 from edgeshard.peer.model.shard import ContextError, Shard, Step, even_split, unit_count
 from transformers import (
     AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
     LlamaConfig,
     MistralConfig,
     Phi3Config,
@@ -257,11 +259,77 @@ def test_other_families_are_refused_by_name(tmp_path: Path) -> None:
         _ = HuggingFaceModel(directory, tmp_path).config
 
 
-def test_gemma_is_refused_with_what_is_missing() -> None:
-    with pytest.raises(ModelFileError, match="soft-capping"):
+def test_gemma_gguf_and_multimodal_gemma3_are_refused_with_what_is_missing() -> None:
+    with pytest.raises(ModelFileError, match="soft-caps, sliding window"):
         gguf_family("gemma2")
-    with pytest.raises(ModelFileError, match="q/k norms"):
+    with pytest.raises(ModelFileError, match="vision tower"):
         family_of("gemma3")
+    with pytest.raises(ModelFileError, match="Gemma 1"):
+        family_of("gemma")
+
+
+GEMMA = {**SHAPE, "head_dim": 16, "tie_word_embeddings": True, "sliding_window": 4, "pad_token_id": 0}
+GEMMA_CONFIGS: dict[str, PretrainedConfig] = {
+    # Soft-caps low enough to bind on this model's scores and logits; a window shorter than the
+    # prompt, so the sliding layers' masks decide tokens.
+    "gemma2": Gemma2Config(**GEMMA, query_pre_attn_scalar=12, attn_logit_softcapping=2.0, final_logit_softcapping=5.0),
+    "gemma3_text": Gemma3TextConfig(
+        **GEMMA,
+        query_pre_attn_scalar=12,
+        layer_types=["sliding_attention", "full_attention"] * 2 + ["sliding_attention"],
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        },
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=list(GEMMA_CONFIGS))
+def gemma_directory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp(str(request.param))
+    torch.manual_seed(20240612)
+    AutoModelForCausalLM.from_config(GEMMA_CONFIGS[request.param], dtype=torch.float32).save_pretrained(str(directory))
+    return directory
+
+
+def test_gemma_from_a_hf_directory_matches_transformers(gemma_directory: Path, tmp_path: Path) -> None:
+    """Scaled embeddings, (1 + w) norms, pre/post sublayer norms, soft-caps, sliding layers past
+    their window and Gemma 3's two rotary bases, over three stages."""
+    source = HuggingFaceModel(gemma_directory, tmp_path)
+    reference = AutoModelForCausalLM.from_pretrained(str(gemma_directory), dtype=torch.float32).eval()
+    assert len(PROMPT) + NEW_TOKENS > source.config.sliding_window  # the window binds
+    assert context_limit(source.config) == 512  # windows are masked, not a cap
+    assert _three_stages(source) == _reference(reference)
+    # Logits too (Gemma 2's final soft-cap leaves greedy tokens as they are, not the logits).
+    hidden = torch.tensor(PROMPT)
+    for start, end in even_split(unit_count(source.config), 3):
+        hidden = Shard(source, start, end).run("s", 0, hidden)
+    with torch.inference_mode():
+        expected = reference(torch.tensor([PROMPT])).logits[0, -1]
+    assert torch.allclose(hidden, expected, atol=1e-4)
+
+
+def test_a_gemma_batch_computes_what_each_step_computes_alone(gemma_directory: Path, tmp_path: Path) -> None:
+    """Sliding-window and soft-capped attention in a batched decode pass and a later prompt chunk."""
+    source = HuggingFaceModel(gemma_directory, tmp_path)
+    units = unit_count(source.config)
+    alone, together = Shard(source, 0, units), Shard(source, 0, units)
+    prompts = {"a": [3, 14, 15, 9, 26, 5], "b": [9, 2, 6, 5, 3, 5, 8, 9, 7]}
+    for session, ids in prompts.items():
+        alone.run(session, 0, torch.tensor(ids))
+    together.run_batch([Step(s, 0, torch.tensor(ids)) for s, ids in prompts.items()])
+    for round in range(3):
+        steps = [Step("a", 6 + round, torch.tensor([7 + round])), Step("b", 9 + round, torch.tensor([1 + round]))]
+        expected = [alone.run(step.session, step.position, step.inputs) for step in steps]
+        for got, want in zip(together.run_batch(steps), expected, strict=True):
+            assert isinstance(got, torch.Tensor)
+            assert torch.allclose(got, want, atol=1e-4)
+    chunk = [Step("a", 9, torch.tensor([4, 4, 2, 1, 6])), Step("b", 12, torch.tensor([3]))]
+    expected = [alone.run(step.session, step.position, step.inputs) for step in chunk]
+    for got, want in zip(together.run_batch(chunk), expected, strict=True):
+        assert isinstance(got, torch.Tensor)
+        assert torch.allclose(got, want, atol=1e-4)
 
 
 def test_phi3_partial_rotary_and_longrope_match_transformers(tmp_path: Path) -> None:
@@ -295,7 +363,6 @@ def test_a_tensor_type_gguf_cannot_read_is_refused_by_name(tmp_path: Path) -> No
         _ = GGUFModel(path, tmp_path).config
 
 
-
 @pytest.mark.parametrize(("form", "agreement"), [("int8", 0.999), ("int4", 0.9)])
 def test_phi3_fused_matrices_are_held_compact(tmp_path: Path, form: str, agreement: float) -> None:
     """Phi-3's own fused matrices (qkv, gate_up) are held compact as they are, not split, and
@@ -318,5 +385,3 @@ def test_phi3_fused_matrices_are_held_compact(tmp_path: Path, form: str, agreeme
     assert not isinstance(layer.mlp.gate_up_proj, torch.nn.Linear)
     similarity = torch.nn.functional.cosine_similarity(logits[form], logits["float32"], dim=0)
     assert float(similarity) >= agreement, float(similarity)
-
-
