@@ -69,7 +69,15 @@ class Family:
     embedding_scale: bool = False  # Gemma: embeddings times sqrt(hidden), rounded to the compute dtype
     windowed: bool = False  # per-layer sliding windows masked in our attention (no context cap)
     rotary_by_layer_type: bool = False  # Gemma 3: local and global layers have their own rotary bases
+    gguf_norm_offset: float = 0.0  # llama.cpp writes Gemma's norm weights as 1 + w: subtracted on load
 
+
+# llama.cpp's names for Gemma's extra norms (its ffn_norm is Gemma's pre-feed-forward norm).
+_GEMMA_GGUF_NAMES = {
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
 
 FAMILIES: tuple[Family, ...] = (
     Family(
@@ -127,7 +135,9 @@ FAMILIES: tuple[Family, ...] = (
         Gemma2DecoderLayer,
         Gemma2RMSNorm,
         Gemma2RotaryEmbedding,
-        gguf_architecture=None,  # its GGUF metadata (soft-caps, window, query scale) is not read yet
+        gguf_architecture="gemma2",
+        gguf_layer_names=_GEMMA_GGUF_NAMES,
+        gguf_norm_offset=1.0,
         needs="Gemma 2 (scaled embeddings, (1 + w) norms, soft-capped attention and logits, sliding layers)",
         embedding_scale=True,
         windowed=True,
@@ -138,7 +148,9 @@ FAMILIES: tuple[Family, ...] = (
         Gemma3DecoderLayer,
         Gemma3RMSNorm,
         Gemma3RotaryEmbedding,
-        gguf_architecture=None,
+        gguf_architecture="gemma3",
+        gguf_layer_names={**_GEMMA_GGUF_NAMES, "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"},
+        gguf_norm_offset=1.0,
         needs="Gemma 3 text models (1B; q/k norms, local and global layers with their own rotary bases)",
         embedding_scale=True,
         windowed=True,
@@ -165,10 +177,8 @@ def family_of(model_type: str | None) -> Family:
 # Families people ask for, and what their layers need that a shard does not do yet.
 NOT_YET = {
     "gemma": "Gemma 1: GeGLU with (1 + w) norms and no post-norms (Gemma 2 and 3 run)",
-    "gemma2": "Gemma 2 from GGUF: its metadata (soft-caps, sliding window, query scale) is not read yet; "
-    "its Hugging Face directory runs",
-    "gemma3": "Gemma 3 from GGUF, and the multimodal Gemma 3 (4B and up: a vision tower); "
-    "a text-only Hugging Face directory (gemma3_text) runs",
+    "gemma3": "the multimodal Gemma 3 directory (4B and up: a vision tower); its GGUF (the text "
+    "model, as llama.cpp writes it) and a text-only directory (gemma3_text) run",
 }
 
 

@@ -24,13 +24,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from ..errors import ModelFileError
-from .blocks import readable, row_bytes
+from .blocks import float_rows, readable, row_bytes
 from .families import Family, config_family, family_of, gguf_family, layer_tensor_suffixes
 from .gguf_config import gguf_config
 from .gguf_names import gguf_to_hf_name, reverse_permute
@@ -219,9 +220,13 @@ class GGUFModel:
         heads = self._permuted_heads(name)
         per_head = rows // heads if heads else 1
         step = chunk_rows(columns, per_head)
+        offset = self.family.gguf_norm_offset if name.endswith("norm.weight") else 0.0
         for start, raw in read_rows(self.path, int(info.data_offset), rows, width, step):
             if heads:
                 raw = reverse_permute(raw, raw.shape[0] // per_head)
+            if offset:  # Gemma: llama.cpp stored 1 + w (transformers' Gemma2TensorProcessor subtracts it too)
+                yield Rows(start, float_rows(raw, info.tensor_type) - np.float32(offset), None)
+                continue
             yield Rows(start, raw, info.tensor_type)
 
     def tensor(self, name: str, keep: bool = True) -> torch.Tensor:

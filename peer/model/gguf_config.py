@@ -58,8 +58,44 @@ def gguf_config(path: Path, family: Family, fields: dict[str, Any], tensors: dic
     if family.model_type == "phi3":
         values["pad_token_id"] = None  # Phi3Config's default (32000) names a token of Phi-3's own vocabulary
         values["sliding_window"] = int(window.contents()) if window is not None else None
+    if family.gguf_norm_offset:  # Gemma 2 / 3
+        values.update(_gemma(fields, str(arch), values, window))
     config = family.config_class(**values)
     if family.model_type not in ("qwen2", "phi3"):  # Qwen2's q/k/v biases are fixed; Llama's and Qwen3's optional
         config.attention_bias = "model.layers.0.self_attn.q_proj.bias" in tensors
     config._attn_implementation = "sdpa"
     return config
+
+
+# llama.cpp's Gemma 27B models scale queries by hidden / heads, the others by head_dim
+# (llama-model.cpp: f_attention_scale per model type); the 27B is known by its layer count.
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+_GEMMA3_LOCAL_THETA = 10000.0  # llama.cpp's rope_freq_base_train_swa for Gemma 3
+
+
+def _gemma(fields: dict[str, Any], arch: str, values: dict[str, Any], window: Any) -> dict[str, Any]:
+    """What a Gemma GGUF says beyond the common keys, or llama.cpp assumes for it: soft-caps,
+    the sliding window, the query scale and (Gemma 3) the local layers' rotary base."""
+
+    def number(key: str) -> float | None:
+        value = fields.get(f"{arch}.{key}")
+        return float(value.contents()) if value is not None else None
+
+    hidden, heads, layers = values["hidden_size"], values["num_attention_heads"], values["num_hidden_layers"]
+    scalar = hidden // heads if _GEMMA_27B_LAYERS.get(arch) == layers else values["head_dim"]
+    extra: dict[str, Any] = {
+        "query_pre_attn_scalar": scalar,
+        "sliding_window": int(window.contents()) if window is not None else None,
+        "pad_token_id": int(pad.contents()) if (pad := fields.get("tokenizer.ggml.padding_token_id")) else 0,
+    }
+    if arch == "gemma2":
+        extra["attn_logit_softcapping"] = number("attn_logit_softcapping")
+        extra["final_logit_softcapping"] = number("final_logit_softcapping")
+        return extra
+    factor = number("rope.scaling.factor")
+    full = {"rope_type": "linear", "factor": factor} if factor and factor != 1.0 else {"rope_type": "default"}
+    extra["rope_parameters"] = {
+        "full_attention": {**full, "rope_theta": values["rope_parameters"]["rope_theta"]},
+        "sliding_attention": {"rope_type": "default", "rope_theta": _GEMMA3_LOCAL_THETA},
+    }
+    return extra

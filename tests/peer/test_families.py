@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from edgeshard.peer.errors import ModelFileError
-from edgeshard.peer.model.families import context_limit, family_of, gguf_family
+from edgeshard.peer.model.families import context_limit, family_of
 from edgeshard.peer.model.files import GGUFModel, HuggingFaceModel, ModelSource, unit_tensor_names
 from edgeshard.peer.model.shard import ContextError, Shard, Step, even_split, unit_count
 from transformers import (
@@ -65,7 +65,15 @@ CONFIGS: dict[str, PretrainedConfig] = {
     # Phi-3: q/k/v and gate/up fused in the model itself (pad_token_id: the default 32000 is past this vocabulary).
     "phi3": Phi3Config(**SHAPE, pad_token_id=0, rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
 }
-GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
+GGUF_ARCH = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "phi3": "phi3",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+}
 GGUF_LAYER = {
     "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
@@ -92,7 +100,15 @@ def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
     )
 
 
-def _gguf_name(name: str) -> str:
+# llama.cpp's names for Gemma's norms (its ffn_norm is Gemma's pre-feed-forward norm).
+GEMMA_GGUF_LAYER = {
+    "post_attention_layernorm": "post_attention_norm",
+    "pre_feedforward_layernorm": "ffn_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
+}
+
+
+def _gguf_name(name: str, layer_names: dict[str, str] = GGUF_LAYER) -> str:
     fixed = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
     if name in fixed:
         return fixed[name]
@@ -100,12 +116,15 @@ def _gguf_name(name: str) -> str:
         return "output.weight"
     _model, _layers, index, rest = name.split(".", 3)
     module, kind = rest.rsplit(".", 1)
-    return f"blk.{index}.{GGUF_LAYER[module]}.{kind}"
+    return f"blk.{index}.{layer_names[module]}.{kind}"
 
 
 def _write_gguf(model: PreTrainedModel, path: Path, family: str) -> None:
-    """float32 tensors under llama.cpp's names and metadata keys; Q/K permuted for `llama`."""
+    """float32 tensors under llama.cpp's names and metadata keys; Q/K permuted for `llama`;
+    Gemma's norms written as 1 + w, as llama.cpp's converter does."""
     config, arch = model.config, GGUF_ARCH[family]
+    gemma = arch.startswith("gemma")
+    rope = config.rope_parameters.get("full_attention", config.rope_parameters)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(f"{family}-test")
@@ -119,19 +138,32 @@ def _write_gguf(model: PreTrainedModel, path: Path, family: str) -> None:
     writer.add_value_length(head_dim)
     writer.add_rope_dimension_count(head_dim)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_rope_freq_base(rope["rope_theta"])
+    if gemma:
+        writer.add_sliding_window(config.sliding_window)
+        if rope.get("factor"):
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(rope["factor"])
+        if arch == "gemma2":
+            writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
+            writer.add_final_logit_softcapping(config.final_logit_softcapping)
     writer.add_vocab_size(config.vocab_size)
     writer.add_bos_token_id(config.bos_token_id)
     writer.add_eos_token_id(config.eos_token_id)
     if config.pad_token_id is not None:
         writer.add_pad_token_id(config.pad_token_id)
+    layer_names = {**GGUF_LAYER, **GEMMA_GGUF_LAYER} if gemma else GGUF_LAYER
     for name, tensor in model.state_dict().items():
+        if gemma and name == "lm_head.weight":
+            continue  # tied: llama.cpp writes the embedding only
         weights = tensor.float().numpy()
+        if gemma and name.endswith("norm.weight"):
+            weights = weights + 1
         if arch == "llama" and ".q_proj." in name:
             weights = _permute(weights, config.num_attention_heads)
         elif arch == "llama" and ".k_proj." in name:
             weights = _permute(weights, config.num_key_value_heads)
-        writer.add_tensor(_gguf_name(name), np.ascontiguousarray(weights))
+        writer.add_tensor(_gguf_name(name, layer_names), np.ascontiguousarray(weights))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -259,9 +291,7 @@ def test_other_families_are_refused_by_name(tmp_path: Path) -> None:
         _ = HuggingFaceModel(directory, tmp_path).config
 
 
-def test_gemma_gguf_and_multimodal_gemma3_are_refused_with_what_is_missing() -> None:
-    with pytest.raises(ModelFileError, match="soft-caps, sliding window"):
-        gguf_family("gemma2")
+def test_multimodal_gemma3_and_gemma1_are_refused_with_what_is_missing() -> None:
     with pytest.raises(ModelFileError, match="vision tower"):
         family_of("gemma3")
     with pytest.raises(ModelFileError, match="Gemma 1"):
@@ -385,3 +415,38 @@ def test_phi3_fused_matrices_are_held_compact(tmp_path: Path, form: str, agreeme
     assert not isinstance(layer.mlp.gate_up_proj, torch.nn.Linear)
     similarity = torch.nn.functional.cosine_similarity(logits[form], logits["float32"], dim=0)
     assert float(similarity) >= agreement, float(similarity)
+
+
+# As a Gemma GGUF can say it: the query scale is head_dim's (llama.cpp's rule below 27B), the
+# layer types are the defaults (Gemma 3: every 6th layer global) and the local rotary base 10000.
+GEMMA_GGUF_CONFIGS: dict[str, PretrainedConfig] = {
+    "gemma2": Gemma2Config(**GEMMA, query_pre_attn_scalar=16, attn_logit_softcapping=2.0, final_logit_softcapping=5.0),
+    "gemma3_text": Gemma3TextConfig(
+        **{**GEMMA, "num_hidden_layers": 6},
+        query_pre_attn_scalar=16,
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("family", list(GEMMA_GGUF_CONFIGS))
+def test_a_gemma_gguf_runs_as_its_hf_directory(family: str, tmp_path: Path) -> None:
+    """A Gemma GGUF written as llama.cpp writes it (norms as 1 + w, its names and keys) gives
+    the HF model's tokens and logits over three stages."""
+    torch.manual_seed(20240613)
+    model = AutoModelForCausalLM.from_config(GEMMA_GGUF_CONFIGS[family], dtype=torch.float32).eval()
+    model.save_pretrained(str(tmp_path / "hf"))
+    _write_gguf(model, tmp_path / "model.gguf", family)
+    source = GGUFModel(tmp_path / "model.gguf", tmp_path)
+    assert source.config.model_type == family
+    assert source.config.sliding_window == 4 and source.config.query_pre_attn_scalar == 16
+    assert _three_stages(source) == _reference(model)
+    hidden = torch.tensor(PROMPT)
+    for start, end in even_split(unit_count(source.config), 3):
+        hidden = Shard(source, start, end).run("s", 0, hidden)
+    with torch.inference_mode():
+        expected = model(torch.tensor([PROMPT])).logits[0, -1]
+    assert torch.allclose(hidden, expected, atol=1e-4)
