@@ -3,8 +3,11 @@
 A family is one `model_type` (config.json) / `general.architecture` (GGUF). Every family here is
 a decoder of one shape: embedding, L layers of (RMSNorm, attention with rotary, RMSNorm, gated
 MLP), final RMSNorm and head. What differs is inside transformers' own modules (Qwen2's q/k/v
-biases, Qwen3's per-head q_norm/k_norm), so the shard builds each family's decoder layer,
-RMSNorm and rotary embedding, and `layer_forward` (batch.py) calls their submodules.
+biases, Qwen3's per-head q_norm/k_norm, Phi-3's fused matrices, Gemma's (1 + w) norms), so
+the shard builds each family's decoder layer, RMSNorm and rotary embedding, and
+`layer_forward` (batch.py) calls their submodules. What is outside those modules (Gemma's
+embedding scale, its norms after each sublayer, soft-caps, per-layer windows and rotary
+bases) the shard follows from the family's flags and the layer's own attributes.
 
 The tensors a decoder layer needs are read off that family's layer class built on the meta
 device, so config switches that add tensors (Llama's `attention_bias`/`mlp_bias`, Qwen3's
@@ -160,7 +163,7 @@ FAMILIES: tuple[Family, ...] = (
 
 
 def supported() -> str:
-    """The families, for messages: `llama, mistral, qwen2, qwen3`."""
+    """The families, for messages: `llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text`."""
     return ", ".join(family.model_type for family in FAMILIES)
 
 

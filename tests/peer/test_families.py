@@ -282,7 +282,7 @@ def test_a_sliding_window_caps_the_context(family_files: tuple[str, Path], tmp_p
 
 
 def test_other_families_are_refused_by_name(tmp_path: Path) -> None:
-    with pytest.raises(ModelFileError, match="llama, mistral, qwen2, qwen3"):
+    with pytest.raises(ModelFileError, match="llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text"):
         family_of("gpt2")
     directory = tmp_path / "gpt2"
     directory.mkdir()
