@@ -59,18 +59,17 @@ def project(
     if hasattr(attention, "q_norm"):  # Qwen3: RMSNorm over each head's D, before the rotary
         queries, keys = attention.q_norm(queries), attention.k_norm(keys)
     cos, sin = cos[:, None, :], sin[:, None, :]
+    return _turn(queries, cos, sin), _turn(keys, cos, sin), values
+
+
+def _turn(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding on heads x [N, heads, D]: on all D, or with a narrower table
+    (Phi's partial_rotary_factor) on a head's first cos.shape[-1] dims only."""
     turned = cos.shape[-1]
-    if turned == dim:
-        queries = queries * cos + _rotate_half(queries) * sin
-        keys = keys * cos + _rotate_half(keys) * sin
-    else:  # partial rotary (Phi's partial_rotary_factor): the first `turned` dims of a head only
-        queries = torch.cat(
-            [queries[..., :turned] * cos + _rotate_half(queries[..., :turned]) * sin, queries[..., turned:]], dim=-1
-        )
-        keys = torch.cat(
-            [keys[..., :turned] * cos + _rotate_half(keys[..., :turned]) * sin, keys[..., turned:]], dim=-1
-        )
-    return queries, keys, values
+    if turned == x.shape[-1]:
+        return x * cos + _rotate_half(x) * sin
+    head = x[..., :turned]
+    return torch.cat([head * cos + _rotate_half(head) * sin, x[..., turned:]], dim=-1)
 
 
 def finish(block: Any, residual: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:

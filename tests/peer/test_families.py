@@ -182,9 +182,22 @@ def _reference(model: PreTrainedModel) -> list[int]:
     return [int(t) for t in output[0, len(PROMPT) :]]
 
 
+def _chain(source: ModelSource, weights: str = "float32") -> list[Shard]:
+    """Three shards over consecutive unit ranges, holding `weights`."""
+    return [Shard(source, a, b, weights=weights) for a, b in even_split(unit_count(source.config), 3)]  # type: ignore[arg-type]
+
+
+def _prompt_logits(shards: list[Shard]) -> torch.Tensor:
+    """The chained shards' logits after PROMPT."""
+    hidden = torch.tensor(PROMPT)
+    for shard in shards:
+        hidden = shard.run("s", 0, hidden)
+    return hidden
+
+
 def _three_stages(source: ModelSource) -> list[int]:
     """Greedy tokens from three shards over consecutive unit ranges, chained in-process."""
-    shards = [Shard(source, start, end) for start, end in even_split(unit_count(source.config), 3)]
+    shards = _chain(source)
     tokens: list[int] = []
     inputs, position = torch.tensor(PROMPT), 0
     for _ in range(NEW_TOKENS):
@@ -332,9 +345,7 @@ def test_gemma_from_a_hf_directory_matches_transformers(gemma_directory: Path, t
     assert context_limit(source.config) == 512  # windows are masked, not a cap
     assert _three_stages(source) == _reference(reference)
     # Logits too (Gemma 2's final soft-cap leaves greedy tokens as they are, not the logits).
-    hidden = torch.tensor(PROMPT)
-    for start, end in even_split(unit_count(source.config), 3):
-        hidden = Shard(source, start, end).run("s", 0, hidden)
+    hidden = _prompt_logits(_chain(source))
     with torch.inference_mode():
         expected = reference(torch.tensor([PROMPT])).logits[0, -1]
     assert torch.allclose(hidden, expected, atol=1e-4)
@@ -402,14 +413,10 @@ def test_phi3_fused_matrices_are_held_compact(tmp_path: Path, form: str, agreeme
     torch.manual_seed(11)
     AutoModelForCausalLM.from_config(CONFIGS["phi3"], dtype=torch.float32).save_pretrained(str(tmp_path / "phi"))
     source = HuggingFaceModel(tmp_path / "phi", tmp_path)
-    ranges = even_split(unit_count(source.config), 3)
     logits = {}
     for held in ("float32", form):
-        shards = [Shard(source, a, b, weights=held) for a, b in ranges]  # type: ignore[arg-type]
-        hidden = torch.tensor(PROMPT)
-        for shard in shards:
-            hidden = shard.run("s", 0, hidden)
-        logits[held] = hidden
+        shards = _chain(source, held)
+        logits[held] = _prompt_logits(shards)
     layer = shards[1].layers[0]
     assert not isinstance(layer.self_attn.qkv_proj, torch.nn.Linear)
     assert not isinstance(layer.mlp.gate_up_proj, torch.nn.Linear)
@@ -444,9 +451,7 @@ def test_a_gemma_gguf_runs_as_its_hf_directory(family: str, tmp_path: Path) -> N
     assert source.config.model_type == family
     assert source.config.sliding_window == 4 and source.config.query_pre_attn_scalar == 16
     assert _three_stages(source) == _reference(model)
-    hidden = torch.tensor(PROMPT)
-    for start, end in even_split(unit_count(source.config), 3):
-        hidden = Shard(source, start, end).run("s", 0, hidden)
+    hidden = _prompt_logits(_chain(source))
     with torch.inference_mode():
         expected = model(torch.tensor([PROMPT])).logits[0, -1]
     assert torch.allclose(hidden, expected, atol=1e-4)
@@ -457,11 +462,6 @@ def test_gemma_runs_in_the_compact_forms(gemma_directory: Path, tmp_path: Path, 
     """The Gemma steps (soft-caps, windows, extra norms) around compact matrices: logits close to
     float32's over three stages (cosine similarity; int4 of this 64-wide model is coarse)."""
     source = HuggingFaceModel(gemma_directory, tmp_path)
-    logits = {}
-    for held in ("float32", form):
-        hidden = torch.tensor(PROMPT)
-        for start, end in even_split(unit_count(source.config), 3):
-            hidden = Shard(source, start, end, weights=held).run("s", 0, hidden)  # type: ignore[arg-type]
-        logits[held] = hidden
+    logits = {held: _prompt_logits(_chain(source, held)) for held in ("float32", form)}
     similarity = torch.nn.functional.cosine_similarity(logits[form], logits["float32"], dim=0)
     assert float(similarity) >= agreement, float(similarity)
