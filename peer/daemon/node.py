@@ -40,7 +40,7 @@ from ..model.compute import on_compute
 from ..model.devices import pick_device
 from ..model.files import ModelSource, default_cache_dir, open_model
 from ..model.options import WeightForm
-from ..model.profile import device_unit_bytes, memory_budget, offered_forms, unit_sizes
+from ..model.profile import device_unit_bytes, load_headroom, memory_budget, offered_forms, unit_sizes
 from ..model.text import stop_token_ids
 from ..pipeline.failover import NoRouteError, wait_for
 from ..pipeline.layouts import ReadyLayout
@@ -135,7 +135,7 @@ class PeerNode:
         # in each form it offers travel in its record.
         self.units = unit_sizes(source.config, torch.float32, config.context, config.sessions)
         sizes = partial(device_unit_bytes, config=source.config, context=config.context, sessions=config.sessions)
-        memory = memory_budget(self.device, config.max_memory)
+        memory = memory_budget(self.device, config.max_memory, load_headroom(profiles))
 
         host, port = split_host_port(config.listen, PEER_PORT)
         tls, fingerprint_tls = self.security.server_tls(self.state.directory)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .devices import default_form, resolve_form
 from .families import attention_shape
 from .files import ModelSource, atomic_write
 from .options import WeightForm
+from .rows import CHUNK_VALUES
 from .shard import Shard, Step, unit_count
 from .weights import compute_dtype
 
@@ -94,14 +96,23 @@ def device_unit_bytes(profile: Profile, config: PretrainedConfig, context: int, 
     return (embed, *[weights + cache for weights in layers], head)
 
 
-def memory_budget(device: str, max_memory: int | None) -> int:
+def load_headroom(profiles: Sequence[Profile]) -> int:
+    """Bytes a cold load needs beyond what the stage then holds: about one fused matrix twice
+    (docs/ARCHITECTURE.md, Loading), counted as two of the largest layer's weights in the
+    largest form offered, plus two chunks of rows in float32."""
+    layers = [size for profile in profiles for size in profile.weight_bytes[1:-1]]
+    return 2 * max(layers, default=0) + 2 * 4 * CHUNK_VALUES
+
+
+def memory_budget(device: str, max_memory: int | None, headroom: int = 0) -> int:
     """Bytes this peer may give to units: free memory now (GPU memory on a GPU) less a reserve
-    for the runtime, capped by --max-memory. Taken once at start, so the figure is stable."""
+    for the runtime and the `headroom` a first load needs, capped by --max-memory. Taken once
+    at start, so the figure is stable."""
     if device.startswith("cuda"):
         free, _total = torch.cuda.mem_get_info(torch.device(device))
-        budget = int(free * 0.9)
+        budget = int(free * 0.9) - headroom
     else:
-        budget = int(psutil.virtual_memory().available * 0.9) - RUNTIME_RESERVE_BYTES
+        budget = int(psutil.virtual_memory().available * 0.9) - RUNTIME_RESERVE_BYTES - headroom
     budget = max(budget, 0)
     return min(budget, max_memory) if max_memory is not None else budget
 

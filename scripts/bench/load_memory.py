@@ -63,8 +63,13 @@ def probe(model: str, start: int, end: int, form: str) -> dict[str, Any]:
         "peak": _status("VmHWM"),
         "after": _status("VmRSS"),
         "held": shard.weight_bytes(),
+        "layer": max((_module_bytes(layer) for layer in shard.layers), default=0),
         "seconds": round(seconds, 2),
     }
+
+
+def _module_bytes(module: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
 def run_probe(model: Path | str, start: int, end: int, form: str, cache: Path) -> dict[str, Any]:

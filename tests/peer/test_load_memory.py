@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from edgeshard.peer.model.profile import Profile, load_headroom
 
 from .quantized_files import Q, write_llama
 
@@ -38,5 +39,9 @@ def test_a_cold_load_peaks_within_a_quarter_over_what_it_holds(
 ) -> None:
     cold = run_probe(files[file], start, end, form, tmp_path)
     assert cost(cold) <= BOUND, cold
+    # What the plan counts for this stage (its weights, and the headroom the peer keeps back
+    # from its budget for a first load) covers the load's peak.
+    profile = Profile((), (), "cpu", "float32", 1, 1.0, form=form, weight_bytes=(0, cold["layer"], 0))  # type: ignore[arg-type]
+    assert cold["peak"] - cold["base"] <= cold["held"] + load_headroom([profile]), cold
     cached = run_probe(files[file], start, end, form, tmp_path)
     assert cached["held"] == cold["held"] and cost(cached) <= BOUND, cached
