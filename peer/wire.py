@@ -6,14 +6,18 @@ decoding keeps the received bytes as they are until a stage needs them.
 
 Frames (the session id "s" is a short string chosen by the origin):
 - open:    start a session along a route: route (stage URLs), hop (this receiver's index), origin
-           (URL for the sampled tokens), the layout id the route belongs to, sampling parameters.
+           (URL for the sampled tokens), the layout id the route belongs to, sampling parameters;
+           and, when the origin asks for prefix reuse, "pre": the keys of the prompt's leading
+           blocks that every stage so far holds (each stage cuts it to what it holds itself).
+- reused:  the last stage's answer to an open that asked: how many blocks every stage holds.
 - input:   token ids into stage 0 at positions [position, position + n).
 - hidden:  hidden states [n, H] at positions [position, position + n), stage to stage.
 - sampled: the token sampled for `position`, last stage to origin.
   Hidden and sampled frames may carry "tm", the step's trace: one `StageTime` per stage passed
   so far (arrival wall clock, queue, compute, hold), which the origin turns into where each
   token's time went.
-- close:   forget the session (forwarded along the route).
+- close:   forget the session (forwarded along the route); "blk": the keys of the blocks it fed,
+           for the stages to keep in their prefix caches.
 - error:   something about a session (or the link) went wrong; code + message.
 A message is one frame, or a batch: {"t": "batch", "frames": [encoded frame, ...]}. The outputs
 of one pass for one receiver travel as one batch, so the sessions computed together arrive
@@ -24,7 +28,9 @@ an error frame and keeps serving.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,14 +38,35 @@ import msgpack
 
 from .errors import ProtocolError
 
-# 2: frames "input"/"sampled", Open carries "layout"; 3: batch messages. Peers of another version never share a plan.
-WIRE_VERSION = 3
+# 2: frames "input"/"sampled", Open carries "layout"; 3: batch messages; 4: prefix reuse (Open's
+# "pre", Close's "blk", the "reused" frame). Peers of another version never share a plan.
+WIRE_VERSION = 4
 MAX_FRAME_BYTES = 64 * 2**20
 MAX_TOKENS = 1 << 16
 MAX_ROUTE = 64
 MAX_BATCH_FRAMES = 1024
 WireDtype = Literal["float32", "float16", "bfloat16"]
 WIRE_ITEMSIZE: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2}
+PREFIX_BLOCK_TOKENS = 16  # positions per prefix-cache block (vLLM's default block size)
+MAX_PREFIX_BLOCKS = MAX_TOKENS // PREFIX_BLOCK_TOKENS
+PREFIX_KEY_BYTES = 16
+
+
+def prefix_seed(layout_id: str, wire_dtype: str) -> bytes:
+    """The start of every key chain: a block's KV depends on the stages before it (the layout)
+    and on how hidden states crossed the wire, so either change starts a new chain."""
+    return hashlib.blake2b(f"{layout_id}\0{wire_dtype}".encode(), digest_size=PREFIX_KEY_BYTES).digest()
+
+
+def block_hashes(seed: bytes, tokens: Sequence[int]) -> list[bytes]:
+    """The key of every whole block of `tokens`: a hash of the previous block's key and this
+    block's tokens, so a key names the whole prefix up to its block's end."""
+    keys, key = [], seed
+    for start in range(0, len(tokens) - PREFIX_BLOCK_TOKENS + 1, PREFIX_BLOCK_TOKENS):
+        block = b"".join(t.to_bytes(4, "little") for t in tokens[start : start + PREFIX_BLOCK_TOKENS])
+        key = hashlib.blake2b(key + block, digest_size=PREFIX_KEY_BYTES).digest()
+        keys.append(key)
+    return keys
 
 
 @dataclass(frozen=True)
@@ -82,6 +109,16 @@ class Open:
     layout_id: str  # the layout the route belongs to: a stage serving another one refuses it
     sampling: SamplingParams
     wire_dtype: WireDtype = "float32"
+    prefix: tuple[bytes, ...] | None = None  # None: no reuse asked (and no `Reused` answer)
+
+
+@dataclass(frozen=True)
+class Reused:
+    """The last stage's answer to an `Open` that asked for prefix reuse: every stage holds the
+    session's first `blocks` blocks; the origin feeds from position blocks × PREFIX_BLOCK_TOKENS."""
+
+    session: str
+    blocks: int
 
 
 @dataclass(frozen=True)
@@ -117,9 +154,10 @@ class Sampled:
 
 @dataclass(frozen=True)
 class Close:
-    """Forget a session."""
+    """Forget a session; `blocks`: the keys of the blocks it fed, to keep for reuse."""
 
     session: str
+    blocks: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,7 +169,7 @@ class Error:
     message: str
 
 
-Frame = Open | InputIds | Hidden | Sampled | Close | Error
+Frame = Open | Reused | InputIds | Hidden | Sampled | Close | Error
 
 
 def encode(frame: Frame) -> bytes:
@@ -151,6 +189,10 @@ def encode(frame: Frame) -> bytes:
                 "seed": frame.sampling.seed,
                 "wire": frame.wire_dtype,
             }
+            if frame.prefix is not None:
+                body["pre"] = list(frame.prefix)
+        case Reused():
+            body = {"t": "reused", "s": frame.session, "n": frame.blocks}
         case InputIds():
             body = {"t": "input", "s": frame.session, "pos": frame.position, "ids": list(frame.token_ids)}
         case Hidden():
@@ -168,6 +210,8 @@ def encode(frame: Frame) -> bytes:
             _put_trace(body, frame.trace)
         case Close():
             body = {"t": "close", "s": frame.session}
+            if frame.blocks:
+                body["blk"] = list(frame.blocks)
         case Error():
             body = {"t": "error", "s": frame.session, "code": frame.code, "msg": frame.message}
     packed: bytes = msgpack.packb(body, use_bin_type=True)
@@ -232,6 +276,13 @@ def _trace(body: dict[Any, Any]) -> Trace:
             raise ProtocolError("bad-frame", "a trace entry is [arrived, queue, compute, hold], finite, durations >= 0")
         trace.append(StageTime(*(float(x) for x in entry)))
     return tuple(trace)
+
+
+def _keys(body: dict[Any, Any], key: str) -> tuple[bytes, ...]:
+    keys = _get(body, key, list)
+    if len(keys) > MAX_PREFIX_BLOCKS or not all(isinstance(k, bytes) and len(k) == PREFIX_KEY_BYTES for k in keys):
+        raise ProtocolError("bad-frame", f"{key!r}: at most {MAX_PREFIX_BLOCKS} block keys of {PREFIX_KEY_BYTES} bytes")
+    return tuple(keys)
 
 
 def _unpack(data: bytes) -> dict[Any, Any]:
@@ -300,7 +351,10 @@ def _frame(body: dict[Any, Any]) -> Frame:
             layout_id=_text(body, "layout", 128),
             sampling=sampling,
             wire_dtype=wire,
+            prefix=_keys(body, "pre") if "pre" in body else None,
         )
+    if kind == "reused":
+        return Reused(_session(body), _index(body, "n"))
     if kind == "input":
         ids = _get(body, "ids", list)
         if not 1 <= len(ids) <= MAX_TOKENS:
@@ -323,7 +377,7 @@ def _frame(body: dict[Any, Any]) -> Frame:
     if kind == "sampled":
         return Sampled(_session(body), _index(body, "pos"), _index(body, "id"), _trace(body))
     if kind == "close":
-        return Close(_session(body))
+        return Close(_session(body), _keys(body, "blk") if "blk" in body else ())
     if kind == "error":
         return Error(_session(body), _text(body, "code", 64), _text(body, "msg", 4096))
     raise ProtocolError("bad-frame", f"unknown frame type {kind!r}")

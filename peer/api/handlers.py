@@ -146,6 +146,8 @@ class Api:
             "refused": admission.refused,
             "measured_tps": round(self.meter.rate(), 2),
             "tokens": self.meter.total,
+            "prompt_tokens": self.telemetry.prompt_tokens,
+            "cached_prompt_tokens": self.telemetry.cached_tokens,
         }
 
     def add_routes(self, app: web.Application) -> None:
@@ -253,6 +255,7 @@ class Api:
             layout_id=completion.layout_id,
             failovers=[asdict(r) for r in completion.recoveries],
             timing=timing,
+            cached_tokens=completion.cached_tokens(),
             steps=completion.timings,
         )
         self.telemetry.finish(record)
@@ -301,6 +304,8 @@ class Api:
             backend.stop_ids(),
             recoveries=completion.recoveries,
             timings=completion.timings,
+            reused=completion.reused,
+            reuse=asked.cache_prompt,
         ):
             completion.token_ids.append(token)
             self.meter.add()

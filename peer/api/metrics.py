@@ -63,6 +63,18 @@ def status_families(status: Mapping[str, Any]) -> Iterator[Metric]:
             gauge = GaugeMetricFamily(PREFIX + name, text)
             gauge.add_metric([], number)
             yield gauge
+    prefixes = shard.get("prefix_cache") or {}
+    for name, key, text in (
+        ("prefix_cache_bytes", "bytes", "bytes of KV this peer's stage keeps for reuse"),
+        ("prefix_cache_blocks", "blocks", "blocks of KV this peer's stage keeps for reuse"),
+        ("prefix_cache_evicted_blocks", "evicted_blocks", "blocks this peer's stage evicted from its prefix cache"),
+        ("prefix_cache_matched_blocks", "matched_blocks", "asked-for blocks this peer's stage held"),
+        ("prefix_cache_missed_blocks", "missed_blocks", "asked-for blocks this peer's stage did not hold"),
+    ):
+        if (number := _number(prefixes.get(key))) is not None:
+            gauge = GaugeMetricFamily(PREFIX + name, text)
+            gauge.add_metric([], number)
+            yield gauge
     counts = dict.fromkeys(HEALTHS, 0)
     for peer in status.get("peers") or ():
         health = str(peer.get("health"))
@@ -94,6 +106,12 @@ class StatusCollector(Collector):
         for outcome in (*OUTCOMES, *sorted(set(outcomes) - set(OUTCOMES))):
             requests.add_metric([outcome], float(outcomes[outcome]))
         yield requests
+        prompt = CounterMetricFamily(PREFIX + "prompt_tokens", "prompt tokens of the replies this API generated")
+        prompt.add_metric([], float(self._telemetry.prompt_tokens))
+        yield prompt
+        cached = CounterMetricFamily(PREFIX + "prompt_tokens_cached", "of them, taken from the stages' prefix caches")
+        cached.add_metric([], float(self._telemetry.cached_tokens))
+        yield cached
         failovers = CounterMetricFamily(PREFIX + "failovers", "replies resumed on another route after a fault")
         failovers.add_metric([], float(self._telemetry.failovers))
         yield failovers

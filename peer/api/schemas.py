@@ -59,6 +59,7 @@ class GenerationRequest:
     stream: bool
     model: str
     include_usage: bool  # stream_options.include_usage: a last chunk with the usage
+    cache_prompt: bool  # llama.cpp's field: false neither reuses cached prompt blocks nor keeps any
 
 
 @dataclass
@@ -212,6 +213,9 @@ def _options(body: dict[str, Any], default_model: str, context: int | None) -> d
     include_usage = (options or {}).get("include_usage", False)
     if not isinstance(include_usage, bool):
         raise RequestError("stream_options.include_usage must be true or false", "stream_options.include_usage")
+    cache_prompt = body.get("cache_prompt", True)
+    if not isinstance(cache_prompt, bool):
+        raise RequestError("cache_prompt must be true or false", "cache_prompt")
     logprobs = body.get("logprobs")
     if logprobs not in (None, False, 0):
         raise RequestError("logprobs are not supported by this server", "logprobs", "unsupported_parameter")
@@ -230,6 +234,7 @@ def _options(body: dict[str, Any], default_model: str, context: int | None) -> d
         "stream": bool(stream),
         "model": model or default_model,
         "include_usage": include_usage,
+        "cache_prompt": cache_prompt,
     }
 
 
@@ -314,6 +319,7 @@ class Completion:
     recoveries: list[Recovery] = field(default_factory=list)
     queued_s: float = 0.0  # waited for a session slot (admission)
     timings: list[StepTiming] = field(default_factory=list)  # every step, as the origin saw it
+    reused: list[int] = field(default_factory=list)  # prompt tokens from the prefix caches, per session opened
     timing: dict[str, Any] | None = None  # their summary (`pipeline.timing.summarize`), at the end
 
     def extra(self) -> dict[str, Any]:
@@ -325,10 +331,16 @@ class Completion:
             "timing": self.timing,
         }
 
-    def usage(self) -> dict[str, int]:
+    def cached_tokens(self) -> int:
+        """Prompt tokens the first session took from the stages' prefix caches (a fail-over's
+        replay is the engine's business, not the request's)."""
+        return self.reused[0] if self.reused else 0
+
+    def usage(self) -> dict[str, Any]:
         count = len(self.token_ids)
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": count,
             "total_tokens": self.prompt_tokens + count,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens()},
         }

@@ -37,6 +37,7 @@ class ReplyRecord:
     failovers: list[dict[str, Any]]
     timing: dict[str, Any] | None
     steps: list[StepTiming] = field(default_factory=list, repr=False)  # for the listeners only: not kept
+    cached_tokens: int = 0  # prompt tokens taken from the stages' prefix caches
 
     def to_json(self) -> dict[str, Any]:
         """The record as the dashboard and /v1/replies show it (steps left out)."""
@@ -55,6 +56,7 @@ class Telemetry:
         self.outcomes: Counter[str] = Counter({outcome: 0 for outcome in OUTCOMES})
         self.replies: deque[ReplyRecord] = deque(maxlen=keep)
         self.failovers = 0
+        self.prompt_tokens = self.cached_tokens = 0  # over the replies that generated
         self.started = time.time()
         self._listeners: list[ReplyListener] = []
 
@@ -71,6 +73,8 @@ class Telemetry:
         """A request that generated has ended."""
         self.outcomes[record.outcome] += 1
         self.failovers += len(record.failovers)
+        self.prompt_tokens += record.prompt_tokens
+        self.cached_tokens += record.cached_tokens
         self.replies.append(replace(record, steps=[]))  # a long reply's steps would hold megabytes
         for listener in list(self._listeners):
             try:

@@ -88,7 +88,10 @@ class ApiBackend:
                 show(piece)
         finally:
             stream.close()
-            stats.tokens = (stream.usage or {}).get("completion_tokens")
+            usage = stream.usage or {}
+            stats.tokens = usage.get("completion_tokens")
+            stats.prompt_tokens = usage.get("prompt_tokens")
+            stats.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
             stats.edgeshard = stream.edgeshard
             stats.timing = (stream.edgeshard or {}).get("timing")
             stats.names = self.names
@@ -129,11 +132,14 @@ class LocalBackend:
         count = 0
         origin, route = self.cluster.origin, self.cluster.route
         steps: list[StepTiming] = []
+        reused: list[int] = []
+        stats.prompt_tokens = len(ids)
         # Closed also when Ctrl-C cancels the turn: the origin sends the session's Close.
         async with contextlib.aclosing(
-            origin.generate(route, ids, sampling, settings.max_tokens, self.stop_ids, timings=steps)
+            origin.generate(route, ids, sampling, settings.max_tokens, self.stop_ids, timings=steps, reused=reused)
         ) as tokens:
             async for token in tokens:
+                stats.cached_tokens = reused[0] if reused else 0
                 count += 1
                 stats.tokens = count
                 if new := text.add(token):

@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=weights, default="auto", help=PEER_WEIGHTS_HELP)
     parser.add_argument("--compile", choices=COMPILE_CHOICES, help=COMPILE_HELP + " (default: the peers' own, auto)")
     parser.add_argument("--sessions", type=int, default=4, help="concurrent sessions per stage (default 4)")
+    parser.add_argument("--prefix-cache", type=int, metavar="TOKENS", help="the peers' --prefix-cache (their default)")
     parser.add_argument("--base-port", type=int, default=7430, help="peer i listens on base+2i, its API on base+2i+1")
     parser.add_argument("--logs", metavar="DIR", help="where the peers' logs go (default: a temporary folder)")
     parser.add_argument("--chat", metavar="MESSAGE", help="ask this, print the answer, stop the cluster")
@@ -99,6 +100,8 @@ def start_peers(args: argparse.Namespace, logs: Path) -> list[LocalPeer]:
         ]
         if args.max_memory:
             command += ["--max-memory", args.max_memory]
+        if getattr(args, "prefix_cache", None) is not None:
+            command += ["--prefix-cache", str(args.prefix_cache)]
         if getattr(args, "compile", None):
             command += ["--compile", args.compile]
         peer = LocalPeer(name, f"http://127.0.0.1:{port + 1}", command, logs / f"{name}.log")

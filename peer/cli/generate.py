@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PeerError
-from ..model.options import COMPILE_CHOICES, COMPILE_HELP, DEFAULT_MODEL, WEIGHT_CHOICES, WEIGHTS_HELP, use_compile_mode
+from ..model.options import (
+    COMPILE_CHOICES,
+    COMPILE_HELP,
+    DEFAULT_MODEL,
+    KV_FORMS,
+    WEIGHT_CHOICES,
+    WEIGHTS_HELP,
+    use_compile_mode,
+)
 from ..wire import SamplingParams
 
 if TYPE_CHECKING:
@@ -41,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto", help=WEIGHTS_HELP)
     parser.add_argument("--compile", choices=COMPILE_CHOICES, help=COMPILE_HELP + " (default auto)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--kv-cache", choices=KV_FORMS, default="float", help="KV cache: float or int8")
     parser.add_argument("--wire-dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
 
@@ -88,6 +97,7 @@ async def run_generate(args: argparse.Namespace, source: ModelSource | None = No
         weights=resolve_form(args.weights, device),
         device=device,
         source=source,
+        kv_cache=args.kv_cache,
     ) as cluster:
         started = time.perf_counter()
         first_at = started

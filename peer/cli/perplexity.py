@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..errors import PeerError
-from ..model.options import DEFAULT_MODEL, WEIGHT_CHOICES, WEIGHTS_HELP
+from ..model.options import DEFAULT_MODEL, KV_FORMS, WEIGHT_CHOICES, WEIGHTS_HELP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", type=int, default=1, help="shards the units are split into (chained here)")
     parser.add_argument("--context", type=int, default=512, help="tokens per chunk (llama-perplexity's -c)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    parser.add_argument("--kv-cache", choices=KV_FORMS, default="float", help="KV cache: float or int8")
     parser.add_argument("--json", action="store_true", help="one JSON object: perplexity and every token's logprob")
 
 
@@ -51,7 +52,8 @@ def main(args: argparse.Namespace) -> int:
     if not chunks:
         raise PeerError(f"the text has {len(ids)} tokens: fewer than one chunk of {args.context} (try --context)")
     ranges = even_split(unit_count(source.config), args.stages)
-    shards = [Shard(source, a, b, device, weights=form, max_sessions=1, max_context=args.context) for a, b in ranges]
+    settings = {"weights": form, "max_sessions": 1, "max_context": args.context, "kv_cache": args.kv_cache}
+    shards = [Shard(source, a, b, device, **settings) for a, b in ranges]
     # llama-perplexity puts BOS first in every chunk when the vocabulary adds one.
     bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
     started = time.perf_counter()

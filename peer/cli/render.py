@@ -18,6 +18,8 @@ class ReplyStats:
     the text after it) and, when the peer sent it, the reply's `edgeshard` object."""
 
     tokens: int | None = None  # the answer's tokens (usage), None when unknown
+    prompt_tokens: int | None = None  # the conversation's tokens sent with the turn (usage)
+    cached_tokens: int | None = None  # of them, taken from the stages' prefix caches
     ttft_ms: float | None = None  # request sent → first text shown
     ms_per_token: float | None = None  # after the first text, per further token
     interrupted: bool = False
@@ -129,6 +131,11 @@ def render_stats(stats: ReplyStats | None) -> str:
         f"{head}: {stats.tokens if stats.tokens is not None else '?'} tokens, time to first token "
         f"{_num(stats.ttft_ms)} ms, {_num(stats.ms_per_token)} ms/token (measured here)"
     ]
+    if stats.prompt_tokens is not None:
+        lines.append(
+            f"prompt: {stats.prompt_tokens} tokens, {stats.cached_tokens or 0} of them reused from the prefix cache, "
+            f"{stats.prompt_tokens - (stats.cached_tokens or 0)} computed"
+        )
     extra = stats.edgeshard or {}
     if extra.get("failovers"):
         lines.append(f"fail-overs: {len(extra['failovers'])}")

@@ -17,7 +17,7 @@ from typing import Any
 
 from edgeshard.solver import EXACT, OBJECTIVES, STRATEGIES, Objective
 
-from ..model.options import COMPILE_CHOICES, weights
+from ..model.options import COMPILE_CHOICES, KV_FORMS, weights
 
 DEFAULT_CONFIG = Path("/etc/edgeshard/peer.toml")
 ENV_PREFIX = "EDGESHARD_PEER_"
@@ -54,6 +54,8 @@ class PeerConfig:
     cache_dir: str = ""
     context: int = 2048  # KV cache positions per session, counted in the plan's memory
     sessions: int = 8  # concurrent sessions per stage, counted in the plan's memory
+    kv_cache: str = "float"  # how stages hold KV: float (the compute dtype) or int8 (q8_0-like groups)
+    prefix_cache: int = 4096  # finished sessions' KV kept for reuse, in tokens per stage (0: off), counted too
     queue: int = 32  # requests that wait for a session at this peer's API; more get 429
     gossip_interval_s: float = 1.0
     dead_after_s: float = 10.0  # seconds of silence before a peer is declared dead
@@ -123,7 +125,7 @@ def _coerce(key: str, value: Any) -> Any:
         if value is None or value == "":
             return None
         return value if isinstance(value, int) and not isinstance(value, bool) else parse_bytes(str(value))
-    if key in {"context", "sessions", "queue"}:
+    if key in {"context", "sessions", "queue", "prefix_cache"}:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise ValueError("an integer")
         return int(value)
@@ -149,8 +151,10 @@ def _check(config: PeerConfig) -> None:
         raise ConfigError(f"compile: {config.compile!r} is not one of {', '.join(COMPILE_CHOICES)}")
     if config.context < 1 or config.sessions < 1:
         raise ConfigError("context and sessions: must be at least 1")
-    if config.queue < 0:
-        raise ConfigError("queue: must be at least 0")
+    if config.kv_cache not in KV_FORMS:
+        raise ConfigError(f"kv_cache: {config.kv_cache!r} is not one of {', '.join(KV_FORMS)}")
+    if config.queue < 0 or config.prefix_cache < 0:
+        raise ConfigError("queue and prefix_cache: must be at least 0")
     if config.emulate_slowdown < 1:
         raise ConfigError("emulate_slowdown: a factor of at least 1")
     # A gossip round can take an interval plus a request timeout (3 s) when a target hangs.

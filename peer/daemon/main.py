@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from edgeshard.solver import OBJECTIVES, STRATEGIES
 
 from ..errors import PeerError
-from ..model.options import COMPILE_CHOICES, COMPILE_HELP, PEER_WEIGHTS_HELP, use_compile_mode, weights
+from ..model.options import COMPILE_CHOICES, COMPILE_HELP, KV_FORMS, PEER_WEIGHTS_HELP, use_compile_mode, weights
 from .config import DEFAULT_CONFIG, ENV_PREFIX, ConfigError, PeerConfig, load_config
 from .service import DRAIN_S, STAGE_DRAIN_S, notify, start_watchdog, stop_task, wait_until
 
@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cache-dir", metavar="DIR", help="converted tensors, tokenizer, device profile")
     add("--context", type=int, help="KV cache positions per session (default 2048)")
     add("--sessions", type=int, help="concurrent sessions per stage, batched together (default 8)")
+    add("--kv-cache", choices=KV_FORMS, help="KV cache: float (the compute dtype) or int8 (default float)")
+    add(
+        "--prefix-cache",
+        type=int,
+        metavar="TOKENS",
+        help="tokens of finished KV kept for reuse (4096; 0: off)",
+    )
     add("--queue", type=int, help="requests that wait for a session here; more get 429 (default 32)")
     # The flags without "-s" are the names before durations carried their unit; they still work.
     add("--dead-after-s", "--dead-after", type=float, metavar="S", help="silence before a peer is declared dead (10)")

@@ -20,6 +20,8 @@ def build_shard(
         weights=form,
         max_sessions=config.sessions,
         max_context=config.context,
+        prefix_tokens=config.prefix_cache,
+        kv_cache=config.kv_cache,  # type: ignore[arg-type]  # checked against KV_FORMS at start
         slowdown=config.emulate_slowdown,
         reuse=previous,
     )

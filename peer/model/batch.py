@@ -113,7 +113,6 @@ def layer_forward(
     rows, dim = hidden.shape[0], attention.head_dim
     heads, kv_heads = attention.config.num_attention_heads, attention.config.num_key_value_heads
     queries, keys, values = parts.project(block, hidden, cos_sin[0], cos_sin[1])
-    pool_keys, pool_values = pool.keys[index], pool.values[index]
     attended = torch.empty(rows, heads * dim, dtype=hidden.dtype, device=hidden.device)
     scale = attention.scaling
     window = getattr(attention, "sliding_window", None)  # set on Gemma's sliding layers only
@@ -121,10 +120,8 @@ def layer_forward(
     plain = window is None and softcap is None
     decode = plan.decode
     if decode is not None:
-        pool_keys[decode.slots, :, decode.positions] = keys[decode.rows]
-        pool_values[decode.slots, :, decode.positions] = values[decode.rows]
-        k = pool_keys[decode.low : decode.high, :, : decode.keys]
-        v = pool_values[decode.low : decode.high, :, : decode.keys]
+        pool.write(index, (decode.slots, slice(None), decode.positions), keys[decode.rows], values[decode.rows])
+        k, v = pool.read(index, slice(decode.low, decode.high), decode.keys)
         if decode.mask is None and plain:  # one session: as transformers' decode step
             q = queries[decode.rows][:, :, None]  # [1, heads, 1, D]
             out = sdpa(q, k, v, scale=scale, enable_gqa=True).reshape(1, heads * dim)
@@ -143,10 +140,10 @@ def layer_forward(
     for part in plan.prompts:
         span = part.rows
         end = part.position + part.length
-        pool_keys[part.slot, :, part.position : end] = keys[span].transpose(0, 1)
-        pool_values[part.slot, :, part.position : end] = values[span].transpose(0, 1)
+        where = (part.slot, slice(None), slice(part.position, end))
+        pool.write(index, where, keys[span].transpose(0, 1), values[span].transpose(0, 1))
         q = queries[span].transpose(0, 1)[None]  # [1, heads, T, D]
-        k, v = pool_keys[part.slot : part.slot + 1, :, :end], pool_values[part.slot : part.slot + 1, :, :end]
+        k, v = pool.read(index, slice(part.slot, part.slot + 1), end)
         if part.position == 0 and plain:
             out = sdpa(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
         else:

@@ -30,7 +30,13 @@ _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
 
 async def on_compute(call: Callable[[], T]) -> T:
     """Run `call` on the compute thread, waiting without blocking the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(_executor, call)
+    return await submit_compute(call)
+
+
+def submit_compute(call: Callable[[], T]) -> asyncio.Future[T]:
+    """Queue `call` on the compute thread now: it runs before any work queued after this
+    returns (the thread takes its work in order), whenever the caller awaits the result."""
+    return asyncio.get_running_loop().run_in_executor(_executor, call)
 
 
 # Stage processes or peers that share one host's cores (a local cluster, `edgeshard cluster`,

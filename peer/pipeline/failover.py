@@ -63,9 +63,12 @@ async def generate_with_failover(
     recovery_timeout_s: float = 60.0,
     recoveries: list[Recovery] | None = None,
     timings: list[StepTiming] | None = None,
+    reused: list[int] | None = None,
+    reuse: bool = True,
 ) -> AsyncIterator[int]:
     """Stream token ids like `Origin.generate`, replaying on another route after a failure
-    (fail-overs go to `recoveries`, each step's timing to `timings`, when given)."""
+    (fail-overs go to `recoveries`, each step's timing to `timings`, each session's reused prompt
+    tokens to `reused`, when given; `reuse` False: no prefix caching for this request)."""
     produced: list[int] = []
     failed_at: float | None = None
     reason, old_layout = "", ""
@@ -85,6 +88,8 @@ async def generate_with_failover(
                 layout_id=route.layout_id,
                 wire_dtype=wire_dtype,
                 timings=timings,
+                reused=reused,
+                reuse=reuse,
             )
             async with contextlib.aclosing(tokens):  # the session is closed at once, even when we stop early
                 async for token in tokens:

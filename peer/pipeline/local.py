@@ -21,7 +21,7 @@ from aiohttp import web
 from ..errors import StageError
 from ..model.compute import colocated_environment, on_compute
 from ..model.files import ModelSource, open_model
-from ..model.options import WeightForm
+from ..model.options import KVForm, WeightForm
 from ..model.shard import Shard
 from .origin import Origin
 from .servers import start_server
@@ -40,6 +40,8 @@ class LocalCluster:
     weights: WeightForm = "float32"
     device: str = "cpu"
     source: ModelSource | None = None  # threads mode: share one opened model
+    prefix_tokens: int = 4096  # each stage's prefix cache (0: off, and the origin does not ask)
+    kv_cache: KVForm = "float"
     route: list[str] = field(default_factory=list)
     origin: Origin = field(default_factory=Origin)
     _runners: list[web.AppRunner] = field(default_factory=list)
@@ -47,6 +49,7 @@ class LocalCluster:
     _children: list[asyncio.subprocess.Process] = field(default_factory=list)
 
     async def __aenter__(self) -> LocalCluster:
+        self.origin.reuse_prefixes = self.prefix_tokens > 0
         try:
             if self.processes:
                 await self._start_processes()
@@ -66,7 +69,8 @@ class LocalCluster:
         source = self.source or open_model(self.model)
         self.origin.hidden_size = int(source.config.hidden_size)
         for start, end in self.ranges:
-            shard = await on_compute(partial(Shard, source, start, end, device=self.device, weights=self.weights))
+            build = partial(Shard, source, start, end, device=self.device, weights=self.weights)
+            shard = await on_compute(partial(build, prefix_tokens=self.prefix_tokens, kv_cache=self.kv_cache))
             stage = StageServer(shard, max_sessions=shard.max_sessions)
             runner, url = await start_server(stage.add_routes)
             self._stages.append(stage)
@@ -92,6 +96,10 @@ class LocalCluster:
                 self.weights,
                 "--device",
                 self.device,
+                "--prefix-cache",
+                str(self.prefix_tokens),
+                "--kv-cache",
+                self.kv_cache,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 env=environment,

@@ -7,6 +7,12 @@ acknowledged by the token sampled after it, so a long prefill never fills a fram
 steps of other sessions run between its chunks (Sarathi-Serve's chunked prefill). Tokens arrive on the origin's own
 endpoint (the last stage connects to it); error frames arrive either there or back on the link
 to stage 0. Every wait is bounded.
+
+With prefix reuse on, the `Open` carries the keys of the prompt's whole blocks (all but its last
+token, which must be fed); the last stage answers how many blocks every stage holds
+(`Reused`), and the prompt is fed from there. The `Close` names the blocks of every token the
+route computed (prompt and answer, acknowledged steps only), so the next turn of the same
+conversation, or another request with the same system prompt, starts from them.
 """
 
 from __future__ import annotations
@@ -21,7 +27,21 @@ from aiohttp import web
 
 from .. import wire
 from ..errors import StageError
-from ..wire import Close, Error, Frame, InputIds, Open, Sampled, SamplingParams, WireDtype
+from ..wire import (
+    MAX_PREFIX_BLOCKS,
+    PREFIX_BLOCK_TOKENS,
+    Close,
+    Error,
+    Frame,
+    InputIds,
+    Open,
+    Reused,
+    Sampled,
+    SamplingParams,
+    WireDtype,
+    block_hashes,
+    prefix_seed,
+)
 from .links import STAGE_PATH, Links, Reply, Sign, frame_endpoint
 from .timing import StepTiming
 
@@ -51,14 +71,20 @@ class Origin:
     """Generation sessions started from this process."""
 
     def __init__(
-        self, url: str = "", prefix: str = "", hidden_size: int | None = None, sign: Sign | None = None
+        self,
+        url: str = "",
+        prefix: str = "",
+        hidden_size: int | None = None,
+        sign: Sign | None = None,
+        reuse_prefixes: bool = True,
     ) -> None:
         # Where the last stage reaches this origin (base URL + prefix); set once the server listens.
         self.url = url
         self.prefix = prefix  # "/origin" when the origin shares an app with a stage server
         self.hidden_size = hidden_size  # sizes prefill chunks to the frame limit
+        self.reuse_prefixes = reuse_prefixes  # ask the stages for cached prompt blocks
         self.links = Links(on_frame=self._receive, on_close=self._link_closed, sign=sign)
-        self._queues: dict[str, asyncio.Queue[Sampled | Error]] = {}
+        self._queues: dict[str, asyncio.Queue[Sampled | Error | Reused]] = {}
         self._routes: dict[str, tuple[str, ...]] = {}
 
     def add_routes(self, app: web.Application) -> None:
@@ -75,7 +101,7 @@ class Origin:
         self.abort_route(url, "link-broken", f"the stage at {url} closed the link")
 
     async def _receive(self, frame: Frame, _reply: Reply) -> None:
-        if isinstance(frame, Sampled | Error):
+        if isinstance(frame, Sampled | Error | Reused):
             queue = self._queues.get(frame.session)
             if queue is not None:
                 queue.put_nowait(frame)
@@ -91,38 +117,63 @@ class Origin:
         wire_dtype: WireDtype = "float32",
         timeout_s: float = STEP_TIMEOUT_S,
         timings: list[StepTiming] | None = None,
+        reused: list[int] | None = None,
+        reuse: bool = True,
     ) -> AsyncGenerator[int, None]:
         """Stream generated token ids (stop ids are not yielded); each step's timing goes to
-        `timings` when given."""
+        `timings`, the prompt tokens taken from the stages' prefix caches to `reused`, when
+        given; `reuse` False: neither take nor keep cached blocks."""
+        reuse = reuse and self.reuse_prefixes
         session = secrets.token_hex(8)
-        queue: asyncio.Queue[Sampled | Error] = asyncio.Queue()
+        queue: asyncio.Queue[Sampled | Error | Reused] = asyncio.Queue()
         self._queues[session] = queue
         self._routes[session] = tuple(route)
         stage0 = route[0]
+        seed = prefix_seed(layout_id, wire_dtype)
+        asked = block_hashes(seed, prompt_ids[: len(prompt_ids) - 1])[:MAX_PREFIX_BLOCKS] if reuse else []
+        history, computed = list(prompt_ids), 0  # tokens fed, and how many of them every stage holds
 
-        async def step(position: int, feed: Sequence[int]) -> int:
-            sent = time.time()
-            await self.links.send(stage0, InputIds(session, position, tuple(feed)))
-            bound = step_timeout(timeout_s, len(feed))
+        async def answer(bound: float) -> Sampled | Reused:
             try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel (client gone)
                 async with asyncio.timeout(bound):
                     reply = await queue.get()
             except TimeoutError:
-                raise StageError(f"no token within {bound:.0f}s (session {session})", "timeout") from None
+                raise StageError(f"no answer within {bound:.0f}s (session {session})", "timeout") from None
             if isinstance(reply, Error):
                 raise StageError(f"{reply.code}: {reply.message}", reply.code)
+            return reply
+
+        async def step(position: int, feed: Sequence[int]) -> int:
+            nonlocal computed
+            sent = time.time()
+            await self.links.send(stage0, InputIds(session, position, tuple(feed)))
+            reply = await answer(step_timeout(timeout_s, len(feed)))
+            if not isinstance(reply, Sampled):
+                raise StageError(f"a {type(reply).__name__} frame where a token was due", "out-of-order")
             expected = position + len(feed)
             if reply.position != expected:
                 raise StageError(f"token for position {reply.position}, expected {expected}", "out-of-order")
+            computed = expected
             if timings is not None:
                 prefill = position < len(prompt_ids)
                 timings.append(StepTiming(tuple(route), sent, time.time(), prefill, reply.trace))
             return reply.token_id
 
         try:
-            await self.links.send(stage0, Open(session, tuple(route), 0, self.url, layout_id, sampling, wire_dtype))
+            keys = tuple(asked) if asked else None
+            await self.links.send(
+                stage0, Open(session, tuple(route), 0, self.url, layout_id, sampling, wire_dtype, keys)
+            )
+            position = 0
+            if keys is not None:
+                held = await answer(timeout_s)
+                if not isinstance(held, Reused) or held.blocks > len(keys):
+                    raise StageError(f"a {type(held).__name__} frame where the reused blocks were due", "out-of-order")
+                position = computed = held.blocks * PREFIX_BLOCK_TOKENS
+            if reused is not None:
+                reused.append(position)
             chunk = prefill_chunk(self.hidden_size, wire_dtype)
-            position, feed = 0, list(prompt_ids)
+            feed = list(prompt_ids[position:])
             while len(feed) > chunk:  # the prompt's leading chunks: their sampled tokens are acks
                 await step(position, feed[:chunk])
                 position, feed = position + chunk, feed[chunk:]
@@ -133,11 +184,13 @@ class Origin:
                     return
                 yield token
                 feed = [token]
+                history.append(token)
         finally:
             del self._queues[session]
             del self._routes[session]
+            blocks = block_hashes(seed, history[:computed])[:MAX_PREFIX_BLOCKS] if reuse else []
             with contextlib.suppress(StageError):  # a stage that is gone took its sessions along
-                await self.links.send(stage0, Close(session))
+                await self.links.send(stage0, Close(session, tuple(blocks)))
 
     async def close(self) -> None:
         """Close the links."""

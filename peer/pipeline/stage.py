@@ -9,8 +9,10 @@ compute thread (model/compute.py: torch, the device-to-host copy and the encodin
 outgoing frame never run on the event loop, so heartbeats and other links stay on time). The
 pass's outputs go on as `Hidden`, or, on the last stage, are sampled per session and sent to
 the origin as `Sampled`. A session has at most one step in flight (the origin waits for each
-token), so per-session order holds. Any fault in a frame is answered with an `Error` frame
-naming the session; the stage keeps serving.
+token), so per-session order holds. An `Open` that asks for prefix reuse first copies the
+blocks this stage holds into the session's cache (on the worker) and passes on the keys every
+stage so far holds; the last stage answers the origin with `Reused`. Any fault in a frame is
+answered with an `Error` frame naming the session; the stage keeps serving.
 A session ends with its `Close`, with the link it came over, or with the shard it ran on.
 """
 
@@ -22,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -32,46 +34,24 @@ from aiohttp import web
 
 from .. import wire
 from ..errors import ProtocolError, StageError
-from ..model.compute import on_compute
-from ..model.sampling import sample
+from ..model.compute import on_compute, submit_compute
 from ..model.shard import SessionError, Shard, Step
-from ..wire import Close, Error, Frame, Hidden, InputIds, Open, Sampled, SamplingParams, WireDtype, encode
+from ..wire import Close, Error, Frame, Hidden, InputIds, Open, Reused, Sampled
 from .batcher import Batcher
-from .hidden import hidden_frame, hidden_tensor
+from .hidden import hidden_tensor
 from .links import STAGE_PATH, Links, Reply, Sign, frame_endpoint
+from .passes import Outbound, SessionRoute, run_pass
 from .timing import Arrival
 
-Stamp = Callable[[], wire.Trace]  # a step's trace with this stage's entry, its hold ending now
 # (route, hop, origin) → why an Open is refused, or None
 Admit = Callable[[tuple[str, ...], int, str], str | None]
+Closing = asyncio.Future[None] | None  # a session's cache close, queued on the compute thread
+Forgotten = tuple[SessionRoute | None, Closing, tuple[bytes, ...]]  # its route, its close, the blocks kept
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 30.0
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class SessionRoute:
-    """Where a session's output goes from this stage, and the link it came over."""
-
-    next_url: str | None  # None on the last stage
-    origin: str
-    sampling: SamplingParams
-    wire_dtype: WireDtype
-    layout_id: str
-    opened: float = 0.0  # time.monotonic() at open
-    inbound: Reply | None = None  # the link the session came over: when it closes, so does the session
-
-
-@dataclass(frozen=True)
-class Outbound:
-    """One step's result, encoded on the worker: where it goes and the frame's bytes."""
-
-    session: str
-    url: str
-    data: bytes
-    to_origin: bool
 
 
 class StageServer:
@@ -100,6 +80,7 @@ class StageServer:
         self.max_sessions = max_sessions
         self.batcher: Batcher[list[Outbound | None]] = Batcher(self._compute, self._deliver, max_batch=max_sessions)
         self._sending: set[asyncio.Task[None]] = set()
+        self._storing: set[asyncio.Future[None]] = set()  # closes that keep blocks, queued on the worker
         self._closing = False
 
     async def serve(self, shard: Shard | None, layout_id: str) -> None:
@@ -173,6 +154,7 @@ class StageServer:
             "rss_bytes": psutil.Process(os.getpid()).memory_info().rss,
             "pid": os.getpid(),
             "layout_id": self.layout_id,
+            "prefix_cache": shard.prefixes.status() if shard else None,
         }
 
     async def _status(self, _request: web.Request) -> web.Response:
@@ -200,19 +182,38 @@ class StageServer:
             if route.inbound is reply:
                 await self._end(session)
 
-    async def _end(self, session: str, forward: bool = True) -> None:
-        """Forget a session here and tell the next stage to do the same."""
+    async def _end(self, session: str, forward: bool = True, blocks: tuple[bytes, ...] = ()) -> None:
+        """Forget a session here (keeping the blocks its origin named) and tell the next stage
+        to do the same."""
+        await self._ended(session, *self._forget(session, blocks), forward)
+
+    def _forget(
+        self, session: str, blocks: tuple[bytes, ...]
+    ) -> tuple[SessionRoute | None, Closing, tuple[bytes, ...]]:
+        """A session's end up to the first wait: out of the tables, and the close of its cache
+        (keeping `blocks`) queued on the compute thread now, so that an `Open` handled after
+        this one finds what it keeps (`_open_reusing` waits for those closes)."""
         route = self.routes.pop(session, None)
         self.batcher.drop(session)
         self._arrivals.pop(session, None)
-        if self._closing:  # shutting down: the worker and the links are going away with everything
+        if self._closing or self.shard is None:  # shutting down: the worker goes with everything
+            return route, None, blocks
+        closing = submit_compute(partial(self.shard.close, session, blocks))
+        if blocks:
+            self._storing.add(closing)
+            closing.add_done_callback(self._storing.discard)
+        return route, closing, blocks
+
+    async def _ended(
+        self, session: str, route: SessionRoute | None, closing: Closing, blocks: tuple[bytes, ...], forward: bool
+    ) -> None:
+        if self._closing:
             return
-        shard = self.shard
-        if shard is not None:  # on the worker: the caches are only touched there
-            await self.run_on_worker(partial(shard.close, session))
-        if forward and route is not None and route.next_url is not None:
+        if forward and route is not None and route.next_url is not None:  # ahead of any later Open
             with contextlib.suppress(StageError):
-                await self.links.send(route.next_url, Close(session))
+                await self.links.send(route.next_url, Close(session, blocks))
+        if closing is not None:
+            await closing
 
     async def _to_origin(self, session: str, frame: Frame) -> None:
         route = self.routes.get(session)
@@ -268,17 +269,10 @@ class StageServer:
                     opened=time.monotonic(),
                     inbound=reply,
                 )
-                if not last:
-                    following = Open(
-                        frame.session,
-                        frame.route,
-                        frame.hop + 1,
-                        frame.origin,
-                        frame.layout_id,
-                        frame.sampling,
-                        frame.wire_dtype,
-                    )
-                    await self.links.send(frame.route[frame.hop + 1], following)
+                if frame.prefix is not None:
+                    await self._open_reusing(frame, last)
+                elif not last:
+                    await self.links.send(frame.route[frame.hop + 1], replace(frame, hop=frame.hop + 1))
             case InputIds():
                 shard = self._shard()
                 if not shard.has_embedding:
@@ -300,9 +294,33 @@ class StageServer:
                 # Its caches go on the worker after the pass in flight; the link's other
                 # frames (other sessions' steps) must not wait for that.
                 if frame.session in self.routes:
-                    self._spawn(self._end(frame.session))
-            case Sampled() | Error():
+                    self._spawn(self._ended(frame.session, *self._forget(frame.session, frame.blocks), True))
+            case Sampled() | Error() | Reused():
                 raise ProtocolError("wrong-stage", "sampled and error frames go to an origin")
+
+    async def _open_reusing(self, frame: Open, last: bool) -> None:
+        """Take the cached blocks of the prompt this stage holds and queue their copy into the
+        session's cache on the compute thread (ahead of any step of the session, which comes
+        after this answer), then pass on at once the keys every stage so far holds: down the
+        route, or to the origin from the last stage. Nothing here waits for a pass."""
+        if self._storing:  # sessions closed before this Open: their blocks first
+            await asyncio.wait(set(self._storing))
+        session, keys, shard = frame.session, frame.prefix or (), self._shard()
+        blocks = shard.prefixes.take(keys)
+        self._spawn(self._loaded(frame, submit_compute(partial(shard.open_reusing, session, blocks))))
+        if last:
+            await self._send_to(frame.origin, session, Reused(session, len(blocks)))
+        else:
+            await self.links.send(
+                frame.route[frame.hop + 1], replace(frame, hop=frame.hop + 1, prefix=keys[: len(blocks)])
+            )
+
+    async def _loaded(self, frame: Open, loading: asyncio.Future[int]) -> None:
+        """A copy that failed (no free slot) reaches the origin as the session's error."""
+        try:
+            await loading
+        except SessionError as error:
+            await self._send_to(frame.origin, frame.session, Error(frame.session, type(error).__name__, str(error)))
 
     def _shard(self) -> Shard:
         if self.shard is None:
@@ -321,7 +339,7 @@ class StageServer:
         shard = self._shard()
         routes = [self.routes.get(step.session) for step in batch]
         arrivals = [self._arrivals.pop(step.session, None) for step in batch]
-        return await self.run_on_worker(partial(_run_pass, shard, batch, routes, arrivals))
+        return await self.run_on_worker(partial(run_pass, shard, batch, routes, arrivals))
 
     async def _deliver(self, _batch: Sequence[Step], outputs: list[Outbound | None]) -> None:
         # Sends run beside the next pass: a slow link delays its own sessions, not the stage.
@@ -346,49 +364,3 @@ class StageServer:
             task.cancel()
         await self.links.close()
         await self.run_on_worker(lambda: None)  # the thread is shared: wait for this stage's work
-
-
-def _run_pass(
-    shard: Shard, batch: Sequence[Step], routes: Sequence[SessionRoute | None], arrivals: Sequence[Arrival | None]
-) -> list[Outbound | None]:
-    """On the worker: one pass over the batch, then per step the frame that goes on, already
-    sampled (last stage) or copied to the host and encoded (any other), with the step's trace."""
-    started = time.monotonic()
-    try:
-        results: Sequence[torch.Tensor | BaseException] = shard.run_batch(batch)
-    except Exception as error:  # a fault of ours: these sessions fail, the stage goes on
-        log.exception("stage fault in a pass of %d steps", len(batch))
-        results = [error] * len(batch)
-    ended = time.monotonic()
-    outputs: list[Outbound | None] = []
-    for step, route, result, arrival in zip(batch, routes, results, arrivals, strict=True):
-        if route is None:  # closed while it waited
-            outputs.append(None)
-            continue
-        try:
-            stamp = partial(arrival.stamp, started, ended) if arrival is not None else tuple
-            outputs.append(_outbound(step, route, result, stamp))
-        except Exception as error:  # sampling or encoding failed: this session's fault report
-            log.exception("stage fault after the pass, session %s", step.session)
-            report = encode(Error(step.session, "stage-fault", str(error)))
-            outputs.append(Outbound(step.session, route.origin, report, True))
-    return outputs
-
-
-def _outbound(step: Step, route: SessionRoute, result: torch.Tensor | BaseException, stamp: Stamp) -> Outbound:
-    """The frame one step's result becomes: an error, the sampled token, or hidden states (with
-    the step's trace, stamped once sampling or the copy to the host is done)."""
-    session = step.session
-    if isinstance(result, BaseException):
-        code = type(result).__name__ if isinstance(result, SessionError) else "stage-fault"
-        return Outbound(session, route.origin, encode(Error(session, code, str(result))), True)
-    if route.next_url is None:
-        following = step.position + int(step.inputs.shape[0])
-        token = sample(result, route.sampling, following)
-        return Outbound(session, route.origin, encode(Sampled(session, following, token, stamp())), True)
-    hidden = hidden_frame(session, step.position, result, route.wire_dtype)
-    data = encode(replace(hidden, trace=stamp()))
-    if len(data) > wire.MAX_FRAME_BYTES:
-        refusal = Error(session, "too-large", f"{len(data)} bytes of hidden states exceed the frame limit")
-        return Outbound(session, route.origin, encode(refusal), True)
-    return Outbound(session, route.next_url, data, False)

@@ -18,7 +18,7 @@ from functools import partial
 
 from ..model.compute import on_compute
 from ..model.files import open_model
-from ..model.options import FORMS
+from ..model.options import FORMS, KV_FORMS
 from ..model.shard import Shard
 from .servers import start_server
 from .stage import StageServer
@@ -28,7 +28,8 @@ async def serve(args: argparse.Namespace) -> None:
     """Load the shard, serve it, stop on stdin EOF or a signal."""
     started = time.perf_counter()
     source = open_model(args.model)
-    shard = await on_compute(partial(Shard, source, args.start, args.end, device=args.device, weights=args.weights))
+    build = partial(Shard, source, args.start, args.end, device=args.device, weights=args.weights)
+    shard = await on_compute(partial(build, prefix_tokens=args.prefix_cache, kv_cache=args.kv_cache))
     stage = StageServer(shard, max_sessions=shard.max_sessions)
     runner, url = await start_server(stage.add_routes, args.host, args.port)
     print(json.dumps({"url": url, "pid": os.getpid(), "load_s": time.perf_counter() - started}), flush=True)
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", choices=FORMS, default="float32")
+    parser.add_argument("--kv-cache", choices=KV_FORMS, default="float")
+    parser.add_argument("--prefix-cache", type=int, default=0, help="tokens of prefix cache (0: off)")
     asyncio.run(serve(parser.parse_args()))
 
 

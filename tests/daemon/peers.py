@@ -28,6 +28,7 @@ T = TypeVar("T")
 # 256 MiB per peer holds at most ~45% of the default model with this context: 3 peers are needed.
 PEER_MEMORY = "256MiB"
 CONTEXT = "512"
+PREFIX_CACHE = "1024"  # tokens per stage: the default 4096 would not fit three such peers
 START_TIMEOUT = 180.0
 
 
@@ -134,6 +135,7 @@ def make_peers(
             CONTEXT,
             "--sessions",
             "2",
+            *("--prefix-cache", PREFIX_CACHE),
             # float32: the tests compare tokens with transformers' float32 and size plans by it
             *("--weights", "float32"),
             *extra,

@@ -55,6 +55,8 @@ def test_settings_layer_file_then_environment_then_flags(tmp_path: Path) -> None
         ("", {"name": "bad name!"}, "name"),
         ("", {"max_memory": "lots"}, "max_memory"),
         ("", {"compile": "sometimes"}, "compile"),
+        ("", {"kv_cache": "int4"}, "kv_cache"),
+        ("", {"prefix_cache": "-1"}, "prefix_cache"),
         ("", {"dead_after_s": "4"}, "dead_after_s"),
         ("dead_after = 12\n", {}, "renamed 'dead_after_s'"),
         ("[peer\n", {}, "peer.toml"),

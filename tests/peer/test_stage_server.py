@@ -194,7 +194,8 @@ async def test_a_prefill_bigger_than_the_frame_limit_goes_in_chunks(
         assert tokens == expected
         run.origin.hidden_size = None  # chunks sized for the default limit no longer fit
         with pytest.raises(StageError) as refused:
-            _ = [t async for t in run.origin.generate(run.route, ids, SamplingParams(), 2)]
+            # Not from the prefix cache (the first run left the prompt there): the whole prompt again.
+            _ = [t async for t in run.origin.generate(run.route, ids, SamplingParams(), 2, reuse=False)]
         assert refused.value.code == "too-large"
 
 
@@ -202,7 +203,7 @@ def test_a_fault_after_the_pass_fails_only_its_own_session() -> None:
     """A step whose sampling fails (NaN logits) becomes that session's error; the others in the
     pass get their tokens."""
     from edgeshard.peer.model.shard import Step
-    from edgeshard.peer.pipeline.stage import SessionRoute, _run_pass
+    from edgeshard.peer.pipeline.passes import SessionRoute, run_pass
 
     class Logits:
         def run_batch(self, steps: list[Step]) -> list[torch.Tensor]:
@@ -212,7 +213,7 @@ def test_a_fault_after_the_pass_fails_only_its_own_session() -> None:
 
     steps = [Step("bad", 0, torch.tensor([1])), Step("good", 0, torch.tensor([1]))]
     route = SessionRoute(None, "http://origin", SamplingParams(temperature=1.0, seed=1), "float32", "")
-    outputs = _run_pass(Logits(), steps, [route, route], [None, None])  # type: ignore[arg-type]
+    outputs = run_pass(Logits(), steps, [route, route], [None, None])  # type: ignore[arg-type]
     bad, good = (decode(o.data) for o in outputs if o is not None)
     assert isinstance(bad, Error) and bad.session == "bad" and bad.code == "stage-fault"
     assert isinstance(good, Sampled) and good.session == "good" and good.token_id == 3

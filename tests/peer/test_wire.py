@@ -15,6 +15,7 @@ from edgeshard.peer.wire import (
     Hidden,
     InputIds,
     Open,
+    Reused,
     Sampled,
     SamplingParams,
     StageTime,
@@ -22,6 +23,7 @@ from edgeshard.peer.wire import (
     decode_message,
     encode,
     encode_batch,
+    prefix_seed,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -58,6 +60,28 @@ def test_input_ids_round_trip(session: str, position: int, ids: list[int]) -> No
 def test_small_frames_round_trip(session: str, position: int, number: int) -> None:
     for frame in (Sampled(session, position, number), Close(session), Error(session, "code", "message")):
         assert decode(encode(frame)) == frame
+    assert decode(encode(Reused(session, number))) == Reused(session, number)
+
+
+@given(st.lists(st.binary(min_size=16, max_size=16), max_size=40), st.booleans())
+def test_prefix_keys_ride_open_and_close(keys: list[bytes], asked: bool) -> None:
+    prefix = tuple(keys) if asked else None
+    frame = Open("s", ("http://a",), 0, "http://o", "layout", SamplingParams(), "float32", prefix)
+    assert decode(encode(frame)) == frame
+    assert decode(encode(Close("s", tuple(keys)))) == Close("s", tuple(keys))
+
+
+def test_block_keys_chain_the_whole_prefix() -> None:
+    from edgeshard.peer.wire import PREFIX_BLOCK_TOKENS as B
+    from edgeshard.peer.wire import block_hashes
+
+    seed = prefix_seed("layout", "float32")
+    one = block_hashes(seed, list(range(3 * B + 5)))
+    assert len(one) == 3 and len(set(one)) == 3  # whole blocks only
+    changed = block_hashes(seed, [7, *range(1, 3 * B)])
+    assert changed[0] != one[0] and changed[1:] != one[1:]  # a change early on changes every later key
+    assert block_hashes(seed, list(range(2 * B))) == one[:2]
+    assert block_hashes(prefix_seed("other", "float32"), list(range(3 * B))) != one
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -98,7 +122,7 @@ json_like = st.recursive(
 
 @settings(max_examples=400)
 @given(
-    st.sampled_from(["open", "input", "hidden", "sampled", "close", "error", "x"]),
+    st.sampled_from(["open", "input", "hidden", "sampled", "close", "error", "reused", "x"]),
     st.dictionaries(
         st.sampled_from(
             [
@@ -112,6 +136,9 @@ json_like = st.recursive(
                 "top_p",
                 "seed",
                 "wire",
+                "pre",
+                "blk",
+                "n",
                 "pos",
                 "ids",
                 "dtype",
@@ -144,6 +171,9 @@ def test_structured_garbage_fails_cleanly(kind: str, body: dict[str, object]) ->
         ({"t": "input", "s": "a", "pos": -1, "ids": [1]}, "bad-frame"),
         ({"t": "input", "s": "a" * 100, "pos": 0, "ids": [1]}, "bad-frame"),
         ({"t": "nope"}, "bad-frame"),
+        ({"t": "close", "s": "a", "blk": [b"short"]}, "bad-frame"),
+        ({"t": "close", "s": "a", "blk": [b"k" * 16] * 5000}, "bad-frame"),
+        ({"t": "reused", "s": "a", "n": -1}, "bad-frame"),
     ],
 )
 def test_specific_faults_have_codes(body: dict[str, object], code: str) -> None:

@@ -97,6 +97,8 @@ def test_the_repl_streams_and_shows_the_cluster(
     child.sendline("/stats")
     child.expect(r"time to first token (\d+\.\d) ms")
     assert float(child.match.group(1)) > 0
+    child.expect(r"prompt: (\d+) tokens, (\d+) of them reused from the prefix cache")
+    assert int(child.match.group(1)) > int(child.match.group(2)) >= 0
     child.expect(PROMPT)
 
     child.sendline("/temperature 7")

@@ -187,6 +187,8 @@ def test_the_dashboard_shows_the_cluster_and_a_reply_arrives_live(
         30,
     )
     assert tokens == tokens_before + generated  # nothing else asked this API meanwhile
+    cached, prompt = (int(n) for n in text_at(browser, "#prefix-cache").split(" / "))
+    assert prompt >= answer.usage.prompt_tokens > 0 and 0 <= cached < prompt  # type: ignore[union-attr]
     assert browser.execute_script("return window.__sameDocument") == "kept"  # no reload: the stream did it
     assert browser.find_elements(By.CSS_SELECTOR, f'#replies tr[data-reply="{answer.id}"]')
     assert text_at(browser, "#live") == "● live"
