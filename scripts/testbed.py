@@ -182,6 +182,7 @@ def peer_command(host: str, options: dict[str, Any], secret: Path | None) -> lis
         "--model", options["model"],
         "--context", str(options["context"]),
         "--sessions", str(options["sessions"]),
+        "--prefix-cache", str(options.get("prefix_cache", 1024)),
         "--objective", options["objective"],
         "--weights", options.get("weights", "float32"),
         "--strategy", options["strategy"],
@@ -276,6 +277,7 @@ def up(args: argparse.Namespace) -> None:
     key = ensure_credentials()
     options = {
         **{name: getattr(args, name) for name in ("cluster", "model", "context", "sessions", "objective")},
+        "prefix_cache": args.prefix_cache,
         **{name: getattr(args, name) for name in ("strategy", "max_memory", "reprofile", "source", "default")},
         "slowdown": dict(item.split("=", 1) for item in args.slowdown),
         "links": {"-".join(sorted(pair)): netem_options for pair, netem_options in links.items()},
@@ -441,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     bring_up.add_argument("--context", type=int, default=512)
     bring_up.add_argument("--objective", choices=["latency", "throughput"], default="latency")
     bring_up.add_argument("--sessions", type=int, default=4, help="concurrent sessions per stage (default 4)")
+    bring_up.add_argument(
+        "--prefix-cache", type=int, default=1024, metavar="TOKENS", help="each peer's prefix cache (default 1024)"
+    )
     bring_up.add_argument("--weights", default="float32", help="weight form of every peer (the paper's: float32)")
     bring_up.add_argument("--strategy", default="edgeshard", help="plan with a baseline instead (benchmarks)")
     bring_up.add_argument("--source", metavar="hI", help="the host where prompts come from: stage 0 runs there")

@@ -362,7 +362,7 @@ class Shard(nn.Module):
             hidden = stacked.to(self.dtype)  # [N, H]
         if self.layers:
             needed = max(s.position + s.length for s in slices)
-            self.pool.reserve(needed)
+            self.pool.reserve(needed + 1)  # and the next token's: the step after a prompt does not grow it
             plan = plan_pass(slices, self.device)
             tables: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
             for local, layer in enumerate(self.layers):

@@ -48,6 +48,8 @@ from .timing import StepTiming
 STEP_TIMEOUT_S = 120.0  # a decode step's bound; a prompt chunk's grows with its tokens
 TIMEOUT_TOKENS_PER_STEP = 16
 PREFILL_CHUNK_TOKENS = 256
+ATTENTION_TOKENS = 1024  # positions after which a chunk's attention outweighs its projections here
+MIN_CHUNK_TOKENS = 16
 FRAME_HEADROOM_BYTES = 4096  # a Hidden frame's fields beside its data
 
 
@@ -58,6 +60,14 @@ def prefill_chunk(hidden_size: int | None, wire_dtype: WireDtype) -> int:
         return PREFILL_CHUNK_TOKENS
     fits = (wire.MAX_FRAME_BYTES - FRAME_HEADROOM_BYTES) // (hidden_size * wire.WIRE_ITEMSIZE[wire_dtype])
     return max(1, min(PREFILL_CHUNK_TOKENS, fits))
+
+
+def chunk_at(limit: int, position: int) -> int:
+    """Tokens of the prompt chunk that starts at `position`: `limit` while the context is short,
+    then fewer in proportion (each token of a chunk attends to every position before it), so a
+    chunk deep into a long prompt holds the sessions decoding beside it about as long as one at
+    its start does."""
+    return min(limit, max(MIN_CHUNK_TOKENS, limit * ATTENTION_TOKENS // (position + ATTENTION_TOKENS)))
 
 
 def step_timeout(timeout_s: float, tokens: int) -> float:
@@ -138,7 +148,7 @@ class Origin:
                 async with asyncio.timeout(bound):
                     reply = await queue.get()
             except TimeoutError:
-                raise StageError(f"no answer within {bound:.0f}s (session {session})", "timeout") from None
+                raise StageError(f"no answer within {bound:.1f} s (session {session})", "timeout") from None
             if isinstance(reply, Error):
                 raise StageError(f"{reply.code}: {reply.message}", reply.code)
             return reply
@@ -174,9 +184,9 @@ class Origin:
                 reused.append(position)
             chunk = prefill_chunk(self.hidden_size, wire_dtype)
             feed = list(prompt_ids[position:])
-            while len(feed) > chunk:  # the prompt's leading chunks: their sampled tokens are acks
-                await step(position, feed[:chunk])
-                position, feed = position + chunk, feed[chunk:]
+            while len(feed) > (size := chunk_at(chunk, position)):  # leading chunks: their tokens are acks
+                await step(position, feed[:size])
+                position, feed = position + size, feed[size:]
             for _ in range(max_tokens):
                 token = await step(position, feed)
                 position += len(feed)

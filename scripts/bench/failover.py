@@ -66,6 +66,7 @@ def main() -> int:
         model="default",
         max_memory="256MiB",
         context=512,
+        prefix_cache=1024,  # the peers' default 4096 would not fit the model in three such peers
         objective="latency",
         base_port=args.base_port,
     )

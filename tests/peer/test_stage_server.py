@@ -18,7 +18,7 @@ from edgeshard.peer.model.shard import even_split, unit_count
 from edgeshard.peer.pipeline.hidden import hidden_frame
 from edgeshard.peer.pipeline.links import Reply, frame_endpoint
 from edgeshard.peer.pipeline.local import LocalCluster
-from edgeshard.peer.pipeline.origin import TIMEOUT_TOKENS_PER_STEP, prefill_chunk, step_timeout
+from edgeshard.peer.pipeline.origin import TIMEOUT_TOKENS_PER_STEP, chunk_at, prefill_chunk, step_timeout
 from edgeshard.peer.pipeline.servers import start_server
 from edgeshard.peer.wire import Close, Error, Frame, InputIds, Open, Sampled, SamplingParams, decode, encode
 from transformers import PreTrainedModel
@@ -226,6 +226,16 @@ def test_a_prompt_chunk_waits_longer_than_a_decode_step() -> None:
     assert step_timeout(120.0, 256) == 120.0 * 256 / TIMEOUT_TOKENS_PER_STEP
 
 
+def test_prompt_chunks_shrink_as_the_positions_they_attend_to_grow() -> None:
+    """A chunk's pass holds every session decoding beside it; its attention grows with the
+    positions before it, so chunks deep into a long prompt are smaller (never under 16)."""
+    sizes = [chunk_at(256, position) for position in (0, 512, 1024, 4096, 8192, 60000)]
+    assert sizes[0] == 256 and sizes == sorted(sizes, reverse=True) and sizes[-1] == 16
+    assert chunk_at(100, 0) == 100 and chunk_at(8, 9000) == 8  # the frame limit's bound still rules
+    for position in (0, 1000, 3000, 8000):  # tokens x (positions + 1024): about one start chunk's
+        assert chunk_at(256, position) * (position + 1024) <= 256 * 1024 * 1.05
+
+
 async def test_a_slow_prompt_chunk_is_not_taken_for_a_dead_stage(default_source: GGUFModel) -> None:
     """A timeout shorter than a 256-token chunk's compute (but longer than a decode step's)
     still lets the prompt through: its bound grows with the chunk (a slow device's int8 chunk
@@ -236,5 +246,6 @@ async def test_a_slow_prompt_chunk_is_not_taken_for_a_dead_stage(default_source:
         _ = [t async for t in run.origin.generate(run.route, ids, SamplingParams(), 1)]
         chunk_s = time.perf_counter() - started
         timeout_s = chunk_s / 3  # under the chunk's time, far over a decode step's
-        tokens = [t async for t in run.origin.generate(run.route, ids, SamplingParams(), 3, timeout_s=timeout_s)]
+        again = run.origin.generate(run.route, ids, SamplingParams(), 3, timeout_s=timeout_s, reuse=False)
+        tokens = [t async for t in again]  # the whole chunk again, not the first run's cached blocks
         assert len(tokens) == 3
