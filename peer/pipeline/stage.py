@@ -187,9 +187,7 @@ class StageServer:
         to do the same."""
         await self._ended(session, *self._forget(session, blocks), forward)
 
-    def _forget(
-        self, session: str, blocks: tuple[bytes, ...]
-    ) -> tuple[SessionRoute | None, Closing, tuple[bytes, ...]]:
+    def _forget(self, session: str, blocks: tuple[bytes, ...]) -> Forgotten:
         """A session's end up to the first wait: out of the tables, and the close of its cache
         (keeping `blocks`) queued on the compute thread now, so that an `Open` handled after
         this one finds what it keeps (`_open_reusing` waits for those closes)."""
