@@ -17,7 +17,7 @@ from typing import Any
 
 from edgeshard.solver import EXACT, OBJECTIVES, STRATEGIES, Objective
 
-from ..model.options import COMPILE_CHOICES, KV_FORMS, weights
+from ..model.options import COMPILE_CHOICES, KV_FORMS, KVForm, weights
 
 DEFAULT_CONFIG = Path("/etc/edgeshard/peer.toml")
 ENV_PREFIX = "EDGESHARD_PEER_"
@@ -54,7 +54,7 @@ class PeerConfig:
     cache_dir: str = ""
     context: int = 2048  # KV cache positions per session, counted in the plan's memory
     sessions: int = 8  # concurrent sessions per stage, counted in the plan's memory
-    kv_cache: str = "float"  # how stages hold KV: float (the compute dtype) or int8 (q8_0-like groups)
+    kv_cache: KVForm = "float"  # how stages hold KV: float (the compute dtype) or int8 (q8_0-like groups)
     prefix_cache: int = 4096  # finished sessions' KV kept for reuse, in tokens per stage (0: off), counted too
     queue: int = 32  # requests that wait for a session at this peer's API; more get 429
     gossip_interval_s: float = 1.0

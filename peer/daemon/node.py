@@ -39,7 +39,7 @@ from ..errors import PeerError
 from ..model.compute import on_compute
 from ..model.devices import pick_device
 from ..model.files import ModelSource, default_cache_dir, open_model
-from ..model.options import KVForm, WeightForm
+from ..model.options import WeightForm
 from ..model.profile import device_unit_bytes, load_headroom, memory_budget, offered_forms, unit_sizes
 from ..model.text import stop_token_ids
 from ..pipeline.failover import NoRouteError, wait_for
@@ -133,9 +133,11 @@ class PeerNode:
         self.form: WeightForm = profile.form  # what a plan that names no form means
         # The model's units at float32 (what every peer computes alike); this device's own sizes
         # in each form it offers travel in its record.
-        kv: tuple[int, int, int, KVForm] = (config.context, config.sessions, config.prefix_cache, config.kv_cache)  # type: ignore[assignment]
-        self.units = unit_sizes(source.config, torch.float32, *kv)
-        sizes = partial(device_unit_bytes, config=source.config, context=kv[0], sessions=kv[1], cached=kv[2], kv=kv[3])
+        context, sessions, cached, kv = config.context, config.sessions, config.prefix_cache, config.kv_cache
+        self.units = unit_sizes(source.config, torch.float32, context, sessions, cached, kv)
+        sizes = partial(
+            device_unit_bytes, config=source.config, context=context, sessions=sessions, cached=cached, kv=kv
+        )
         memory = memory_budget(self.device, config.max_memory, load_headroom(profiles))
 
         host, port = split_host_port(config.listen, PEER_PORT)

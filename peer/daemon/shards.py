@@ -21,7 +21,7 @@ def build_shard(
         max_sessions=config.sessions,
         max_context=config.context,
         prefix_tokens=config.prefix_cache,
-        kv_cache=config.kv_cache,  # type: ignore[arg-type]  # checked against KV_FORMS at start
+        kv_cache=config.kv_cache,
         slowdown=config.emulate_slowdown,
         reuse=previous,
     )

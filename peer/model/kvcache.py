@@ -74,6 +74,12 @@ class KVPool:
         self.capacity = 0
         self.free = list(range(slots - 1, -1, -1))  # popped from the end: lowest slot first
 
+    def position_bytes(self) -> int:
+        """What one position of one slot takes, all layers and planes (scales included)."""
+        _slots, heads, _dim = self.shape
+        widths = zip(self.widths, self.dtypes, strict=True)
+        return self.layers * heads * sum(width * torch.empty((), dtype=dtype).element_size() for width, dtype in widths)
+
     def acquire(self) -> int:
         """A free slot (the lowest, so the sessions of a pass sit close together)."""
         return self.free.pop()

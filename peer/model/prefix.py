@@ -48,10 +48,7 @@ class PrefixStore:
         self.counts = PrefixCounts()
 
     def block_bytes(self) -> int:
-        _slots, heads, _dim = self.pool.shape
-        widths = zip(self.pool.widths, self.pool.dtypes, strict=True)
-        per_position = sum(width * torch.empty((), dtype=dtype).element_size() for width, dtype in widths)
-        return self.pool.layers * heads * PREFIX_BLOCK_TOKENS * per_position
+        return PREFIX_BLOCK_TOKENS * self.pool.position_bytes()
 
     def match(self, keys: Sequence[bytes]) -> int:
         """How many of `keys`, from the first, this store holds (all of them on a shard

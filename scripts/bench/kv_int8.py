@@ -37,7 +37,8 @@ def logits_of(shard: Shard, ids: list[int]) -> torch.Tensor:
 
 
 def kv_bytes_per_position(shard: Shard) -> float:
-    """What one position of one session takes in the pool, all layers."""
+    """What one position of one session takes in the pool, all layers: measured from the pool's
+    tensors (the planner's figure, `profile.kv_cache_bytes`, is checked against it in tests)."""
     pool = shard.pool
     total = sum(t.numel() * t.element_size() for plane in pool.planes for t in plane)
     return total / (pool.shape[0] * pool.capacity)
