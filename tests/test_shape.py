@@ -23,7 +23,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "edgeshard.solver": ("edgeshard.solver",),
     "edgeshard.discovery": ("edgeshard.discovery",),
     "edgeshard.peer.errors": (),
-    "edgeshard.peer.wire": ("edgeshard.peer.errors",),
+    "edgeshard.peer.wire": ("edgeshard.peer.errors", "edgeshard.peer.wire"),
     "edgeshard.peer.model": (
         "edgeshard.solver",
         "edgeshard.peer.errors",

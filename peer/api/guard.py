@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from .dashboard import dashboard_admits
-from .schemas import RequestError
+from .errors import RequestError
 from .telemetry import Telemetry
 
 

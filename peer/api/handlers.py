@@ -24,35 +24,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import asdict
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator
+from dataclasses import asdict, replace
+from typing import Any
 
 from aiohttp import web
 from jinja2 import TemplateError  # what transformers' chat templates raise (torch requires jinja2)
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import PeerError
+from ..model.grammar import GrammarError, Grammars
 from ..model.text import TextStream, chat_ids
 from ..pipeline.failover import NoRouteError, generate_with_failover
-from ..pipeline.layouts import ReadyLayout
-from ..pipeline.origin import Origin
 from ..pipeline.timing import summarize
+from ..wire import Constraint
 from .admission import Admission, QueueFull, ShuttingDown, TokenMeter
+from .backend import Backend
 from .dashboard import mount_dashboard
+from .errors import RequestError, error_body
 from .events import ClusterEvents
 from .guard import guard, refuse
+from .logprobs import TokenTexts
 from .metrics import Metrics
 from .replies import DONE, Kind, Shape, failure_event, timing_context
 from .schemas import (
     MAX_BODY_BYTES,
     Completion,
     GenerationRequest,
-    RequestError,
     TextRequest,
     answer_room,
     check_model,
-    error_body,
     parse_chat_request,
     parse_json,
     parse_text_request,
@@ -63,34 +64,6 @@ from .telemetry import ReplyRecord, Telemetry
 log = logging.getLogger(__name__)
 
 ROUTE_WAIT_S = 30.0  # how long a request waits for a ready plan before answering 503
-
-
-class Backend(Protocol):
-    """What the API needs from a peer."""
-
-    @property
-    def model_name(self) -> str:
-        """The model id shown to clients."""
-
-    @property
-    def context(self) -> int:
-        """Positions a session may hold (prompt + answer)."""
-
-    @property
-    def origin(self) -> Origin:
-        """Where sessions start from."""
-
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        """The model's tokenizer (loaded once)."""
-
-    def stop_ids(self) -> Sequence[int]:
-        """The model's end-of-sequence ids."""
-
-    async def wait_ready_layout(self, timeout_s: float) -> ReadyLayout:
-        """A layout every stage serves, waiting up to `timeout_s` (NoRouteError says why not)."""
-
-    def status(self) -> dict[str, Any]:
-        """The peer's status document."""
 
 
 def _error(status: int, message: str, kind: str, code: str | None = None) -> web.Response:
@@ -127,8 +100,17 @@ def _text_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[int]) ->
 class Api:
     """The HTTP handlers, bound to one backend."""
 
-    def __init__(self, backend: Backend, admission: Admission | None = None, *, api_key: str = "") -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        admission: Admission | None = None,
+        *,
+        api_key: str = "",
+        grammars: Grammars | None = None,
+    ) -> None:
         self.backend = backend
+        self.grammars = grammars  # checks response_format's grammars (None: constrained answers refused)
+        self._texts: TokenTexts | None = None
         self.admission = admission or Admission(capacity=8, queue_bound=32)
         self.meter = TokenMeter()
         self.api_key = api_key
@@ -203,6 +185,8 @@ class Api:
         backend = self.backend
         try:
             max_tokens = answer_room(len(ids), asked.max_tokens, backend.context)
+            if asked.grammar is not None:
+                await self._check_grammar(asked.grammar)
         except RequestError as error:
             self.telemetry.count("invalid")
             return refuse(error)
@@ -216,7 +200,9 @@ class Api:
                 completion = Completion(prompt_tokens=len(ids), layout_id=route.layout_id, queued_s=queued_s)
                 if kind == "text":
                     completion.id = "cmpl-" + completion.id.removeprefix("chatcmpl-")
-                shape = Shape(kind, asked.model, completion)
+                shape = Shape(
+                    kind, asked.model, completion, self._token_texts() if asked.sampling.logprobs >= 0 else None
+                )
                 text = TextStream(backend.tokenizer(), asked.stops)
                 tokens = self._tokens(ids, asked, max_tokens, completion)
                 outcome = "cancelled"  # unless it gets further: the client went away
@@ -239,6 +225,20 @@ class Api:
         except ShuttingDown as stopping:
             self.telemetry.count("draining")
             return _error(503, str(stopping), "service_unavailable", "shutting_down")
+
+    async def _check_grammar(self, grammar: str) -> None:
+        """RequestError unless the grammar compiles for the model's tokenizer, within bounds."""
+        if self.grammars is None:
+            raise RequestError("this server cannot constrain answers", "response_format", "unsupported_parameter")
+        try:  # compiling takes milliseconds, a large schema more: not on the loop
+            await asyncio.to_thread(self.grammars.check, grammar)
+        except GrammarError as error:
+            raise RequestError(f"response_format: {error}", "response_format", "invalid_schema") from None
+
+    def _token_texts(self) -> TokenTexts:
+        if self._texts is None:
+            self._texts = TokenTexts(self.backend.tokenizer())
+        return self._texts
 
     def _finish(self, kind: Kind, completion: Completion, outcome: str, queued_s: float) -> None:
         """Record how a generating request ended."""
@@ -288,24 +288,28 @@ class Api:
         finally:
             await tokens.aclose()  # also when the client went away: the stages free the session now
         self._timing(completion)
-        return web.json_response(shape.whole(echo + text.text)), "completed"
+        return web.json_response(shape.whole(echo + text.text, len(echo))), "completed"
 
     async def _tokens(
         self, ids: list[int], asked: GenerationRequest, max_tokens: int, completion: Completion
     ) -> AsyncGenerator[int, None]:
         """Token ids, recorded in `completion`; an end-of-sequence token sets finish "stop"."""
         backend = self.backend
+        sampling = asked.sampling
+        if asked.grammar is not None:
+            sampling = replace(sampling, constraint=Constraint(asked.grammar))
         async for token in generate_with_failover(
             backend.origin,
             backend.wait_ready_layout,
             ids,
-            asked.sampling,
+            sampling,
             max_tokens,
             backend.stop_ids(),
             recoveries=completion.recoveries,
             timings=completion.timings,
             reused=completion.reused,
             reuse=asked.cache_prompt,
+            logprobs=completion.logprobs,
         ):
             completion.token_ids.append(token)
             self.meter.add()
@@ -343,11 +347,14 @@ class Api:
         completion = shape.completion
         usage: dict[str, Any] = {"usage": None} if asked.include_usage else {}
         await response.write(shape.chunk(echo if shape.kind == "text" else "", first=True, **usage))
+        sent, offset = 0, len(echo)  # log-probabilities written so far; characters written so far
         try:
             async for token in tokens:
                 new = text.add(token)
                 if new:
-                    await response.write(shape.chunk(new, **usage))
+                    picks, sent = completion.logprobs[sent:], len(completion.logprobs)
+                    await response.write(shape.chunk(new, picks=picks, offset=offset, **usage))
+                    offset += len(new)
                 if text.stopped:
                     completion.finish_reason = "stop"
                     break
@@ -360,7 +367,7 @@ class Api:
             await tokens.aclose()
         tail = text.text[len(text.shown) :]  # text held back while it could still become a stop string
         if tail and not text.stopped:
-            await response.write(shape.chunk(tail, **usage))
+            await response.write(shape.chunk(tail, picks=completion.logprobs[sent:], offset=offset, **usage))
         self._timing(completion)
         last = {"usage": None} if asked.include_usage else {"usage": completion.usage()}
         await response.write(shape.chunk(None, completion.finish_reason, edgeshard=completion.extra(), **last))

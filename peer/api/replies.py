@@ -5,10 +5,13 @@ choice). Pure: the handlers write what these return."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..pipeline.timing import Predicted
+from ..wire import Sampled
+from .logprobs import TokenTexts, chat_entries, text_lists
 from .schemas import Completion
 
 Kind = Literal["chat", "text"]
@@ -23,14 +26,24 @@ class Shape:
     kind: Kind
     model: str
     completion: Completion
+    texts: TokenTexts | None = None  # the tokens' texts, when the request asked for log-probabilities
+
+    def _logprobs(self, picks: Sequence[Sampled], offset: int) -> dict[str, Any] | None:
+        """A choice's `logprobs` in this kind's shape (None when not asked for)."""
+        if self.texts is None:
+            return None
+        if self.kind == "chat":
+            return {"content": chat_entries(self.texts, picks), "refusal": None}
+        return text_lists(self.texts, picks, offset)
 
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.completion.id, "object": obj, "created": self.completion.created, "model": self.model}
 
-    def whole(self, text: str) -> dict[str, Any]:
-        """The non-streamed response body."""
+    def whole(self, text: str, echoed: int = 0) -> dict[str, Any]:
+        """The non-streamed response body (`echoed`: characters of prompt that begin `text`)."""
         completion = self.completion
-        choice: dict[str, Any] = {"index": 0, "finish_reason": completion.finish_reason, "logprobs": None}
+        logprobs = self._logprobs(completion.logprobs, echoed)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": completion.finish_reason, "logprobs": logprobs}
         if self.kind == "chat":
             choice["message"] = {"role": "assistant", "content": text}
             body = self._base("chat.completion")
@@ -39,9 +52,19 @@ class Shape:
             body = self._base("text_completion")
         return body | {"choices": [choice], "usage": completion.usage(), "edgeshard": completion.extra()}
 
-    def chunk(self, text: str | None, finish: str | None = None, first: bool = False, **extra: Any) -> bytes:
-        """One server-sent event: a piece of text (None: no content, as the closing chunk)."""
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+    def chunk(
+        self,
+        text: str | None,
+        finish: str | None = None,
+        first: bool = False,
+        picks: Sequence[Sampled] = (),
+        offset: int = 0,
+        **extra: Any,
+    ) -> bytes:
+        """One server-sent event: a piece of text (None: no content, as the closing chunk), with
+        the log-probabilities of the tokens `picks` that made it, their text at `offset`."""
+        logprobs = self._logprobs(picks, offset) if picks else None
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": logprobs}
         if self.kind == "chat":
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text is not None:

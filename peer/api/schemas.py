@@ -2,7 +2,8 @@
 
 Every refusal is a `RequestError` that carries what OpenAI's error body needs (status, the
 offending field, a code), so the handler turns any malformed request into a 4xx, never a 500.
-Unknown fields are ignored, as OpenAI does.
+Unknown fields are ignored, as OpenAI does; fields this server does not serve yet (tools) are
+refused by name (`structured`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import json
 import math
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..pipeline.failover import Recovery
 from ..pipeline.timing import StepTiming
-from ..wire import SamplingParams
+from ..wire import Sampled, SamplingParams
+from .errors import RequestError, is_int, shown
+from .structured import chat_logprobs, refuse_tools, response_grammar, text_logprobs
 
 DEFAULT_MAX_TOKENS = 512
 MAX_BODY_BYTES = 1024 * 1024  # aiohttp's own client_max_size: a chat request is far below it
@@ -30,25 +33,6 @@ def served_model_name(spec: str) -> str:
     return "smollm2-135m-instruct" if spec == "default" else spec.rstrip("/").rsplit("/", 1)[-1]
 
 
-def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    """OpenAI's error shape."""
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-class RequestError(ValueError):
-    """The request is not acceptable: HTTP `status` (400 unless said), naming `param` where one applies."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.param = param
-        self.code = code
-        self.status = status
-
-    def body(self) -> dict[str, Any]:
-        """The error as OpenAI writes it."""
-        return error_body(str(self), "invalid_request_error", self.code, self.param)
-
-
 @dataclass
 class GenerationRequest:
     """What every completion request says beside its prompt."""
@@ -60,6 +44,7 @@ class GenerationRequest:
     model: str
     include_usage: bool  # stream_options.include_usage: a last chunk with the usage
     cache_prompt: bool  # llama.cpp's field: false neither reuses cached prompt blocks nor keeps any
+    grammar: str | None  # response_format's: what the answer must match (None: free text)
 
 
 @dataclass
@@ -106,18 +91,6 @@ def parse_json(raw: bytes) -> Any:
         raise RequestError(f"the body is not valid JSON: {error}", code="invalid_json") from None
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _shown(value: Any) -> str:
-    """A value for an error message, cut short: a client may send megabytes."""
-    if _is_int(value) and value.bit_length() > 64:
-        return "an integer past 64 bits"  # repr() of a giant integer is slow, then refused
-    text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "..."
-
-
 def _number(body: dict[str, Any], key: str, default: float, low: float, high: float, open_low: bool = False) -> float:
     value = body.get(key)
     if value is None:
@@ -126,7 +99,7 @@ def _number(body: dict[str, Any], key: str, default: float, low: float, high: fl
     number = not isinstance(value, bool) and isinstance(value, int | float)
     if not number or not (low < value if open_low else low <= value) or not value <= high:
         interval = f"{'(' if open_low else '['}{low:g}, {high:g}]"
-        raise RequestError(f"{key} must be a number in {interval}, not {_shown(value)}", key)
+        raise RequestError(f"{key} must be a number in {interval}, not {shown(value)}", key)
     return float(value)
 
 
@@ -164,7 +137,7 @@ def _messages(messages: Any) -> list[dict[str, str]]:
             raise RequestError(f"{where} must be an object with role and content", where)
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise RequestError(f"{where}.role must be one of {', '.join(ROLES)}, not {_shown(role)}", f"{where}.role")
+            raise RequestError(f"{where}.role must be one of {', '.join(ROLES)}, not {shown(role)}", f"{where}.role")
         parsed.append({"role": ROLES[role], "content": _content(message.get("content"), f"{where}.content")})
     return parsed
 
@@ -175,10 +148,10 @@ def _max_tokens(body: dict[str, Any], context: int | None) -> int | None:
     limit = body.get(key)
     if limit is None:
         return None
-    if not _is_int(limit) or limit < 1:
-        raise RequestError(f"{key} must be a positive integer, not {_shown(limit)}", key)
+    if not is_int(limit) or limit < 1:
+        raise RequestError(f"{key} must be a positive integer, not {shown(limit)}", key)
     if context is not None and limit > context:
-        message = f"{key} is {_shown(limit)}, but this model's context holds {context} tokens (prompt and answer)"
+        message = f"{key} is {shown(limit)}, but this model's context holds {context} tokens (prompt and answer)"
         raise RequestError(message, key)
     return int(limit)
 
@@ -193,7 +166,7 @@ def _stops(stop: Any) -> list[str]:
 def _seed(seed: Any) -> int:
     if seed is None:
         return secrets.randbits(32)  # drawn at arrival, so a fail-over replays the same sample
-    if not _is_int(seed) or seed not in SEED_RANGE:
+    if not is_int(seed) or seed not in SEED_RANGE:
         raise RequestError("seed must be an integer that fits in 64 bits (signed)", "seed")
     return int(seed) % 2**32  # the wire carries 32-bit seeds
 
@@ -202,8 +175,8 @@ def _options(body: dict[str, Any], default_model: str, context: int | None) -> d
     """The fields every completion request shares, validated."""
     limit = _max_tokens(body, context)
     n = body.get("n")
-    if n is not None and (not _is_int(n) or n != 1):
-        raise RequestError(f"n must be 1 (one choice per request), not {_shown(n)}", "n")
+    if n is not None and (not is_int(n) or n != 1):
+        raise RequestError(f"n must be 1 (one choice per request), not {shown(n)}", "n")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise RequestError("stream must be true or false", "stream")
@@ -216,9 +189,6 @@ def _options(body: dict[str, Any], default_model: str, context: int | None) -> d
     cache_prompt = body.get("cache_prompt", True)
     if not isinstance(cache_prompt, bool):
         raise RequestError("cache_prompt must be true or false", "cache_prompt")
-    logprobs = body.get("logprobs")
-    if logprobs not in (None, False, 0):
-        raise RequestError("logprobs are not supported by this server", "logprobs", "unsupported_parameter")
     sampling = SamplingParams(
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, open_low=True),
@@ -235,6 +205,7 @@ def _options(body: dict[str, Any], default_model: str, context: int | None) -> d
         "model": model or default_model,
         "include_usage": include_usage,
         "cache_prompt": cache_prompt,
+        "grammar": response_grammar(body.get("response_format")),
     }
 
 
@@ -250,7 +221,10 @@ def parse_chat_request(body: Any, default_model: str, context: int | None = None
     `context`: the positions a session holds, which a max_tokens may not exceed (None: unchecked)."""
     body = _object(body)
     messages = _messages(body.get("messages"))
-    return ChatRequest(messages=messages, **_options(body, default_model, context))
+    refuse_tools(body)
+    options = _options(body, default_model, context)
+    options["sampling"] = replace(options["sampling"], logprobs=chat_logprobs(body))
+    return ChatRequest(messages=messages, **options)
 
 
 def _prompt(prompt: Any) -> str | list[int]:
@@ -261,7 +235,7 @@ def _prompt(prompt: Any) -> str | list[int]:
         if not prompt:
             raise RequestError("prompt must not be empty", "prompt")
         return _text(prompt, "prompt")
-    if isinstance(prompt, list) and prompt and all(_is_int(i) and 0 <= i < 2**31 for i in prompt):
+    if isinstance(prompt, list) and prompt and all(is_int(i) and 0 <= i < 2**31 for i in prompt):
         return [int(i) for i in prompt]
     message = "prompt must be one string or one non-empty list of token ids (one prompt per request)"
     raise RequestError(message, "prompt")
@@ -279,6 +253,7 @@ def parse_text_request(body: Any, default_model: str, context: int | None = None
     if body.get("best_of") not in (None, 1):
         raise RequestError("best_of must be 1", "best_of")
     options = _options(body, default_model, context)
+    options["sampling"] = replace(options["sampling"], logprobs=text_logprobs(body, echo))
     if options["max_tokens"] is None:
         options["max_tokens"] = min(16, context) if context else 16
     return TextRequest(prompt=prompt, echo=echo, **options)
@@ -287,7 +262,7 @@ def parse_text_request(body: Any, default_model: str, context: int | None = None
 def check_model(model: str, served: str) -> None:
     """Refuse a model this peer does not serve as OpenAI does (404, model_not_found)."""
     if model != served:
-        message = f"The model {_shown(model)} does not exist: this cluster serves {served!r}"
+        message = f"The model {shown(model)} does not exist: this cluster serves {served!r}"
         raise RequestError(message, "model", "model_not_found", status=404)
 
 
@@ -320,6 +295,7 @@ class Completion:
     queued_s: float = 0.0  # waited for a session slot (admission)
     timings: list[StepTiming] = field(default_factory=list)  # every step, as the origin saw it
     reused: list[int] = field(default_factory=list)  # prompt tokens from the prefix caches, per session opened
+    logprobs: list[Sampled] = field(default_factory=list)  # each answer token's, when asked for
     timing: dict[str, Any] | None = None  # their summary (`pipeline.timing.summarize`), at the end
 
     def extra(self) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from ..errors import PeerError
 from ..model.compute import on_compute
 from ..model.devices import pick_device
 from ..model.files import ModelSource, default_cache_dir, open_model
+from ..model.grammar import Grammars
 from ..model.options import WeightForm
 from ..model.profile import device_unit_bytes, load_headroom, memory_budget, offered_forms, unit_sizes
 from ..model.text import stop_token_ids
@@ -117,6 +118,7 @@ class PeerNode:
         source, self.origin.hidden_size = self.source, int(self.source.config.hidden_size)
         fingerprint: str = await asyncio.to_thread(lambda: source.fingerprint)
         self._tokenizer = await asyncio.to_thread(source.tokenizer)  # converted once, before the API opens
+        self.stage.grammars = Grammars(self.tokenizer, source.config.vocab_size, self.stop_ids())
         profiles = await on_compute(  # where the passes run: one OpenMP team (model/compute.py)
             partial(
                 offered_forms,
@@ -161,7 +163,8 @@ class PeerNode:
         self.gossip.on_change = self.roster.changed
 
         api_host, api_port = split_host_port(config.api_listen, API_PORT)
-        self.api = Api(self, Admission(config.sessions, config.queue), api_key=config.api_key)
+        admission = Admission(config.sessions, config.queue)
+        self.api = Api(self, admission, api_key=config.api_key, grammars=self.stage.grammars)
         runner, api_url = await start_server(self.api.add_routes, api_host, api_port, cancel_on_disconnect=True)
         self._runners.append(runner)
         if config.mdns:

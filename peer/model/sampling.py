@@ -8,10 +8,12 @@ old one would have.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import torch
 
 from ..wire import SamplingParams
+from .grammar import Matcher
 
 
 def _generator(seed: int, position: int) -> torch.Generator:
@@ -35,3 +37,28 @@ def sample(logits: torch.Tensor, params: SamplingParams, position: int) -> int:
         ordered[drop] = 0
         probabilities = torch.zeros_like(probabilities).scatter(0, order, ordered)
     return int(torch.multinomial(probabilities, 1, generator=_generator(params.seed, position)))
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A sampled token, with its log-probability and the top tokens' when they were asked for."""
+
+    token: int
+    logprob: float | None = None
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def pick(logits: torch.Tensor, params: SamplingParams, position: int, matcher: Matcher | None = None) -> Pick:
+    """Sample the token for `position` within the grammar of `matcher` (when given, which then
+    takes the token), with the log-probabilities the params ask for. These are the model's own
+    (before the grammar's mask, temperature, top-k and top-p), as OpenAI reports them; nothing
+    is computed when they are not asked for."""
+    token = sample(matcher.mask(logits) if matcher is not None else logits, params, position)
+    if matcher is not None:
+        matcher.consume(token)
+    if params.logprobs < 0:
+        return Pick(token)
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    top = torch.topk(logprobs, params.logprobs) if params.logprobs else None
+    pairs = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else ()
+    return Pick(token, float(logprobs[token]), pairs)

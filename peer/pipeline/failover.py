@@ -14,10 +14,10 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import PeerError, StageError
-from ..wire import SamplingParams, WireDtype
+from ..wire import Sampled, SamplingParams, WireDtype
 from .layouts import LayoutSource, ReadyLayout
 from .origin import Origin
 from .timing import StepTiming
@@ -25,7 +25,7 @@ from .timing import StepTiming
 log = logging.getLogger(__name__)
 
 # Faults of the request itself: no other route can do better.
-FATAL_CODES = frozenset({"ContextError", "bad-token", "bad-frame", "bad-shape", "too-large"})
+FATAL_CODES = frozenset({"ContextError", "bad-token", "bad-frame", "bad-shape", "too-large", "bad-grammar"})
 # A stage that holds all the sessions it was sized for (other origins fill it too): back-pressure,
 # not a fault. The request waits its turn, then opens again on the same route.
 BACK_PRESSURE_CODES = frozenset({"busy"})
@@ -65,10 +65,13 @@ async def generate_with_failover(
     timings: list[StepTiming] | None = None,
     reused: list[int] | None = None,
     reuse: bool = True,
+    logprobs: list[Sampled] | None = None,
 ) -> AsyncIterator[int]:
     """Stream token ids like `Origin.generate`, replaying on another route after a failure
     (fail-overs go to `recoveries`, each step's timing to `timings`, each session's reused prompt
-    tokens to `reused`, when given; `reuse` False: no prefix caching for this request)."""
+    tokens to `reused`, each token's log-probabilities to `logprobs`, when given; `reuse` False: no
+    prefix caching for this request). A constrained answer's replay carries the tokens so far,
+    which the new last stage's matcher consumes before it masks the next one."""
     produced: list[int] = []
     failed_at: float | None = None
     reason, old_layout = "", ""
@@ -79,10 +82,11 @@ async def generate_with_failover(
         route = await layouts(max(recovery_timeout_s - waited, 0.0))
         routed_at = time.monotonic()
         try:
+            constraint = sampling.constraint
             tokens = origin.generate(
                 route.urls,
                 [*prompt_ids, *produced],
-                sampling,
+                replace(sampling, constraint=replace(constraint, answered=tuple(produced))) if constraint else sampling,
                 max_tokens - len(produced),
                 stop_ids,
                 layout_id=route.layout_id,
@@ -90,6 +94,7 @@ async def generate_with_failover(
                 timings=timings,
                 reused=reused,
                 reuse=reuse,
+                logprobs=logprobs,
             )
             async with contextlib.aclosing(tokens):  # the session is closed at once, even when we stop early
                 async for token in tokens:

@@ -21,6 +21,7 @@ from aiohttp import web
 from ..errors import StageError
 from ..model.compute import colocated_environment, on_compute
 from ..model.files import ModelSource, open_model
+from ..model.grammar import source_grammars
 from ..model.options import KVForm, WeightForm
 from ..model.shard import Shard
 from .origin import Origin
@@ -71,7 +72,7 @@ class LocalCluster:
         for start, end in self.ranges:
             build = partial(Shard, source, start, end, device=self.device, weights=self.weights)
             shard = await on_compute(partial(build, prefix_tokens=self.prefix_tokens, kv_cache=self.kv_cache))
-            stage = StageServer(shard, max_sessions=shard.max_sessions)
+            stage = StageServer(shard, max_sessions=shard.max_sessions, grammars=source_grammars(source))
             runner, url = await start_server(stage.add_routes)
             self._stages.append(stage)
             self._runners.append(runner)

@@ -22,6 +22,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -129,11 +130,18 @@ class Origin:
         timings: list[StepTiming] | None = None,
         reused: list[int] | None = None,
         reuse: bool = True,
+        logprobs: list[Sampled] | None = None,
     ) -> AsyncGenerator[int, None]:
         """Stream generated token ids (stop ids are not yielded); each step's timing goes to
-        `timings`, the prompt tokens taken from the stages' prefix caches to `reused`, when
-        given; `reuse` False: neither take nor keep cached blocks."""
+        `timings`, the prompt tokens taken from the stages' prefix caches to `reused`, and each
+        yielded token's log-probabilities (when the sampling asks for them) to `logprobs`, when
+        given; `reuse` False: neither take nor keep cached blocks. A constrained answer's
+        `answered` tokens end `prompt_ids` (a replay's)."""
         reuse = reuse and self.reuse_prefixes
+        if (constraint := sampling.constraint) is not None:
+            sampling = replace(
+                sampling, constraint=replace(constraint, start=len(prompt_ids) - len(constraint.answered))
+            )
         session = secrets.token_hex(8)
         queue: asyncio.Queue[Sampled | Error | Reused] = asyncio.Queue()
         self._queues[session] = queue
@@ -153,7 +161,7 @@ class Origin:
                 raise StageError(f"{reply.code}: {reply.message}", reply.code)
             return reply
 
-        async def step(position: int, feed: Sequence[int]) -> int:
+        async def step(position: int, feed: Sequence[int]) -> Sampled:
             nonlocal computed
             sent = time.time()
             await self.links.send(stage0, InputIds(session, position, tuple(feed)))
@@ -167,7 +175,7 @@ class Origin:
             if timings is not None:
                 prefill = position < len(prompt_ids)
                 timings.append(StepTiming(tuple(route), sent, time.time(), prefill, reply.trace))
-            return reply.token_id
+            return reply
 
         try:
             keys = tuple(asked) if asked else None
@@ -188,10 +196,13 @@ class Origin:
                 await step(position, feed[:size])
                 position, feed = position + size, feed[size:]
             for _ in range(max_tokens):
-                token = await step(position, feed)
+                sampled = await step(position, feed)
+                token = sampled.token_id
                 position += len(feed)
                 if token in stop_ids:
                     return
+                if logprobs is not None and sampled.logprob is not None:
+                    logprobs.append(sampled)
                 yield token
                 feed = [token]
                 history.append(token)

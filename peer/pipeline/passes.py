@@ -13,7 +13,8 @@ from functools import partial
 import torch
 
 from .. import wire
-from ..model.sampling import sample
+from ..model.grammar import GrammarError, Matcher
+from ..model.sampling import pick
 from ..model.shard import SessionError, Shard, Step
 from ..wire import Error, Sampled, SamplingParams, WireDtype, encode
 from .hidden import hidden_frame
@@ -36,6 +37,7 @@ class SessionRoute:
     layout_id: str
     opened: float = 0.0  # time.monotonic() at open
     inbound: Reply | None = None  # the link the session came over: when it closes, so does the session
+    matcher: Matcher | None = None  # last stage, constrained answer: where it stands in its grammar
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,8 @@ def run_pass(
             outputs.append(_outbound(step, route, result, stamp))
         except Exception as error:  # sampling or encoding failed: this session's fault report
             log.exception("stage fault after the pass, session %s", step.session)
-            report = encode(Error(step.session, "stage-fault", str(error)))
+            code = "bad-grammar" if isinstance(error, GrammarError) else "stage-fault"  # a replay would fail alike
+            report = encode(Error(step.session, code, str(error)))
             outputs.append(Outbound(step.session, route.origin, report, True))
     return outputs
 
@@ -84,8 +87,12 @@ def _outbound(step: Step, route: SessionRoute, result: torch.Tensor | BaseExcept
         return Outbound(session, route.origin, encode(Error(session, code, str(result))), True)
     if route.next_url is None:
         following = step.position + int(step.inputs.shape[0])
-        token = sample(result, route.sampling, following)
-        return Outbound(session, route.origin, encode(Sampled(session, following, token, stamp())), True)
+        constraint = route.sampling.constraint
+        # A prompt's leading chunks are answered with tokens the origin drops: outside the grammar.
+        answering = constraint is not None and following >= constraint.start + len(constraint.answered)
+        chosen = pick(result, route.sampling, following, route.matcher if answering else None)
+        sampled = Sampled(session, following, chosen.token, stamp(), chosen.logprob, chosen.top)
+        return Outbound(session, route.origin, encode(sampled), True)
     hidden = hidden_frame(session, step.position, result, route.wire_dtype)
     data = encode(replace(hidden, trace=stamp()))
     if len(data) > wire.MAX_FRAME_BYTES:

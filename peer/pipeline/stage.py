@@ -35,6 +35,7 @@ from aiohttp import web
 from .. import wire
 from ..errors import ProtocolError, StageError
 from ..model.compute import on_compute, submit_compute
+from ..model.grammar import GrammarError, Grammars, Matcher
 from ..model.shard import SessionError, Shard, Step
 from ..wire import Close, Error, Frame, Hidden, InputIds, Open, Reused, Sampled
 from .batcher import Batcher
@@ -70,6 +71,7 @@ class StageServer:
         layout_id: str | None = None,
         sign: Sign | None = None,
         admit: Admit | None = None,
+        grammars: Grammars | None = None,
     ) -> None:
         self.shard = shard
         self.layout_id = layout_id
@@ -82,6 +84,7 @@ class StageServer:
         self._sending: set[asyncio.Task[None]] = set()
         self._storing: set[asyncio.Future[None]] = set()  # closes that keep blocks, queued on the worker
         self._closing = False
+        self.grammars = grammars  # compiles the grammars of constrained answers (last stage)
 
     async def serve(self, shard: Shard | None, layout_id: str) -> None:
         """Serve another shard for `layout_id`. Sessions of the old shard end (their caches hold
@@ -258,6 +261,7 @@ class StageServer:
                 if frame.session not in self.routes and len(self.routes) >= self.max_sessions:
                     raise ProtocolError("busy", f"this stage holds {self.max_sessions} sessions")
                 last = frame.hop == len(frame.route) - 1
+                matcher = await self._matcher(frame) if last else None
                 self.routes[frame.session] = SessionRoute(
                     next_url=None if last else frame.route[frame.hop + 1],
                     origin=frame.origin,
@@ -266,6 +270,7 @@ class StageServer:
                     layout_id=frame.layout_id,
                     opened=time.monotonic(),
                     inbound=reply,
+                    matcher=matcher,
                 )
                 if frame.prefix is not None:
                     await self._open_reusing(frame, last)
@@ -295,6 +300,19 @@ class StageServer:
                     self._spawn(self._ended(frame.session, *self._forget(frame.session, frame.blocks), True))
             case Sampled() | Error() | Reused():
                 raise ProtocolError("wrong-stage", "sampled and error frames go to an origin")
+
+    async def _matcher(self, frame: Open) -> Matcher | None:
+        """The last stage's matcher for a constrained session, off the event loop (a grammar
+        compiles in milliseconds; a large one in more)."""
+        constraint = frame.sampling.constraint
+        if constraint is None:
+            return None
+        if self.grammars is None:
+            raise ProtocolError("bad-grammar", "this stage cannot constrain answers (no tokenizer)")
+        try:
+            return await asyncio.to_thread(self.grammars.matcher, constraint.grammar, constraint.answered)
+        except GrammarError as error:
+            raise ProtocolError("bad-grammar", str(error)) from None
 
     async def _open_reusing(self, frame: Open, last: bool) -> None:
         """Take the cached blocks of the prompt this stage holds and queue their copy into the

@@ -18,6 +18,7 @@ from functools import partial
 
 from ..model.compute import on_compute
 from ..model.files import open_model
+from ..model.grammar import source_grammars
 from ..model.options import FORMS, KV_FORMS
 from ..model.shard import Shard
 from .servers import start_server
@@ -30,7 +31,7 @@ async def serve(args: argparse.Namespace) -> None:
     source = open_model(args.model)
     build = partial(Shard, source, args.start, args.end, device=args.device, weights=args.weights)
     shard = await on_compute(partial(build, prefix_tokens=args.prefix_cache, kv_cache=args.kv_cache))
-    stage = StageServer(shard, max_sessions=shard.max_sessions)
+    stage = StageServer(shard, max_sessions=shard.max_sessions, grammars=source_grammars(source))
     runner, url = await start_server(stage.add_routes, args.host, args.port)
     print(json.dumps({"url": url, "pid": os.getpid(), "load_s": time.perf_counter() - started}), flush=True)
     loop = asyncio.get_running_loop()

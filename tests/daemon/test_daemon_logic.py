@@ -14,7 +14,8 @@ from edgeshard.discovery.auth import read_secret, write_secret
 from edgeshard.discovery.probe import settle
 from edgeshard.discovery.records import PeerId, PeerRecord
 from edgeshard.peer.api.client import describe_status
-from edgeshard.peer.api.schemas import RequestError, parse_chat_request
+from edgeshard.peer.api.errors import RequestError
+from edgeshard.peer.api.schemas import parse_chat_request
 from edgeshard.peer.daemon.config import ConfigError, PeerConfig, load_config, parse_bytes
 from edgeshard.peer.daemon.identity import planning_settings
 from edgeshard.peer.daemon.lifecycle import layout_id

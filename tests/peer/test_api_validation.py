@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 from edgeshard.peer.api.client import ApiError, get_status
+from edgeshard.peer.api.errors import RequestError
 from edgeshard.peer.api.handlers import Api
-from edgeshard.peer.api.schemas import ChatRequest, RequestError, parse_chat_request
+from edgeshard.peer.api.schemas import ChatRequest, parse_chat_request
 from edgeshard.peer.pipeline.layouts import ReadyLayout
 from edgeshard.peer.pipeline.origin import Origin
 from edgeshard.peer.pipeline.servers import start_server

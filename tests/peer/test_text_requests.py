@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from edgeshard.peer.api.schemas import RequestError, parse_chat_request, parse_text_request
+from edgeshard.peer.api.errors import RequestError
+from edgeshard.peer.api.schemas import parse_chat_request, parse_text_request
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -31,7 +32,9 @@ def test_one_prompt_as_text_or_token_ids(prompt: Any, expected: Any) -> None:
         ({"prompt": "a", "suffix": "z"}, "suffix"),
         ({"prompt": "a", "best_of": 3}, "best_of"),
         ({"prompt": "a", "n": 2}, "n"),
-        ({"prompt": "a", "logprobs": 2}, "logprobs"),
+        ({"prompt": "a", "logprobs": 21}, "logprobs"),
+        ({"prompt": "a", "logprobs": True}, "logprobs"),
+        ({"prompt": "a", "logprobs": 1, "echo": True}, "echo"),
         ({"prompt": "a", "stream_options": {"include_usage": True}}, "stream_options"),
         ({"prompt": "a", "stream": True, "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
     ],
@@ -46,7 +49,10 @@ def test_chat_requests_share_n_logprobs_and_stream_options() -> None:
     asked = parse_chat_request({"messages": HI, "stream": True, "stream_options": {"include_usage": True}}, "m")
     assert asked.include_usage and asked.stream
     assert not parse_chat_request({"messages": HI, "n": 1, "logprobs": False}, "m").include_usage
-    for extra, param in (({"n": 3}, "n"), ({"logprobs": True}, "logprobs")):
+    assert parse_chat_request({"messages": HI, "logprobs": True, "top_logprobs": 3}, "m").sampling.logprobs == 3
+    assert parse_chat_request({"messages": HI, "logprobs": True}, "m").sampling.logprobs == 0
+    assert parse_chat_request({"messages": HI}, "m").sampling.logprobs == -1
+    for extra, param in (({"n": 3}, "n"), ({"logprobs": 1}, "logprobs"), ({"top_logprobs": 1}, "top_logprobs")):
         with pytest.raises(RequestError) as refused:
             parse_chat_request({"messages": HI, **extra}, "m")
         assert refused.value.param == param

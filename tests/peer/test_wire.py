@@ -11,6 +11,7 @@ from edgeshard.peer.errors import ProtocolError
 from edgeshard.peer.pipeline.hidden import hidden_frame, hidden_tensor
 from edgeshard.peer.wire import (
     Close,
+    Constraint,
     Error,
     Hidden,
     InputIds,
@@ -147,6 +148,9 @@ json_like = st.recursive(
                 "id",
                 "code",
                 "msg",
+                "lp",
+                "top",
+                "gr",
             ]
         ),
         json_like,
@@ -156,6 +160,28 @@ json_like = st.recursive(
 def test_structured_garbage_fails_cleanly(kind: str, body: dict[str, object]) -> None:
     with contextlib.suppress(ProtocolError):
         decode(msgpack.packb({"t": kind, **body}, use_bin_type=True))
+
+
+OPEN = {"t": "open", "s": "a", "route": ["u"], "hop": 0, "origin": "o", "layout": "l"} | {
+    "temp": 0.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "seed": 0,
+    "wire": "float32",
+}
+
+
+def test_log_probabilities_and_grammars_ride_open_and_sampled() -> None:
+    constraint = Constraint('{"grammars": []}', 17, (4, 5))
+    sampling = SamplingParams(0.7, 3, 0.9, 11, logprobs=5, constraint=constraint)
+    frame = Open("s", ("u1", "u2"), 1, "o", "l", sampling)
+    assert decode(encode(frame)) == frame
+    plain = Open("s", ("u1",), 0, "o", "l", SamplingParams())
+    assert decode(encode(plain)) == plain and b"lp" not in encode(plain) and b"gr" not in encode(plain)
+    sampled = Sampled("s", 9, 42, (), -0.25, ((42, -0.25), (7, -2.0)))
+    assert decode(encode(sampled)) == sampled
+    assert decode(encode(Sampled("s", 9, 42, (), float("-inf")))).logprob == float("-inf")
+    assert decode(encode(Sampled("s", 9, 42))) == Sampled("s", 9, 42)
 
 
 @pytest.mark.parametrize(
@@ -174,6 +200,14 @@ def test_structured_garbage_fails_cleanly(kind: str, body: dict[str, object]) ->
         ({"t": "close", "s": "a", "blk": [b"short"]}, "bad-frame"),
         ({"t": "close", "s": "a", "blk": [b"k" * 16] * 5000}, "bad-frame"),
         ({"t": "reused", "s": "a", "n": -1}, "bad-frame"),
+        ({"t": "sampled", "s": "a", "pos": 1, "id": 2, "lp": 0.5, "top": []}, "bad-frame"),
+        ({"t": "sampled", "s": "a", "pos": 1, "id": 2, "lp": -0.5, "top": [[1, 0.1]]}, "bad-frame"),
+        ({"t": "sampled", "s": "a", "pos": 1, "id": 2, "lp": -0.5, "top": [[1, -0.1]] * 21}, "bad-frame"),
+        ({"t": "sampled", "s": "a", "pos": 1, "id": 2, "lp": float("nan"), "top": []}, "bad-frame"),
+        ({**OPEN, "lp": 21}, "bad-frame"),
+        ({**OPEN, "gr": "grammar"}, "bad-frame"),
+        ({**OPEN, "gr": {"g": "x", "at": 0, "ans": [-1]}}, "bad-frame"),
+        ({**OPEN, "gr": {"g": "x" * (1 << 21), "at": 0, "ans": []}}, "too-large"),
     ],
 )
 def test_specific_faults_have_codes(body: dict[str, object], code: str) -> None:

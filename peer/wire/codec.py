@@ -1,175 +1,36 @@
-"""The stage-to-stage wire format: typed frames ⇄ msgpack bytes (sans-I/O: no sockets, no torch).
-
-Every frame is one msgpack map with a type tag "t" and short keys. Hidden states travel as raw
-little-endian bytes with their dtype and shape beside them (`pipeline.hidden` converts tensors);
-decoding keeps the received bytes as they are until a stage needs them.
-
-Frames (the session id "s" is a short string chosen by the origin):
-- open:    start a session along a route: route (stage URLs), hop (this receiver's index), origin
-           (URL for the sampled tokens), the layout id the route belongs to, sampling parameters;
-           and, when the origin asks for prefix reuse, "pre": the keys of the prompt's leading
-           blocks that every stage so far holds (each stage cuts it to what it holds itself).
-- reused:  the last stage's answer to an open that asked: how many blocks every stage holds.
-- input:   token ids into stage 0 at positions [position, position + n).
-- hidden:  hidden states [n, H] at positions [position, position + n), stage to stage.
-- sampled: the token sampled for `position`, last stage to origin.
-  Hidden and sampled frames may carry "tm", the step's trace: one `StageTime` per stage passed
-  so far (arrival wall clock, queue, compute, hold), which the origin turns into where each
-  token's time went.
-- close:   forget the session (forwarded along the route); "blk": the keys of the blocks it fed,
-           for the stages to keep in their prefix caches.
-- error:   something about a session (or the link) went wrong; code + message.
-A message is one frame, or a batch: {"t": "batch", "frames": [encoded frame, ...]}. The outputs
-of one pass for one receiver travel as one batch, so the sessions computed together arrive
-together and stay in one pass at the next stage (`decode_message` reads either).
-`decode` validates structure, types and sizes and raises ProtocolError; a stage answers that with
-an error frame and keeps serving.
-"""
+"""Frames ⇄ msgpack bytes: encoding, and decoding that validates structure, types and sizes."""
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import msgpack
 
-from .errors import ProtocolError
-
-# 2: frames "input"/"sampled", Open carries "layout"; 3: batch messages; 4: prefix reuse (Open's
-# "pre", Close's "blk", the "reused" frame). Peers of another version never share a plan.
-WIRE_VERSION = 4
-MAX_FRAME_BYTES = 64 * 2**20
-MAX_TOKENS = 1 << 16
-MAX_ROUTE = 64
-MAX_BATCH_FRAMES = 1024
-WireDtype = Literal["float32", "float16", "bfloat16"]
-WIRE_ITEMSIZE: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2}
-PREFIX_BLOCK_TOKENS = 16  # positions per prefix-cache block (vLLM's default block size)
-MAX_PREFIX_BLOCKS = MAX_TOKENS // PREFIX_BLOCK_TOKENS
-PREFIX_KEY_BYTES = 16
-
-
-def prefix_seed(layout_id: str, wire_dtype: str) -> bytes:
-    """The start of every key chain: a block's KV depends on the stages before it (the layout)
-    and on how hidden states crossed the wire, so either change starts a new chain."""
-    return hashlib.blake2b(f"{layout_id}\0{wire_dtype}".encode(), digest_size=PREFIX_KEY_BYTES).digest()
-
-
-def block_hashes(seed: bytes, tokens: Sequence[int]) -> list[bytes]:
-    """The key of every whole block of `tokens`: a hash of the previous block's key and this
-    block's tokens, so a key names the whole prefix up to its block's end."""
-    keys, key = [], seed
-    for start in range(0, len(tokens) - PREFIX_BLOCK_TOKENS + 1, PREFIX_BLOCK_TOKENS):
-        block = b"".join(t.to_bytes(4, "little") for t in tokens[start : start + PREFIX_BLOCK_TOKENS])
-        key = hashlib.blake2b(key + block, digest_size=PREFIX_KEY_BYTES).digest()
-        keys.append(key)
-    return keys
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How the last stage picks the next token (carried by `Open`). temperature 0 means greedy."""
-
-    temperature: float = 0.0
-    top_k: int = 0  # 0: no limit
-    top_p: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not (self.temperature >= 0 and self.top_k >= 0 and 0 < self.top_p <= 1):
-            raise ValueError(f"bad sampling parameters {self}")
-
-
-@dataclass(frozen=True)
-class StageTime:
-    """What one step did at one stage: when it arrived (wall clock, seconds since the epoch: only
-    differences with other hosts' clocks are taken), how long it waited for a pass, how long the
-    pass computed, and how long it was held in all (queue + compute + sampling/copy/encoding)."""
-
-    arrived: float
-    queue_s: float
-    compute_s: float
-    hold_s: float
-
-
-Trace = tuple[StageTime, ...]
-
-
-@dataclass(frozen=True)
-class Open:
-    """Start (or restart from position 0) a session along a route."""
-
-    session: str
-    route: tuple[str, ...]
-    hop: int
-    origin: str
-    layout_id: str  # the layout the route belongs to: a stage serving another one refuses it
-    sampling: SamplingParams
-    wire_dtype: WireDtype = "float32"
-    prefix: tuple[bytes, ...] | None = None  # None: no reuse asked (and no `Reused` answer)
-
-
-@dataclass(frozen=True)
-class Reused:
-    """The last stage's answer to an `Open` that asked for prefix reuse: every stage holds the
-    session's first `blocks` blocks; the origin feeds from position blocks × PREFIX_BLOCK_TOKENS."""
-
-    session: str
-    blocks: int
-
-
-@dataclass(frozen=True)
-class InputIds:
-    """Token ids into stage 0."""
-
-    session: str
-    position: int
-    token_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Hidden:
-    """Hidden states between stages; `data` is raw bytes of `shape` in `dtype`."""
-
-    session: str
-    position: int
-    dtype: WireDtype
-    shape: tuple[int, int]
-    data: bytes | memoryview
-    trace: Trace = ()
-
-
-@dataclass(frozen=True)
-class Sampled:
-    """The token sampled for `position`, last stage to origin."""
-
-    session: str
-    position: int
-    token_id: int
-    trace: Trace = ()
-
-
-@dataclass(frozen=True)
-class Close:
-    """Forget a session; `blocks`: the keys of the blocks it fed, to keep for reuse."""
-
-    session: str
-    blocks: tuple[bytes, ...] = ()
-
-
-@dataclass(frozen=True)
-class Error:
-    """A failure report; `session` is empty when it concerns the link itself."""
-
-    session: str
-    code: str
-    message: str
-
-
-Frame = Open | Reused | InputIds | Hidden | Sampled | Close | Error
+from ..errors import ProtocolError
+from .frames import (
+    MAX_BATCH_FRAMES,
+    MAX_FRAME_BYTES,
+    MAX_GRAMMAR_BYTES,
+    MAX_PREFIX_BLOCKS,
+    MAX_ROUTE,
+    MAX_TOKENS,
+    MAX_TOP_LOGPROBS,
+    PREFIX_KEY_BYTES,
+    WIRE_ITEMSIZE,
+    Close,
+    Constraint,
+    Error,
+    Frame,
+    Hidden,
+    InputIds,
+    Open,
+    Reused,
+    Sampled,
+    SamplingParams,
+    StageTime,
+    Trace,
+)
 
 
 def encode(frame: Frame) -> bytes:
@@ -189,6 +50,10 @@ def encode(frame: Frame) -> bytes:
                 "seed": frame.sampling.seed,
                 "wire": frame.wire_dtype,
             }
+            if frame.sampling.logprobs >= 0:
+                body["lp"] = frame.sampling.logprobs
+            if (constraint := frame.sampling.constraint) is not None:
+                body["gr"] = {"g": constraint.grammar, "at": constraint.start, "ans": list(constraint.answered)}
             if frame.prefix is not None:
                 body["pre"] = list(frame.prefix)
         case Reused():
@@ -208,6 +73,9 @@ def encode(frame: Frame) -> bytes:
         case Sampled():
             body = {"t": "sampled", "s": frame.session, "pos": frame.position, "id": frame.token_id}
             _put_trace(body, frame.trace)
+            if frame.logprob is not None:
+                body["lp"] = frame.logprob
+                body["top"] = [[token, logprob] for token, logprob in frame.top]
         case Close():
             body = {"t": "close", "s": frame.session}
             if frame.blocks:
@@ -285,6 +153,44 @@ def _keys(body: dict[Any, Any], key: str) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
+def _token_ids(value: Any, what: str) -> tuple[int, ...]:
+    if not (
+        isinstance(value, list)
+        and len(value) <= MAX_TOKENS
+        and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 31 for i in value)
+    ):
+        raise ProtocolError("bad-frame", f"{what}: at most {MAX_TOKENS} non-negative token ids")
+    return tuple(value)
+
+
+def _constraint(value: Any) -> Constraint:
+    if not isinstance(value, dict):
+        raise ProtocolError("bad-frame", "'gr' is a map")
+    grammar = _get(value, "g", str)
+    if len(grammar.encode()) > MAX_GRAMMAR_BYTES:
+        raise ProtocolError("too-large", f"a grammar of at most {MAX_GRAMMAR_BYTES} bytes")
+    return Constraint(grammar, _index(value, "at"), _token_ids(_get(value, "ans", list), "'ans'"))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _logprobs(body: dict[Any, Any]) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """A sampled frame's log-probability (finite or -inf, never above 0) and its top pairs."""
+    logprob, top = body["lp"], _get(body, "top", list)
+
+    def valid(x: Any) -> bool:
+        return bool((_finite(x) or x == -math.inf) and x <= 0)
+
+    if not valid(logprob) or len(top) > MAX_TOP_LOGPROBS:
+        raise ProtocolError("bad-frame", f"'lp' is a log-probability, 'top' at most {MAX_TOP_LOGPROBS} pairs")
+    for pair in top:
+        if not (isinstance(pair, list) and len(pair) == 2 and _token_ids(pair[:1], "'top'") and valid(pair[1])):
+            raise ProtocolError("bad-frame", "'top' pairs are [token id, log-probability]")
+    return float(logprob), tuple((int(t), float(lp)) for t, lp in top)
+
+
 def _unpack(data: bytes) -> dict[Any, Any]:
     if len(data) > MAX_FRAME_BYTES:
         raise ProtocolError("too-large", f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
@@ -338,6 +244,8 @@ def _frame(body: dict[Any, Any]) -> Frame:
                 top_k=_index(body, "top_k"),
                 top_p=float(_get(body, "top_p", (int, float))),
                 seed=_index(body, "seed"),
+                logprobs=_get(body, "lp", int) if "lp" in body else -1,
+                constraint=_constraint(body["gr"]) if "gr" in body else None,
             )
         except ValueError:
             raise ProtocolError("bad-frame", "bad sampling parameters") from None
@@ -375,7 +283,8 @@ def _frame(body: dict[Any, Any]) -> Frame:
             raise ProtocolError("bad-shape", f"{len(data)} bytes for shape {shape} in {dtype} ({expected} expected)")
         return Hidden(_session(body), _index(body, "pos"), dtype, (shape[0], shape[1]), data, _trace(body))
     if kind == "sampled":
-        return Sampled(_session(body), _index(body, "pos"), _index(body, "id"), _trace(body))
+        logprob, top = _logprobs(body) if "lp" in body else (None, ())
+        return Sampled(_session(body), _index(body, "pos"), _index(body, "id"), _trace(body), logprob, top)
     if kind == "close":
         return Close(_session(body), _keys(body, "blk") if "blk" in body else ())
     if kind == "error":
