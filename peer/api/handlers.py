@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -63,6 +63,12 @@ from .telemetry import ReplyRecord, Telemetry
 
 log = logging.getLogger(__name__)
 
+# Writes a generating request's answer (the tokens as they come): the response and its outcome.
+Writer = Callable[
+    [web.Request, GenerationRequest, Shape, TextStream, AsyncGenerator[int, None], str],
+    Awaitable[tuple[web.StreamResponse, str]],
+]
+
 ROUTE_WAIT_S = 30.0  # how long a request waits for a ready plan before answering 503
 
 
@@ -70,7 +76,7 @@ def _error(status: int, message: str, kind: str, code: str | None = None) -> web
     return web.json_response(error_body(message, kind, code), status=status)
 
 
-async def _read_json(request: web.Request) -> Any:
+async def read_json(request: web.Request) -> Any:
     """The body's JSON value; RequestError when it is too large or not strict JSON."""
     if (request.content_length or 0) > MAX_BODY_BYTES:
         raise too_large()
@@ -81,7 +87,7 @@ async def _read_json(request: web.Request) -> Any:
     return parse_json(raw)
 
 
-def _prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
     try:
         return chat_ids(tokenizer, messages)
     except TemplateError as error:  # e.g. a template that wants user and assistant to alternate
@@ -157,31 +163,38 @@ class Api:
         """POST /v1/chat/completions."""
         backend = self.backend
         try:
-            chat = parse_chat_request(await _read_json(request), backend.model_name, backend.context)
+            chat = parse_chat_request(await read_json(request), backend.model_name, backend.context)
             check_model(chat.model, backend.model_name)
             # Templating and tokenising a long conversation takes milliseconds: not on the loop.
-            ids = await asyncio.to_thread(_prompt_ids, backend.tokenizer(), chat.messages)
+            ids = await asyncio.to_thread(chat_prompt_ids, backend.tokenizer(), chat.messages)
         except RequestError as error:
             self.telemetry.count("invalid")
             return refuse(error)
-        return await self._complete(request, "chat", chat, ids, "")
+        return await self.complete(request, "chat", chat, ids, "")
 
     async def text_completions(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/completions."""
         backend = self.backend
         try:
-            text: TextRequest = parse_text_request(await _read_json(request), backend.model_name, backend.context)
+            text: TextRequest = parse_text_request(await read_json(request), backend.model_name, backend.context)
             check_model(text.model, backend.model_name)
             ids, prompt = await asyncio.to_thread(_text_prompt, backend.tokenizer(), text.prompt)
         except RequestError as error:
             self.telemetry.count("invalid")
             return refuse(error)
-        return await self._complete(request, "text", text, ids, prompt if text.echo else "")
+        return await self.complete(request, "text", text, ids, prompt if text.echo else "")
 
-    async def _complete(
-        self, request: web.Request, kind: Kind, asked: GenerationRequest, ids: list[int], echo: str
+    async def complete(
+        self,
+        request: web.Request,
+        kind: Kind,
+        asked: GenerationRequest,
+        ids: list[int],
+        echo: str,
+        writer: Writer | None = None,
     ) -> web.StreamResponse:
-        """Admit, generate and answer a validated request (whole or streamed)."""
+        """Admit, generate and answer a validated request, whole or streamed, in OpenAI's shapes
+        or `writer`'s (Ollama's); refusals come in OpenAI's error shape."""
         backend = self.backend
         try:
             max_tokens = answer_room(len(ids), asked.max_tokens, backend.context)
@@ -207,10 +220,7 @@ class Api:
                 tokens = self._tokens(ids, asked, max_tokens, completion)
                 outcome = "cancelled"  # unless it gets further: the client went away
                 try:
-                    if asked.stream:
-                        response, outcome = await self._stream(request, asked, shape, text, tokens, echo)
-                    else:
-                        response, outcome = await self._whole(shape, text, tokens, echo)
+                    response, outcome = await (writer or self._openai)(request, asked, shape, text, tokens, echo)
                     return response
                 except Exception:  # a fault of ours (not the client going away): counted as one
                     outcome = "failed"
@@ -242,7 +252,7 @@ class Api:
 
     def _finish(self, kind: Kind, completion: Completion, outcome: str, queued_s: float) -> None:
         """Record how a generating request ended."""
-        timing = completion.timing or self._timing(completion)
+        timing = completion.timing or self.summarize_timing(completion)
         record = ReplyRecord(
             id=completion.id,
             kind=kind,
@@ -260,7 +270,7 @@ class Api:
         )
         self.telemetry.finish(record)
 
-    def _timing(self, completion: Completion) -> dict[str, Any] | None:
+    def summarize_timing(self, completion: Completion) -> dict[str, Any] | None:
         """Where the reply's time went, beside the plan's prediction (set on `completion`)."""
         try:
             # After a fail-over the reply ended on the last recovery's layout.
@@ -271,6 +281,19 @@ class Api:
             names, predicted = {}, None
         completion.timing = summarize(completion.timings, names, predicted)
         return completion.timing
+
+    async def _openai(
+        self,
+        request: web.Request,
+        asked: GenerationRequest,
+        shape: Shape,
+        text: TextStream,
+        tokens: AsyncGenerator[int, None],
+        echo: str,
+    ) -> tuple[web.StreamResponse, str]:
+        if asked.stream:
+            return await self._stream(request, asked, shape, text, tokens, echo)
+        return await self._whole(shape, text, tokens, echo)
 
     async def _whole(
         self, shape: Shape, text: TextStream, tokens: AsyncGenerator[int, None], echo: str
@@ -287,7 +310,7 @@ class Api:
             return _error(502, f"generation failed: {error}", "server_error", "generation_failed"), "failed"
         finally:
             await tokens.aclose()  # also when the client went away: the stages free the session now
-        self._timing(completion)
+        self.summarize_timing(completion)
         return web.json_response(shape.whole(echo + text.text, len(echo))), "completed"
 
     async def _tokens(
@@ -368,7 +391,7 @@ class Api:
         tail = text.text[len(text.shown) :]  # text held back while it could still become a stop string
         if tail and not text.stopped:
             await response.write(shape.chunk(tail, picks=completion.logprobs[sent:], offset=offset, **usage))
-        self._timing(completion)
+        self.summarize_timing(completion)
         last = {"usage": None} if asked.include_usage else {"usage": completion.usage()}
         await response.write(shape.chunk(None, completion.finish_reason, edgeshard=completion.extra(), **last))
         if asked.include_usage:

@@ -34,6 +34,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..api.admission import Admission
 from ..api.handlers import Api
+from ..api.ollama import mount_both
 from ..api.schemas import served_model_name
 from ..errors import PeerError
 from ..model.compute import on_compute
@@ -161,11 +162,11 @@ class PeerNode:
         self.gossip = Gossip(*gossip, auth=self.security.auth, pin=self.pin)
         self.roster = Roster(config.cluster, self.membership, self.gossip, self.links, self.origin)
         self.gossip.on_change = self.roster.changed
-
         api_host, api_port = split_host_port(config.api_listen, API_PORT)
-        admission = Admission(config.sessions, config.queue)
-        self.api = Api(self, admission, api_key=config.api_key, grammars=self.stage.grammars)
-        runner, api_url = await start_server(self.api.add_routes, api_host, api_port, cancel_on_disconnect=True)
+        admission, grammars = Admission(config.sessions, config.queue), self.stage.grammars
+        self.api = Api(self, admission, api_key=config.api_key, grammars=grammars)
+        mount = partial(mount_both, self.api)  # OpenAI's routes and Ollama's
+        runner, api_url = await start_server(mount, api_host, api_port, cancel_on_disconnect=True)
         self._runners.append(runner)
         if config.mdns:
             where = (self.peer_id, advertised, bound_port, config.cluster, fingerprint, self.roster.found)

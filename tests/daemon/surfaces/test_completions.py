@@ -4,6 +4,8 @@ token's time went beside the planner's prediction."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import openai
 import pytest
 
@@ -44,8 +46,12 @@ def test_unsupported_options_are_refused_clearly(surface_cluster: list[Peer]) ->
         openai_client.chat.completions.create(model=MODEL, messages=hi, n=2)  # type: ignore[arg-type]
     assert "n must be 1" in str(refused.value)
     with pytest.raises(openai.BadRequestError) as refused:
-        openai_client.completions.create(model=MODEL, prompt="hi", logprobs=2)
-    assert "logprobs" in str(refused.value)
+        openai_client.completions.create(model=MODEL, prompt="hi", logprobs=2, echo=True)
+    assert "echo with logprobs" in str(refused.value)
+    with pytest.raises(openai.BadRequestError) as refused:
+        tool: Any = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        openai_client.chat.completions.create(model=MODEL, messages=hi, tools=[tool])  # type: ignore[arg-type]
+    assert "tools" in str(refused.value)
 
 
 def test_a_reply_says_where_its_time_went_per_stage_and_link_beside_the_plan(surface_cluster: list[Peer]) -> None:
