@@ -51,10 +51,9 @@ def openai_body(body: Any, default_temperature: float = 0.8) -> dict[str, Any]:
     unknown = set(options) - OPTIONS - IGNORED
     if unknown:
         raise RequestError(f"options not served: {', '.join(sorted(unknown))}", "options")
-    out: dict[str, Any] = {
-        "temperature": options.get("temperature", default_temperature),
-        "stream": body.get("stream", True),
-    }
+    temperature, stream = options.get("temperature"), body.get("stream")  # null: Ollama's defaults
+    out: dict[str, Any] = {"temperature": default_temperature if temperature is None else temperature}
+    out["stream"] = True if stream is None else stream
     for key in ("top_p", "seed", "stop"):
         if options.get(key) is not None:
             out[key] = options[key]
@@ -68,6 +67,8 @@ def openai_body(body: Any, default_temperature: float = 0.8) -> dict[str, Any]:
         out["response_format"] = {"type": "json_schema", "json_schema": {"name": "format", "schema": fmt}}
     elif fmt not in (None, ""):
         raise RequestError('format must be "json" or a JSON schema object', "format")
+    if body.get("tools"):  # as on the OpenAI route: refused by name, never dropped
+        raise RequestError("tools (function calling) are not served yet", "tools")
     return out
 
 
@@ -75,8 +76,8 @@ def _top_k(asked: GenerationRequest, body: dict[str, Any]) -> GenerationRequest:
     top_k = (body.get("options") or {}).get("top_k")
     if top_k is None:
         return asked
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
-        raise RequestError("options.top_k must be a non-negative integer", "options.top_k")
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 0 <= top_k < 2**31:
+        raise RequestError("options.top_k must be a non-negative integer (below 2**31)", "options.top_k")
     return replace(asked, sampling=replace(asked.sampling, top_k=top_k))
 
 
@@ -166,6 +167,8 @@ class Ollama:
             prompt, system, raw = body.get("prompt", ""), body.get("system"), body.get("raw", False)
             if not isinstance(prompt, str) or (system is not None and not isinstance(system, str)):
                 raise RequestError("prompt and system must be strings", "prompt")
+            if not isinstance(raw, bool):
+                raise RequestError("raw must be true or false", "raw")
             if not prompt:
                 return web.json_response(
                     {"model": model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
@@ -174,7 +177,7 @@ class Ollama:
             if raw:
                 asked = parse_text_request({**fields, "prompt": prompt, "model": model}, model, backend.context)
                 asked = replace(asked, max_tokens=fields.get("max_tokens"))  # not OpenAI's 16
-                ids = [int(i) for i in backend.tokenizer().encode(prompt)]
+                ids = [int(i) for i in await asyncio.to_thread(backend.tokenizer().encode, prompt)]
             else:
                 messages = ([{"role": "system", "content": system}] if system else []) + [
                     {"role": "user", "content": prompt}
@@ -207,7 +210,7 @@ class Ollama:
                 body["done"] = done
                 if done:
                     now = time.monotonic()
-                    first = completion.timing.get("ttft_ms", 0) / 1000 if completion.timing else 0.0
+                    first = ((completion.timing or {}).get("ttft_ms") or 0) / 1000
                     body |= {
                         "done_reason": completion.finish_reason,
                         "total_duration": int((now - completion.admitted) * 1e9),
@@ -231,6 +234,9 @@ class Ollama:
                     if text.stopped:
                         completion.finish_reason = "stop"
                         break
+            except ConnectionResetError:  # the client went away between two writes: a cancel
+                await tokens.aclose()
+                return stream or _error(499, "the client went away"), "cancelled"
             except PeerError as error:
                 if stream is None:
                     return _error(502, f"generation failed: {error}"), "failed"

@@ -29,9 +29,11 @@ from .files import ModelSource
 from .text import stop_token_ids
 
 MAX_SCHEMA_BYTES = 64 * 1024  # a JSON schema in a request: bigger ones are refused, not compiled
-# Bounds on what one grammar may cost: compile fuel and items per step well below llguidance's
-# defaults, so a hostile schema is refused at compile time instead of slowing every token.
-INITIAL_FUEL, STEP_FUEL, MAX_GRAMMAR_SIZE = 200_000, 100_000, 100_000
+# Bounds on what compiling one grammar may cost, below llguidance's defaults, so a hostile schema
+# is refused at compile time. The per-token fuel keeps llguidance's default: it is spent while
+# answering, where running out would end an answer already streaming.
+INITIAL_FUEL, MAX_GRAMMAR_SIZE = 200_000, 100_000
+PASSED_KEPT = 64
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False}  # compact JSON: a small model cannot ramble in spaces
 
 
@@ -58,9 +60,7 @@ def json_grammar(schema: dict[str, Any] | None) -> str:
 
 
 def _limits() -> llguidance.LLParserLimits:
-    return llguidance.LLParserLimits(
-        initial_lexer_fuel=INITIAL_FUEL, step_lexer_fuel=STEP_FUEL, max_grammar_size=MAX_GRAMMAR_SIZE
-    )
+    return llguidance.LLParserLimits(initial_lexer_fuel=INITIAL_FUEL, max_grammar_size=MAX_GRAMMAR_SIZE)
 
 
 class Grammars:
@@ -75,6 +75,7 @@ class Grammars:
         self._stop_ids = list(stop_ids)
         self._ll: llguidance.LLTokenizer | None = None
         self._lock = threading.Lock()
+        self._passed: dict[str, None] = {}  # grammars that compiled lately (agents repeat theirs)
 
     def ll_tokenizer(self) -> llguidance.LLTokenizer:
         with self._lock:
@@ -85,11 +86,16 @@ class Grammars:
 
     def check(self, grammar: str) -> None:
         """GrammarError when `grammar` does not compile for this tokenizer within the bounds."""
+        if grammar in self._passed:
+            return
         failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
             grammar, self.ll_tokenizer(), limits=_limits()
         )
         if failed:
             raise GrammarError(messages[0] if messages else "the grammar does not compile")
+        self._passed[grammar] = None
+        while len(self._passed) > PASSED_KEPT:
+            del self._passed[next(iter(self._passed))]
 
     def matcher(self, grammar: str, answered: Sequence[int] = ()) -> Matcher:
         """A matcher at the answer's start, having consumed `answered` (GrammarError when the

@@ -252,6 +252,8 @@ class StageServer:
     async def _dispatch(self, frame: Frame, reply: Reply) -> None:
         match frame:
             case Open():
+                last = frame.hop == len(frame.route) - 1
+                matcher = await self._matcher(frame) if last else None  # before the checks: they hold after it
                 if self.layout_id is not None and frame.layout_id != self.layout_id:
                     raise ProtocolError("stale-plan", f"this stage serves layout {self.layout_id or '(none yet)'}")
                 if self.shard is None:
@@ -260,8 +262,6 @@ class StageServer:
                     raise ProtocolError("stale-plan", why)  # a member with a stale view retries
                 if frame.session not in self.routes and len(self.routes) >= self.max_sessions:
                     raise ProtocolError("busy", f"this stage holds {self.max_sessions} sessions")
-                last = frame.hop == len(frame.route) - 1
-                matcher = await self._matcher(frame) if last else None
                 self.routes[frame.session] = SessionRoute(
                     next_url=None if last else frame.route[frame.hop + 1],
                     origin=frame.origin,

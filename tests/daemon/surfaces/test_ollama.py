@@ -105,12 +105,26 @@ def _post(peer: Peer, path: str, body: Any) -> tuple[int, Any]:
         ("/api/generate", {"model": MODEL, "prompt": 7}, 400),
         ("/api/generate", {"model": MODEL, "prompt": "hi", "options": {"num_predict": 0}}, 400),
         ("/api/show", {"model": "other"}, 404),
+        ("/api/chat", {"model": MODEL, "messages": ASK, "options": {"top_k": 2**64}}, 400),
+        ("/api/chat", {"model": MODEL, "messages": ASK, "tools": [{"type": "function"}]}, 400),
+        ("/api/generate", {"model": MODEL, "prompt": "hi", "raw": "yes"}, 400),
     ],
 )
 def test_refusals_come_in_ollamas_shape(surface_cluster: list[Peer], path: str, body: Any, status: int) -> None:
     got, answer = _post(surface_cluster[0], path, body)
     assert got == status, answer
     assert isinstance(answer.get("error"), str) and answer["error"]
+
+
+def test_stream_null_streams_as_ollama_does(surface_cluster: list[Peer]) -> None:
+    body = {"model": MODEL, "messages": ASK, "stream": None, "options": {"temperature": 0, "num_predict": 4}}
+    request = urllib.request.Request(
+        f"{surface_cluster[0].api}/api/chat", json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        assert response.headers["Content-Type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in response.read().splitlines() if line.strip()]
+    assert lines[-1]["done"] and not any(line["done"] for line in lines[:-1])
 
 
 def test_an_empty_prompt_only_says_the_model_is_loaded(surface_cluster: list[Peer]) -> None:
