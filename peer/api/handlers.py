@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -32,23 +32,25 @@ from aiohttp import web
 from jinja2 import TemplateError  # what transformers' chat templates raise (torch requires jinja2)
 from transformers import PreTrainedTokenizerBase
 
-from ..errors import PeerError
 from ..model.grammar import GrammarError, Grammars
-from ..model.text import TextStream, chat_ids
+from ..model.text import TextStream
 from ..pipeline.failover import NoRouteError, generate_with_failover
 from ..pipeline.timing import summarize
 from ..wire import Constraint
 from .admission import Admission, QueueFull, ShuttingDown, TokenMeter
+from .answer import Answer, Writer
 from .backend import Backend
 from .dashboard import mount_dashboard
-from .errors import RequestError, error_body
+from .errors import RequestError
 from .events import ClusterEvents
 from .guard import guard, refuse
 from .logprobs import TokenTexts
 from .metrics import Metrics
-from .replies import DONE, Kind, Shape, failure_event, timing_context
+from .openai_writer import OpenAIWriter
+from .replies import Kind, Shape, timing_context
 from .schemas import (
     MAX_BODY_BYTES,
+    ChatRequest,
     Completion,
     GenerationRequest,
     TextRequest,
@@ -60,20 +62,12 @@ from .schemas import (
     too_large,
 )
 from .telemetry import ReplyRecord, Telemetry
+from .toolcalls import CallParser, chat_prompt, dialect_of, tool_grammar
+from .tools import ToolUse
 
 log = logging.getLogger(__name__)
 
-# Writes a generating request's answer (the tokens as they come): the response and its outcome.
-Writer = Callable[
-    [web.Request, GenerationRequest, Shape, TextStream, AsyncGenerator[int, None], str],
-    Awaitable[tuple[web.StreamResponse, str]],
-]
-
 ROUTE_WAIT_S = 30.0  # how long a request waits for a ready plan before answering 503
-
-
-def _error(status: int, message: str, kind: str, code: str | None = None) -> web.Response:
-    return web.json_response(error_body(message, kind, code), status=status)
 
 
 async def read_json(request: web.Request) -> Any:
@@ -87,9 +81,14 @@ async def read_json(request: web.Request) -> Any:
     return parse_json(raw)
 
 
-def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, chat: ChatRequest) -> list[int]:
+    """The conversation's prompt, with the tools it offers; a forced call's grammar set on `chat`."""
     try:
-        return chat_ids(tokenizer, messages)
+        if chat.tools.forced:
+            chat.grammar = tool_grammar(chat.tools, dialect_of(tokenizer).syntax)
+        return chat_prompt(tokenizer, chat.messages, chat.tools)
+    except ValueError as error:  # llguidance's refusal of a tool's schema as grammar text
+        raise RequestError(f"tools: {error}", "tools", "invalid_schema") from None
     except TemplateError as error:  # e.g. a template that wants user and assistant to alternate
         raise RequestError(f"the model's chat template refuses these messages: {error}", "messages") from None
 
@@ -166,7 +165,7 @@ class Api:
             chat = parse_chat_request(await read_json(request), backend.model_name, backend.context)
             check_model(chat.model, backend.model_name)
             # Templating and tokenising a long conversation takes milliseconds: not on the loop.
-            ids = await asyncio.to_thread(chat_prompt_ids, backend.tokenizer(), chat.messages)
+            ids = await asyncio.to_thread(chat_prompt_ids, backend.tokenizer(), chat)
         except RequestError as error:
             self.telemetry.count("invalid")
             return refuse(error)
@@ -194,22 +193,25 @@ class Api:
         writer: Writer | None = None,
     ) -> web.StreamResponse:
         """Admit, generate and answer a validated request, whole or streamed, in OpenAI's shapes
-        or `writer`'s (Ollama's); refusals come in OpenAI's error shape."""
+        or `writer`'s (Ollama's)."""
         backend = self.backend
+        writer = writer or OpenAIWriter()
+        tools = asked.tools if isinstance(asked, ChatRequest) else ToolUse()
         try:
             max_tokens = answer_room(len(ids), asked.max_tokens, backend.context)
             if asked.grammar is not None:
-                await self._check_grammar(asked.grammar)
+                await self._check_grammar(asked.grammar, "tools" if tools.forced else "response_format")
         except RequestError as error:
             self.telemetry.count("invalid")
-            return refuse(error)
+            return writer.refusal(error.status, str(error), "invalid_request_error", error.code, error.param)
         try:
             async with self.admission.slot() as queued_s:
                 try:
                     route = await backend.wait_ready_layout(ROUTE_WAIT_S)
                 except NoRouteError as error:
                     self.telemetry.count("not_ready")
-                    return _error(503, f"the cluster is not ready: {error}", "service_unavailable", "not_ready")
+                    message = f"the cluster is not ready: {error}"
+                    return writer.refusal(503, message, "service_unavailable", "not_ready")
                 completion = Completion(prompt_tokens=len(ids), layout_id=route.layout_id, queued_s=queued_s)
                 if kind == "text":
                     completion.id = "cmpl-" + completion.id.removeprefix("chatcmpl-")
@@ -218,9 +220,11 @@ class Api:
                 )
                 text = TextStream(backend.tokenizer(), asked.stops)
                 tokens = self._tokens(ids, asked, max_tokens, completion)
+                calls = CallParser(tools.names) if tools.active else None
+                answer = Answer(request, asked, shape, text, tokens, echo, self.summarize_timing, calls)
                 outcome = "cancelled"  # unless it gets further: the client went away
                 try:
-                    response, outcome = await (writer or self._openai)(request, asked, shape, text, tokens, echo)
+                    response, outcome = await writer.write(answer)
                     return response
                 except Exception:  # a fault of ours (not the client going away): counted as one
                     outcome = "failed"
@@ -229,21 +233,22 @@ class Api:
                     self._finish(kind, completion, outcome, queued_s)
         except QueueFull as full:
             self.telemetry.count("queue_full")
-            response = _error(429, f"the cluster is busy: {full}", "rate_limit_exceeded", "queue_full")
+            response = writer.refusal(429, f"the cluster is busy: {full}", "rate_limit_exceeded", "queue_full")
             response.headers["Retry-After"] = str(full.retry_after_s)
             return response
         except ShuttingDown as stopping:
             self.telemetry.count("draining")
-            return _error(503, str(stopping), "service_unavailable", "shutting_down")
+            return writer.refusal(503, str(stopping), "service_unavailable", "shutting_down")
 
-    async def _check_grammar(self, grammar: str) -> None:
-        """RequestError unless the grammar compiles for the model's tokenizer, within bounds."""
+    async def _check_grammar(self, grammar: str, param: str) -> None:
+        """RequestError (naming `param`, what the grammar came from) unless the grammar compiles
+        for the model's tokenizer, within bounds."""
         if self.grammars is None:
-            raise RequestError("this server cannot constrain answers", "response_format", "unsupported_parameter")
+            raise RequestError("this server cannot constrain answers", param, "unsupported_parameter")
         try:  # compiling takes milliseconds, a large schema more: not on the loop
             await asyncio.to_thread(self.grammars.check, grammar)
-        except GrammarError as error:
-            raise RequestError(f"response_format: {error}", "response_format", "invalid_schema") from None
+        except GrammarError as error:  # llguidance's first line says what; the rest shows the grammar
+            raise RequestError(f"{param}: {str(error).splitlines()[0]}", param, "invalid_schema") from None
 
     def _token_texts(self) -> TokenTexts:
         if self._texts is None:
@@ -282,37 +287,6 @@ class Api:
         completion.timing = summarize(completion.timings, names, predicted)
         return completion.timing
 
-    async def _openai(
-        self,
-        request: web.Request,
-        asked: GenerationRequest,
-        shape: Shape,
-        text: TextStream,
-        tokens: AsyncGenerator[int, None],
-        echo: str,
-    ) -> tuple[web.StreamResponse, str]:
-        if asked.stream:
-            return await self._stream(request, asked, shape, text, tokens, echo)
-        return await self._whole(shape, text, tokens, echo)
-
-    async def _whole(
-        self, shape: Shape, text: TextStream, tokens: AsyncGenerator[int, None], echo: str
-    ) -> tuple[web.Response, str]:
-        completion = shape.completion
-        try:
-            async for token in tokens:
-                text.add(token)
-                if text.stopped:
-                    completion.finish_reason = "stop"
-                    break
-        except PeerError as error:
-            log.warning("completion failed: %s", error)
-            return _error(502, f"generation failed: {error}", "server_error", "generation_failed"), "failed"
-        finally:
-            await tokens.aclose()  # also when the client went away: the stages free the session now
-        self.summarize_timing(completion)
-        return web.json_response(shape.whole(echo + text.text, len(echo))), "completed"
-
     async def _tokens(
         self, ids: list[int], asked: GenerationRequest, max_tokens: int, completion: Completion
     ) -> AsyncGenerator[int, None]:
@@ -339,62 +313,3 @@ class Api:
             yield token
         if len(completion.token_ids) < max_tokens:
             completion.finish_reason = "stop"
-
-    async def _stream(
-        self,
-        request: web.Request,
-        asked: GenerationRequest,
-        shape: Shape,
-        text: TextStream,
-        tokens: AsyncGenerator[int, None],
-        echo: str,
-    ) -> tuple[web.StreamResponse, str]:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        try:
-            await response.prepare(request)
-            return response, await self._events(response, asked, shape, text, tokens, echo)
-        except ConnectionResetError:  # the client went away between two writes: as a cancel
-            await tokens.aclose()
-            return response, "cancelled"
-
-    async def _events(
-        self,
-        response: web.StreamResponse,
-        asked: GenerationRequest,
-        shape: Shape,
-        text: TextStream,
-        tokens: AsyncGenerator[int, None],
-        echo: str,
-    ) -> str:
-        """Write the stream's events; the outcome."""
-        completion = shape.completion
-        usage: dict[str, Any] = {"usage": None} if asked.include_usage else {}
-        await response.write(shape.chunk(echo if shape.kind == "text" else "", first=True, **usage))
-        sent, offset = 0, len(echo)  # log-probabilities written so far; characters written so far
-        try:
-            async for token in tokens:
-                new = text.add(token)
-                if new:
-                    picks, sent = completion.logprobs[sent:], len(completion.logprobs)
-                    await response.write(shape.chunk(new, picks=picks, offset=offset, **usage))
-                    offset += len(new)
-                if text.stopped:
-                    completion.finish_reason = "stop"
-                    break
-        except PeerError as error:
-            log.warning("streamed completion failed: %s", error)
-            await response.write(failure_event(f"generation failed: {error}"))
-            await response.write(DONE)
-            return "failed"
-        finally:
-            await tokens.aclose()
-        tail = text.text[len(text.shown) :]  # text held back while it could still become a stop string
-        if tail and not text.stopped:
-            await response.write(shape.chunk(tail, picks=completion.logprobs[sent:], offset=offset, **usage))
-        self.summarize_timing(completion)
-        last = {"usage": None} if asked.include_usage else {"usage": completion.usage()}
-        await response.write(shape.chunk(None, completion.finish_reason, edgeshard=completion.extra(), **last))
-        if asked.include_usage:
-            await response.write(shape.usage_chunk())
-        await response.write(DONE)
-        return "completed"

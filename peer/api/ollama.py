@@ -6,7 +6,9 @@ A request is translated into the OpenAI request it means and goes through the sa
 admission, fail-over and telemetry (`Api.complete`); only the answer is written in Ollama's
 shape, and errors as Ollama's `{"error": "..."}`. `options` takes `temperature` (Ollama's
 default 0.8), `top_p`, `top_k`, `seed`, `num_predict` and `stop`; `format` is "json" or a JSON
-schema, through the same constrained decoding as `response_format`.
+schema, through the same constrained decoding as `response_format`; `tools` on /api/chat are
+OpenAI's, offered as `tool_choice` "auto" (Ollama has no other), the calls answered in
+`message.tool_calls`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -22,11 +24,11 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import PeerError
-from ..model.text import TextStream
+from .answer import Answer
 from .errors import RequestError
 from .handlers import Api, chat_prompt_ids, read_json
-from .replies import Shape
 from .schemas import GenerationRequest, check_model, parse_chat_request, parse_text_request
+from .toolcalls import ToolCall
 
 VERSION = "0.6.0"  # the Ollama API version whose shapes these are (clients check for at least this)
 OPTIONS = {"temperature", "top_p", "top_k", "seed", "num_predict", "stop"}
@@ -67,8 +69,8 @@ def openai_body(body: Any, default_temperature: float = 0.8) -> dict[str, Any]:
         out["response_format"] = {"type": "json_schema", "json_schema": {"name": "format", "schema": fmt}}
     elif fmt not in (None, ""):
         raise RequestError('format must be "json" or a JSON schema object', "format")
-    if body.get("tools"):  # as on the OpenAI route: refused by name, never dropped
-        raise RequestError("tools (function calling) are not served yet", "tools")
+    if body.get("tools") is not None:  # Ollama's tools are OpenAI's; it has no tool_choice (auto)
+        out["tools"] = body["tools"]
     return out
 
 
@@ -149,12 +151,12 @@ class Ollama:
             chat = parse_chat_request(
                 {**fields, "messages": body.get("messages"), "model": model}, model, backend.context
             )
-            ids = await asyncio.to_thread(chat_prompt_ids, backend.tokenizer(), chat.messages)
+            ids = await asyncio.to_thread(chat_prompt_ids, backend.tokenizer(), chat)
             asked = _top_k(chat, body)
         except RequestError as error:
             self.api.telemetry.count("invalid")
             return _error(error.status, str(error))
-        return _ollama_error(await self.api.complete(request, "chat", asked, ids, "", self._writer("chat")))
+        return await self.api.complete(request, "chat", asked, ids, "", OllamaWriter("chat"))
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         """POST /api/generate: a prompt (in the chat template, with `system`, unless `raw`) in,
@@ -169,6 +171,8 @@ class Ollama:
                 raise RequestError("prompt and system must be strings", "prompt")
             if not isinstance(raw, bool):
                 raise RequestError("raw must be true or false", "raw")
+            if "tools" in fields:
+                raise RequestError("tools are offered on /api/chat", "tools")
             if not prompt:
                 return web.json_response(
                     {"model": model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
@@ -183,90 +187,79 @@ class Ollama:
                     {"role": "user", "content": prompt}
                 ]
                 asked = parse_chat_request({**fields, "messages": messages, "model": model}, model, backend.context)
-                ids = await asyncio.to_thread(chat_prompt_ids, backend.tokenizer(), asked.messages)
+                ids = await asyncio.to_thread(chat_prompt_ids, backend.tokenizer(), asked)
             asked = _top_k(asked, body)
         except RequestError as error:
             self.api.telemetry.count("invalid")
             return _error(error.status, str(error))
-        return _ollama_error(await self.api.complete(request, "text", asked, ids, "", self._writer("generate")))
-
-    def _writer(self, route: str) -> Any:
-        async def write(
-            request: web.Request,
-            asked: GenerationRequest,
-            shape: Shape,
-            text: TextStream,
-            tokens: AsyncGenerator[int, None],
-            _echo: str,
-        ) -> tuple[web.StreamResponse, str]:
-            completion = shape.completion
-            started = time.monotonic()
-
-            def piece(content: str, done: bool) -> dict[str, Any]:
-                body: dict[str, Any] = {"model": asked.model, "created_at": _now()}
-                body |= (
-                    {"message": {"role": "assistant", "content": content}} if route == "chat" else {"response": content}
-                )
-                body["done"] = done
-                if done:
-                    now = time.monotonic()
-                    first = ((completion.timing or {}).get("ttft_ms") or 0) / 1000
-                    body |= {
-                        "done_reason": completion.finish_reason,
-                        "total_duration": int((now - completion.admitted) * 1e9),
-                        "load_duration": 0,
-                        "prompt_eval_count": completion.prompt_tokens,
-                        "prompt_eval_duration": int(first * 1e9),
-                        "eval_count": len(completion.token_ids),
-                        "eval_duration": int(max(now - started - first, 0) * 1e9),
-                    }
-                return body
-
-            stream: web.StreamResponse | None = None
-            if asked.stream:
-                stream = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-                await stream.prepare(request)
-            try:
-                async for token in tokens:
-                    new = text.add(token)
-                    if new and stream is not None:
-                        await stream.write((json.dumps(piece(new, False)) + "\n").encode())
-                    if text.stopped:
-                        completion.finish_reason = "stop"
-                        break
-            except ConnectionResetError:  # the client went away between two writes: a cancel
-                await tokens.aclose()
-                return stream or _error(499, "the client went away"), "cancelled"
-            except PeerError as error:
-                if stream is None:
-                    return _error(502, f"generation failed: {error}"), "failed"
-                await stream.write((json.dumps({"error": f"generation failed: {error}"}) + "\n").encode())
-                return stream, "failed"
-            finally:
-                await tokens.aclose()
-            self.api.summarize_timing(completion)
-            if stream is None:
-                return web.json_response(piece(text.text, True)), "completed"
-            tail = text.text[len(text.shown) :]
-            last = piece(tail if not text.stopped else "", True)
-            await stream.write((json.dumps(last) + "\n").encode())
-            return stream, "completed"
-
-        return write
+        return await self.api.complete(request, "text", asked, ids, "", OllamaWriter("generate"))
 
 
-def _ollama_error(response: web.StreamResponse) -> web.StreamResponse:
-    """An OpenAI-shaped refusal from `Api.complete` in Ollama's shape ({"error": message})."""
-    if isinstance(response, web.Response) and response.status >= 400 and response.content_type == "application/json":
+class OllamaWriter:
+    """Writes an answer in Ollama's shapes: one JSON body, or NDJSON pieces (`stream`) ending
+    in one with `done` and the counts; tool calls as `message.tool_calls` (arguments as objects)."""
+
+    def __init__(self, route: str) -> None:
+        self.route = route  # "chat" (a message) or "generate" (a response)
+
+    def refusal(
+        self, status: int, message: str, kind: str = "", code: str | None = None, param: str | None = None
+    ) -> web.Response:
+        return _error(status, message)
+
+    def _body(self, answer: Answer, content: str, calls: list[ToolCall], done: bool, started: float) -> dict[str, Any]:
+        completion = answer.completion
+        body: dict[str, Any] = {"model": answer.asked.model, "created_at": _now()}
+        if self.route == "chat":
+            body["message"] = {"role": "assistant", "content": content}
+            if calls:
+                body["message"]["tool_calls"] = [
+                    {"function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in calls
+                ]
+        else:
+            body["response"] = content
+        body["done"] = done
+        if done:
+            now = time.monotonic()
+            first = ((completion.timing or {}).get("ttft_ms") or 0) / 1000
+            body |= {
+                "done_reason": "stop" if completion.finish_reason == "tool_calls" else completion.finish_reason,
+                "total_duration": int((now - completion.admitted) * 1e9),
+                "load_duration": 0,
+                "prompt_eval_count": completion.prompt_tokens,
+                "prompt_eval_duration": int(first * 1e9),
+                "eval_count": len(completion.token_ids),
+                "eval_duration": int(max(now - started - first, 0) * 1e9),
+            }
+        return body
+
+    async def write(self, answer: Answer) -> tuple[web.StreamResponse, str]:
+        started = time.monotonic()
+        stream: web.StreamResponse | None = None
+        if answer.asked.stream:
+            stream = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await stream.prepare(answer.request)
+        content: list[str] = []
+        calls: list[ToolCall] = []
         try:
-            message = json.loads(response.text or "{}")["error"]["message"]
-        except (KeyError, TypeError, ValueError):
-            return response
-        fixed = _error(response.status, message)
-        if "Retry-After" in response.headers:
-            fixed.headers["Retry-After"] = response.headers["Retry-After"]
-        return fixed
-    return response
+            async with aclosing(answer.pieces()) as pieces:
+                async for piece in pieces:
+                    if stream is not None:
+                        line = self._body(answer, piece.content, piece.calls, False, started)
+                        await stream.write((json.dumps(line) + "\n").encode())
+                    content.append(piece.content)
+                    calls += piece.calls
+        except ConnectionResetError:  # the client went away between two writes: a cancel
+            return stream or _error(499, "the client went away"), "cancelled"
+        except PeerError as error:
+            if stream is None:
+                return _error(502, f"generation failed: {error}"), "failed"
+            await stream.write((json.dumps({"error": f"generation failed: {error}"}) + "\n").encode())
+            return stream, "failed"
+        if stream is None:
+            return web.json_response(self._body(answer, "".join(content), calls, True, started)), "completed"
+        await stream.write((json.dumps(self._body(answer, "", [], True, started)) + "\n").encode())
+        return stream, "completed"
 
 
 def mount_both(api: Api, app: web.Application) -> None:

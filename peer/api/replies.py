@@ -13,6 +13,7 @@ from ..pipeline.timing import Predicted
 from ..wire import Sampled
 from .logprobs import TokenTexts, chat_entries, text_lists
 from .schemas import Completion
+from .toolcalls import ToolCall
 
 Kind = Literal["chat", "text"]
 DONE = b"data: [DONE]\n\n"
@@ -39,13 +40,16 @@ class Shape:
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.completion.id, "object": obj, "created": self.completion.created, "model": self.model}
 
-    def whole(self, text: str, echoed: int = 0) -> dict[str, Any]:
-        """The non-streamed response body (`echoed`: characters of prompt that begin `text`)."""
+    def whole(self, text: str, echoed: int = 0, calls: Sequence[ToolCall] = ()) -> dict[str, Any]:
+        """The non-streamed response body (`echoed`: characters of prompt that begin `text`;
+        `calls`: the tool calls the answer made)."""
         completion = self.completion
         logprobs = self._logprobs(completion.logprobs, echoed)
         choice: dict[str, Any] = {"index": 0, "finish_reason": completion.finish_reason, "logprobs": logprobs}
         if self.kind == "chat":
-            choice["message"] = {"role": "assistant", "content": text}
+            choice["message"] = {"role": "assistant", "content": text if text or not calls else None}
+            if calls:
+                choice["message"]["tool_calls"] = [call.openai() for call in calls]
             body = self._base("chat.completion")
         else:
             choice["text"] = text
@@ -75,6 +79,19 @@ class Shape:
             choice["text"] = text or ""
             body = self._base("text_completion")
         return event(body | {"choices": [choice], **extra})
+
+    def call_chunks(self, calls: Sequence[ToolCall], first: int, **extra: Any) -> bytes:
+        """Tool calls as OpenAI streams them: per call, a delta that opens it (index, id, name)
+        and one with its arguments; `first`: the index of the first of `calls`."""
+        events = []
+        for index, call in enumerate(calls, first):
+            opened = call.openai(index)
+            opened["function"] = {"name": call.name, "arguments": ""}
+            arguments = {"index": index, "function": {"arguments": call.arguments}}
+            for delta in (opened, arguments):
+                choice = {"index": 0, "finish_reason": None, "logprobs": None, "delta": {"tool_calls": [delta]}}
+                events.append(event(self._base("chat.completion.chunk") | {"choices": [choice], **extra}))
+        return b"".join(events)
 
     def usage_chunk(self) -> bytes:
         """The last chunk of `stream_options.include_usage`: no choices, the usage."""

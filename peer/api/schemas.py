@@ -2,8 +2,8 @@
 
 Every refusal is a `RequestError` that carries what OpenAI's error body needs (status, the
 offending field, a code), so the handler turns any malformed request into a 4xx, never a 500.
-Unknown fields are ignored, as OpenAI does; fields this server does not serve yet (tools) are
-refused by name (`structured`).
+Unknown fields are ignored, as OpenAI does; fields this server does not serve are refused by
+name (`structured`), never dropped.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from ..pipeline.failover import Recovery
 from ..pipeline.timing import StepTiming
 from ..wire import Sampled, SamplingParams
 from .errors import RequestError, is_int, shown
-from .structured import chat_logprobs, refuse_tools, response_grammar, text_logprobs
+from .structured import chat_logprobs, response_grammar, text_logprobs
+from .tools import ToolUse, assistant_calls, parse_tool_use
 
 DEFAULT_MAX_TOKENS = 512
 MAX_BODY_BYTES = 1024 * 1024  # aiohttp's own client_max_size: a chat request is far below it
 MAX_STOPS = 4
 SEED_RANGE = range(-(2**63), 2**63)  # OpenAI's seed is a signed 64-bit integer
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
 
 def served_model_name(spec: str) -> str:
@@ -51,7 +52,8 @@ class GenerationRequest:
 class ChatRequest(GenerationRequest):
     """A validated chat completion request."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]  # role and content; an assistant's tool_calls, a tool's tool_call_id
+    tools: ToolUse = field(default_factory=ToolUse)
 
 
 @dataclass
@@ -127,19 +129,32 @@ def _content(content: Any, param: str) -> str:
     return "".join(texts)
 
 
-def _messages(messages: Any) -> list[dict[str, str]]:
+def _message(message: Any, where: str) -> dict[str, Any]:
+    if not isinstance(message, dict):
+        raise RequestError(f"{where} must be an object with role and content", where)
+    role = message.get("role")
+    if not isinstance(role, str) or role not in ROLES:
+        raise RequestError(f"{where}.role must be one of {', '.join(ROLES)}, not {shown(role)}", f"{where}.role")
+    content = message.get("content")
+    if role == "assistant" and message.get("tool_calls") is not None:  # a past call: content may be null
+        calls = assistant_calls(message["tool_calls"], f"{where}.tool_calls")
+        text = "" if content in (None, "") else _content(content, f"{where}.content")
+        return {"role": "assistant", "content": text, "tool_calls": calls}
+    parsed = {"role": ROLES[role], "content": _content(content, f"{where}.content")}
+    if role == "tool":  # a call's result, fed back
+        call_id = message.get("tool_call_id", "")
+        if not isinstance(call_id, str):
+            raise RequestError(f"{where}.tool_call_id must be a string", f"{where}.tool_call_id")
+        parsed["tool_call_id"] = call_id
+        if isinstance(message.get("name"), str):
+            parsed["name"] = message["name"]
+    return parsed
+
+
+def _messages(messages: Any) -> list[dict[str, Any]]:
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list of {role, content} objects", "messages")
-    parsed = []
-    for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise RequestError(f"{where} must be an object with role and content", where)
-        role = message.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise RequestError(f"{where}.role must be one of {', '.join(ROLES)}, not {shown(role)}", f"{where}.role")
-        parsed.append({"role": ROLES[role], "content": _content(message.get("content"), f"{where}.content")})
-    return parsed
+    return [_message(message, f"messages[{index}]") for index, message in enumerate(messages)]
 
 
 def _max_tokens(body: dict[str, Any], context: int | None) -> int | None:
@@ -221,10 +236,13 @@ def parse_chat_request(body: Any, default_model: str, context: int | None = None
     `context`: the positions a session holds, which a max_tokens may not exceed (None: unchecked)."""
     body = _object(body)
     messages = _messages(body.get("messages"))
-    refuse_tools(body)
+    tools = parse_tool_use(body)
     options = _options(body, default_model, context)
+    if tools.forced and options["grammar"] is not None:
+        message = "response_format cannot be combined with a tool_choice that forces a call"
+        raise RequestError(message, "response_format")
     options["sampling"] = replace(options["sampling"], logprobs=chat_logprobs(body))
-    return ChatRequest(messages=messages, **options)
+    return ChatRequest(messages=messages, tools=tools, **options)
 
 
 def _prompt(prompt: Any) -> str | list[int]:

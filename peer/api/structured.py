@@ -1,6 +1,6 @@
-"""What a request asks of its answer's form (pure): `response_format` as a grammar, the
-log-probabilities asked for, and the fields not served yet, refused by name instead of
-silently ignored (a client that asked for tool calls or JSON must not get free text)."""
+"""What a request asks of its answer's form (pure): `response_format` as a grammar, and the
+log-probabilities asked for. What is not served is refused by name, never silently ignored (a
+client that asked for JSON must not get free text)."""
 
 from __future__ import annotations
 
@@ -65,12 +65,3 @@ def text_logprobs(body: dict[str, Any], echo: bool) -> int:
         message = "the prompt's own log-probabilities (echo with logprobs) are not served yet"
         raise RequestError(message, "echo", "unsupported_parameter")
     return int(asked)
-
-
-def refuse_tools(body: dict[str, Any]) -> None:
-    """Tool calling is not served yet: a request that offers tools hears so (an empty list, or
-    tool_choice "none", asks for nothing)."""
-    if body.get("tools"):
-        raise RequestError("tools (function calling) are not served yet", "tools", "unsupported_parameter")
-    if body.get("tool_choice") not in (None, "none", "auto"):
-        raise RequestError("tool_choice needs tools, which are not served yet", "tool_choice", "unsupported_parameter")

@@ -133,6 +133,10 @@ class Matcher:
         if not self._inner.consume_token(token):
             raise GrammarError(f"token {token} does not fit the grammar: {self._inner.get_error()}")
 
+    def accepting(self) -> bool:
+        """Whether the answer so far is complete as it stands (more may still follow)."""
+        return bool(self._inner.is_accepting())
+
     def done(self) -> bool:
         """Whether the grammar is complete (only an end-of-sequence token may follow)."""
         return bool(self._inner.is_stopped())

@@ -9,9 +9,10 @@ from typing import Any
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 
-def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> list[int]:
-    """Token ids of a conversation with the model's chat template, ready for the answer."""
-    ids: Any = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True)
+def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, Any]], **extra: Any) -> list[int]:
+    """Token ids of a conversation with the model's chat template, ready for the answer
+    (`extra`: the template's own arguments, such as `tools`)."""
+    ids: Any = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, **extra)
     return [int(i) for i in (ids if isinstance(ids, list) else ids["input_ids"])]
 
 

@@ -174,7 +174,7 @@ async def test_text_completion_logprobs_in_the_legacy_shape(api_url: str) -> Non
             {"response_format": {"type": "json_schema", "json_schema": {"schema": [1, 2]}}},
             "response_format.json_schema.schema",
         ),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools[0].function.name"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"top_logprobs": 2}, "top_logprobs"),

@@ -49,9 +49,9 @@ def test_unsupported_options_are_refused_clearly(surface_cluster: list[Peer]) ->
         openai_client.completions.create(model=MODEL, prompt="hi", logprobs=2, echo=True)
     assert "echo with logprobs" in str(refused.value)
     with pytest.raises(openai.BadRequestError) as refused:
-        tool: Any = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        tool: Any = {"type": "function", "function": {"name": "two words", "parameters": {"type": "object"}}}
         openai_client.chat.completions.create(model=MODEL, messages=hi, tools=[tool])  # type: ignore[arg-type]
-    assert "tools" in str(refused.value)
+    assert "tools[0].function.name" in str(refused.value)
 
 
 def test_a_reply_says_where_its_time_went_per_stage_and_link_beside_the_plan(surface_cluster: list[Peer]) -> None:
