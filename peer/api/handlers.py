@@ -307,6 +307,7 @@ class Api:
             reused=completion.reused,
             reuse=asked.cache_prompt,
             logprobs=completion.logprobs,
+            prompt_logprobs=completion.prompt_logprobs if sampling.prompt_logprobs >= 0 else None,
         ):
             completion.token_ids.append(token)
             self.meter.add()

@@ -1,5 +1,6 @@
-"""Answer tokens' log-probabilities in OpenAI's two shapes (pure but for the tokenizer's decode):
-chat's `logprobs.content` entries and the legacy completions' parallel lists."""
+"""Tokens' log-probabilities (the answer's, and an echoed prompt's) in OpenAI's two shapes (pure
+but for the tokenizer's decode): chat's `logprobs.content` entries and the legacy completions'
+parallel lists."""
 
 from __future__ import annotations
 
@@ -50,9 +51,9 @@ def text_lists(texts: TokenTexts, picks: Sequence[Sampled], offset: int) -> dict
         starts.append(offset)
         tokens.append(texts(pick.token_id))
         offset += len(tokens[-1])
-    return {
+    return {  # a prompt's first token has no log-probability: null, as OpenAI writes it
         "tokens": tokens,
-        "token_logprobs": [_value(p.logprob or 0.0) for p in picks],
-        "top_logprobs": [{texts(t): _value(lp) for t, lp in p.top} for p in picks],
+        "token_logprobs": [None if p.logprob is None else _value(p.logprob) for p in picks],
+        "top_logprobs": [None if p.logprob is None else {texts(t): _value(lp) for t, lp in p.top} for p in picks],
         "text_offset": starts,
     }

@@ -58,12 +58,24 @@ class OpenAIWriter:
         """Write the stream's events; the outcome."""
         shape, completion = answer.shape, answer.completion
         usage: dict[str, Any] = {"usage": None} if answer.asked.include_usage else {}
-        echo = answer.echo
-        await response.write(shape.chunk(echo if shape.kind == "text" else "", first=True, **usage))
+        echo, opened = answer.echo, False
+
+        async def opening() -> None:  # the echoed prompt, with its own log-probabilities when asked
+            nonlocal opened
+            if not opened:
+                picks = shape.prompt_picks()
+                await response.write(
+                    shape.chunk(echo if shape.kind == "text" else "", first=True, picks=picks, **usage)
+                )
+                opened = True
+
+        if answer.asked.sampling.prompt_logprobs < 0:
+            await opening()  # at once; else when the prompt's pass has scored it
         offset, calls = len(echo), 0  # characters written so far; tool calls written so far
         try:
             async with aclosing(answer.pieces()) as pieces:
                 async for piece in pieces:
+                    await opening()
                     if piece.content:
                         await response.write(shape.chunk(piece.content, picks=piece.picks, offset=offset, **usage))
                         offset += len(piece.content)
@@ -72,9 +84,11 @@ class OpenAIWriter:
                         calls += len(piece.calls)
         except PeerError as error:
             log.warning("streamed completion failed: %s", error)
+            await opening()
             await response.write(failure_event(f"generation failed: {error}"))
             await response.write(DONE)
             return "failed"
+        await opening()
         last = {"usage": None} if answer.asked.include_usage else {"usage": completion.usage()}
         await response.write(shape.chunk(None, completion.finish_reason, edgeshard=completion.extra(), **last))
         if answer.asked.include_usage:

@@ -37,6 +37,11 @@ class Shape:
             return {"content": chat_entries(self.texts, picks), "refusal": None}
         return text_lists(self.texts, picks, offset)
 
+    def prompt_picks(self) -> list[Sampled]:
+        """The echoed prompt's own log-probabilities (the first token has none), when asked for.
+        A fail-over's replay scores its answer so far too: only the prompt's are kept."""
+        return self.completion.prompt_logprobs[: self.completion.prompt_tokens]
+
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.completion.id, "object": obj, "created": self.completion.created, "model": self.model}
 
@@ -44,7 +49,7 @@ class Shape:
         """The non-streamed response body (`echoed`: characters of prompt that begin `text`;
         `calls`: the tool calls the answer made)."""
         completion = self.completion
-        logprobs = self._logprobs(completion.logprobs, echoed)
+        logprobs = self._logprobs(self.prompt_picks() + completion.logprobs, 0 if self.prompt_picks() else echoed)
         choice: dict[str, Any] = {"index": 0, "finish_reason": completion.finish_reason, "logprobs": logprobs}
         if self.kind == "chat":
             choice["message"] = {"role": "assistant", "content": text if text or not calls else None}

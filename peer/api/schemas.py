@@ -157,14 +157,15 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
     return [_message(message, f"messages[{index}]") for index, message in enumerate(messages)]
 
 
-def _max_tokens(body: dict[str, Any], context: int | None) -> int | None:
+def _max_tokens(body: dict[str, Any], context: int | None, least: int) -> int | None:
     # OpenAI's newer name wins when both are given.
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     limit = body.get(key)
     if limit is None:
         return None
-    if not is_int(limit) or limit < 1:
-        raise RequestError(f"{key} must be a positive integer, not {shown(limit)}", key)
+    if not is_int(limit) or limit < least:
+        kind = "a positive integer" if least else "a non-negative integer (0 only with echo)"
+        raise RequestError(f"{key} must be {kind}, not {shown(limit)}", key)
     if context is not None and limit > context:
         message = f"{key} is {shown(limit)}, but this model's context holds {context} tokens (prompt and answer)"
         raise RequestError(message, key)
@@ -186,9 +187,9 @@ def _seed(seed: Any) -> int:
     return int(seed) % 2**32  # the wire carries 32-bit seeds
 
 
-def _options(body: dict[str, Any], default_model: str, context: int | None) -> dict[str, Any]:
-    """The fields every completion request shares, validated."""
-    limit = _max_tokens(body, context)
+def _options(body: dict[str, Any], default_model: str, context: int | None, least: int = 1) -> dict[str, Any]:
+    """The fields every completion request shares, validated (`least`: the smallest max_tokens)."""
+    limit = _max_tokens(body, context, least)
     n = body.get("n")
     if n is not None and (not is_int(n) or n != 1):
         raise RequestError(f"n must be 1 (one choice per request), not {shown(n)}", "n")
@@ -270,8 +271,9 @@ def parse_text_request(body: Any, default_model: str, context: int | None = None
         raise RequestError("suffix is not supported by this server", "suffix", "unsupported_parameter")
     if body.get("best_of") not in (None, 1):
         raise RequestError("best_of must be 1", "best_of")
-    options = _options(body, default_model, context)
-    options["sampling"] = replace(options["sampling"], logprobs=text_logprobs(body, echo))
+    options = _options(body, default_model, context, least=0 if echo else 1)  # echo alone: scoring
+    logprobs = text_logprobs(body)
+    options["sampling"] = replace(options["sampling"], logprobs=logprobs, prompt_logprobs=logprobs if echo else -1)
     if options["max_tokens"] is None:
         options["max_tokens"] = min(16, context) if context else 16
     return TextRequest(prompt=prompt, echo=echo, **options)
@@ -314,6 +316,7 @@ class Completion:
     timings: list[StepTiming] = field(default_factory=list)  # every step, as the origin saw it
     reused: list[int] = field(default_factory=list)  # prompt tokens from the prefix caches, per session opened
     logprobs: list[Sampled] = field(default_factory=list)  # each answer token's, when asked for
+    prompt_logprobs: list[Sampled] = field(default_factory=list)  # each prompt token's (echo), when asked for
     timing: dict[str, Any] | None = None  # their summary (`pipeline.timing.summarize`), at the end
 
     def extra(self) -> dict[str, Any]:

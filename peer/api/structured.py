@@ -54,14 +54,12 @@ def chat_logprobs(body: dict[str, Any]) -> int:
     return int(top or 0) if asked else -1
 
 
-def text_logprobs(body: dict[str, Any], echo: bool) -> int:
-    """-1 (none) or the legacy completions' `logprobs`: how many top tokens (0..20) each lists."""
+def text_logprobs(body: dict[str, Any]) -> int:
+    """-1 (none) or the legacy completions' `logprobs`: how many top tokens (0..20) each lists
+    (with `echo`, the prompt's tokens too)."""
     asked = body.get("logprobs")
     if asked is None:
         return -1
     if not is_int(asked) or not 0 <= asked <= MAX_TOP_LOGPROBS:
         raise RequestError(f"logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}", "logprobs")
-    if echo:
-        message = "the prompt's own log-probabilities (echo with logprobs) are not served yet"
-        raise RequestError(message, "echo", "unsupported_parameter")
     return int(asked)

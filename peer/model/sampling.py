@@ -8,11 +8,12 @@ old one would have.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ..wire import SamplingParams
+from ..wire import SamplingParams, Scored
 from .grammar import Matcher
 
 
@@ -62,3 +63,19 @@ def pick(logits: torch.Tensor, params: SamplingParams, position: int, matcher: M
     top = torch.topk(logprobs, params.logprobs) if params.logprobs else None
     pairs = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else ()
     return Pick(token, float(logprobs[token]), pairs)
+
+
+def score_rows(logits: torch.Tensor, tokens: Sequence[int], top: int) -> tuple[Scored, ...]:
+    """The model's log-probability of each of `tokens` under the logits row before it ([T, V],
+    T = len(tokens)), with the `top` most likely tokens of each row (a prompt's own scores)."""
+    if not tokens:
+        return ()
+    logprobs = torch.log_softmax(logits[: len(tokens)].float(), dim=-1)
+    chosen = logprobs.gather(1, torch.tensor(list(tokens), dtype=torch.long).unsqueeze(1)).squeeze(1).tolist()
+    if not top:
+        return tuple((float(lp), ()) for lp in chosen)
+    best = torch.topk(logprobs, top, dim=-1)
+    pairs = [
+        tuple(zip(ids, lps, strict=True)) for ids, lps in zip(best.indices.tolist(), best.values.tolist(), strict=True)
+    ]
+    return tuple((float(lp), pair) for lp, pair in zip(chosen, pairs, strict=True))

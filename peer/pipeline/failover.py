@@ -66,18 +66,21 @@ async def generate_with_failover(
     reused: list[int] | None = None,
     reuse: bool = True,
     logprobs: list[Sampled] | None = None,
+    prompt_logprobs: list[Sampled] | None = None,
 ) -> AsyncIterator[int]:
     """Stream token ids like `Origin.generate`, replaying on another route after a failure
     (fail-overs go to `recoveries`, each step's timing to `timings`, each session's reused prompt
-    tokens to `reused`, each token's log-probabilities to `logprobs`, when given; `reuse` False: no
-    prefix caching for this request). A constrained answer's replay carries the tokens so far,
-    which the new last stage's matcher consumes before it masks the next one."""
+    tokens to `reused`, each token's log-probabilities to `logprobs`, and the prompt's own to
+    `prompt_logprobs` (when the sampling asks: then `max_tokens` may be 0), when given; `reuse`
+    False: no prefix caching for this request). A constrained answer's replay carries the tokens
+    so far, which the new last stage's matcher consumes before it masks the next one."""
     produced: list[int] = []
     failed_at: float | None = None
     reason, old_layout = "", ""
     busy_since: float | None = None
     busy_pause = RETRY_PAUSE_S
-    while len(produced) < max_tokens:
+    scoring_only = max_tokens == 0 and sampling.prompt_logprobs >= 0  # one pass over the prompt
+    while len(produced) < max_tokens or scoring_only:
         waited = time.monotonic() - failed_at if failed_at is not None else 0.0
         route = await layouts(max(recovery_timeout_s - waited, 0.0))
         routed_at = time.monotonic()
@@ -95,6 +98,7 @@ async def generate_with_failover(
                 reused=reused,
                 reuse=reuse,
                 logprobs=logprobs,
+                prompt_logprobs=prompt_logprobs,
             )
             async with contextlib.aclosing(tokens):  # the session is closed at once, even when we stop early
                 async for token in tokens:

@@ -131,13 +131,23 @@ class Origin:
         reused: list[int] | None = None,
         reuse: bool = True,
         logprobs: list[Sampled] | None = None,
+        prompt_logprobs: list[Sampled] | None = None,
     ) -> AsyncGenerator[int, None]:
         """Stream generated token ids (stop ids are not yielded); each step's timing goes to
         `timings`, the prompt tokens taken from the stages' prefix caches to `reused`, and each
         yielded token's log-probabilities (when the sampling asks for them) to `logprobs`, when
         given; `reuse` False: neither take nor keep cached blocks. A constrained answer's
-        `answered` tokens end `prompt_ids` (a replay's)."""
-        reuse = reuse and self.reuse_prefixes
+        `answered` tokens end `prompt_ids` (a replay's). When the sampling asks for the prompt's
+        own log-probabilities, `prompt_logprobs` gets one entry per prompt token (the first has
+        none), the whole prompt is computed (no cached blocks), and `max_tokens` may be 0."""
+        scoring = sampling.prompt_logprobs >= 0
+        if max_tokens <= 0 and not scoring:
+            return
+        reuse = reuse and self.reuse_prefixes and not scoring
+        if scoring:
+            sampling = replace(sampling, scored=tuple(prompt_ids))
+            if prompt_logprobs is not None:  # refilled from the start by a fail-over's replay
+                prompt_logprobs[:] = [Sampled("", 0, prompt_ids[0])]
         if (constraint := sampling.constraint) is not None:
             sampling = replace(
                 sampling, constraint=replace(constraint, start=len(prompt_ids) - len(constraint.answered))
@@ -172,6 +182,9 @@ class Origin:
             if reply.position != expected:
                 raise StageError(f"token for position {reply.position}, expected {expected}", "out-of-order")
             computed = expected
+            if prompt_logprobs is not None:
+                for at, (logprob, top) in enumerate(reply.prompt, position + 1):
+                    prompt_logprobs.append(Sampled(session, at, prompt_ids[at], (), logprob, top))
             if timings is not None:
                 prefill = position < len(prompt_ids)
                 timings.append(StepTiming(tuple(route), sent, time.time(), prefill, reply.trace))
@@ -195,6 +208,9 @@ class Origin:
             while len(feed) > (size := chunk_at(chunk, position)):  # leading chunks: their tokens are acks
                 await step(position, feed[:size])
                 position, feed = position + size, feed[size:]
+            if max_tokens <= 0:  # the prompt scored, no answer
+                await step(position, feed)
+                return
             for _ in range(max_tokens):
                 sampled = await step(position, feed)
                 token = sampled.token_id

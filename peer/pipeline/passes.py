@@ -9,14 +9,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import cast
 
 import torch
 
 from .. import wire
 from ..model.grammar import GrammarError, Matcher
-from ..model.sampling import pick
+from ..model.sampling import pick, score_rows
 from ..model.shard import SessionError, Shard, Step
-from ..wire import Error, Sampled, SamplingParams, WireDtype, encode
+from ..wire import Error, Sampled, SamplingParams, Scored, WireDtype, encode
 from .hidden import hidden_frame
 from .links import Reply
 from .timing import Arrival
@@ -90,8 +91,13 @@ def _outbound(step: Step, route: SessionRoute, result: torch.Tensor | BaseExcept
         constraint = route.sampling.constraint
         # A prompt's leading chunks are answered with tokens the origin drops: outside the grammar.
         answering = constraint is not None and following >= constraint.start + len(constraint.answered)
-        chosen = pick(result, route.sampling, following, route.matcher if answering else None)
-        sampled = Sampled(session, following, chosen.token, stamp(), chosen.logprob, chosen.top)
+        logits, prompt = result, cast(tuple[Scored, ...], ())
+        if step.every_row:  # the prompt's own log-probabilities: row r predicts position + r + 1
+            scored, start = route.sampling.scored, step.position + 1
+            tokens = scored[start : start + int(result.shape[0])]
+            prompt, logits = score_rows(result, tokens, route.sampling.prompt_logprobs), result[-1]
+        chosen = pick(logits, route.sampling, following, route.matcher if answering else None)
+        sampled = Sampled(session, following, chosen.token, stamp(), chosen.logprob, chosen.top, prompt)
         return Outbound(session, route.origin, encode(sampled), True)
     hidden = hidden_frame(session, step.position, result, route.wire_dtype)
     data = encode(replace(hidden, trace=stamp()))

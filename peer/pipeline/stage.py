@@ -344,9 +344,12 @@ class StageServer:
         return self.shard
 
     def _submit(self, session: str, position: int, inputs: torch.Tensor, trace: wire.Trace) -> None:
-        if session not in self.routes:
+        route = self.routes.get(session)
+        if route is None:
             raise SessionError(f"unknown session {session} (no open frame)")
-        self.batcher.submit(Step(session, position, inputs))
+        # The prompt's own log-probabilities asked for: the head over every row of its steps.
+        scoring = route.next_url is None and position < len(route.sampling.scored) - 1
+        self.batcher.submit(Step(session, position, inputs, every_row=scoring))
         self._arrivals[session] = Arrival.now(trace)
 
     # --- passes -----------------------------------------------------------------------------

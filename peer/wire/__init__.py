@@ -17,7 +17,10 @@ Frames (the session id "s" is a short string chosen by the origin):
            Open's sampling asked for them ("lp": how many top entries, -1 none).
            An Open's "gr" constrains what the last stage samples: a grammar (llguidance's JSON
            form), the position where the answer begins, and the answer tokens a replay feeds as
-           prompt (which the last stage's matcher consumes at open).
+           prompt (which the last stage's matcher consumes at open). An Open's "plp" (how many
+           top entries) with "sc" (the prompt's ids) asks for the prompt's own log-probabilities:
+           the last stage computes the head over every prompt row, and each sampled frame of the
+           prompt carries "pl", [log-probability, top pairs] per prompt token its rows predict.
   Hidden and sampled frames may carry "tm", the step's trace: one `StageTime` per stage passed
   so far (arrival wall clock, queue, compute, hold), which the origin turns into where each
   token's time went.
@@ -54,6 +57,7 @@ from .frames import (
     Reused,
     Sampled,
     SamplingParams,
+    Scored,
     StageTime,
     Trace,
     WireDtype,
@@ -83,6 +87,7 @@ __all__ = [
     "Reused",
     "Sampled",
     "SamplingParams",
+    "Scored",
     "StageTime",
     "Trace",
     "WireDtype",

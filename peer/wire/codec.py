@@ -52,6 +52,9 @@ def encode(frame: Frame) -> bytes:
             }
             if frame.sampling.logprobs >= 0:
                 body["lp"] = frame.sampling.logprobs
+            if frame.sampling.prompt_logprobs >= 0:
+                body["plp"] = frame.sampling.prompt_logprobs
+                body["sc"] = list(frame.sampling.scored)
             if (constraint := frame.sampling.constraint) is not None:
                 body["gr"] = {"g": constraint.grammar, "at": constraint.start, "ans": list(constraint.answered)}
             if frame.prefix is not None:
@@ -76,6 +79,8 @@ def encode(frame: Frame) -> bytes:
             if frame.logprob is not None:
                 body["lp"] = frame.logprob
                 body["top"] = [[token, logprob] for token, logprob in frame.top]
+            if frame.prompt:
+                body["pl"] = [[logprob, [list(pair) for pair in top]] for logprob, top in frame.prompt]
         case Close():
             body = {"t": "close", "s": frame.session}
             if frame.blocks:
@@ -178,7 +183,19 @@ def _finite(value: Any) -> bool:
 
 def _logprobs(body: dict[Any, Any]) -> tuple[float, tuple[tuple[int, float], ...]]:
     """A sampled frame's log-probability (finite or -inf, never above 0) and its top pairs."""
-    logprob, top = body["lp"], _get(body, "top", list)
+    return _scored(body["lp"], _get(body, "top", list))
+
+
+def _prompt_scores(value: Any) -> tuple[tuple[float, tuple[tuple[int, float], ...]], ...]:
+    """A sampled frame's "pl": per prompt token, [log-probability, top pairs]."""
+    if not isinstance(value, list) or len(value) > MAX_TOKENS:
+        raise ProtocolError("bad-frame", f"'pl' lists at most {MAX_TOKENS} prompt tokens")
+    if not all(isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], list) for entry in value):
+        raise ProtocolError("bad-frame", "'pl' entries are [log-probability, top pairs]")
+    return tuple(_scored(logprob, top) for logprob, top in value)
+
+
+def _scored(logprob: Any, top: list[Any]) -> tuple[float, tuple[tuple[int, float], ...]]:
 
     def valid(x: Any) -> bool:
         return bool((_finite(x) or x == -math.inf) and x <= 0)
@@ -246,6 +263,8 @@ def _frame(body: dict[Any, Any]) -> Frame:
                 seed=_index(body, "seed"),
                 logprobs=_get(body, "lp", int) if "lp" in body else -1,
                 constraint=_constraint(body["gr"]) if "gr" in body else None,
+                prompt_logprobs=_get(body, "plp", int) if "plp" in body else -1,
+                scored=_token_ids(_get(body, "sc", list), "'sc'") if "plp" in body else (),
             )
         except ValueError:
             raise ProtocolError("bad-frame", "bad sampling parameters") from None
@@ -284,7 +303,8 @@ def _frame(body: dict[Any, Any]) -> Frame:
         return Hidden(_session(body), _index(body, "pos"), dtype, (shape[0], shape[1]), data, _trace(body))
     if kind == "sampled":
         logprob, top = _logprobs(body) if "lp" in body else (None, ())
-        return Sampled(_session(body), _index(body, "pos"), _index(body, "id"), _trace(body), logprob, top)
+        prompt = _prompt_scores(body["pl"]) if "pl" in body else ()
+        return Sampled(_session(body), _index(body, "pos"), _index(body, "id"), _trace(body), logprob, top, prompt)
     if kind == "close":
         return Close(_session(body), _keys(body, "blk") if "blk" in body else ())
     if kind == "error":

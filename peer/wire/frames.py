@@ -11,8 +11,9 @@ from typing import Literal
 
 # 2: frames "input"/"sampled", Open carries "layout"; 3: batch messages; 4: prefix reuse (Open's
 # "pre", Close's "blk", the "reused" frame); 5: log-probabilities ("lp", "top") and grammars
-# ("gr"). Peers of another version never share a plan.
-WIRE_VERSION = 5
+# ("gr"); 6: the prompt's own log-probabilities (Open's "plp" and "sc", Sampled's "pl"). Peers
+# of another version never share a plan.
+WIRE_VERSION = 6
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
 MAX_GRAMMAR_BYTES = 1 << 20
 MAX_FRAME_BYTES = 64 * 2**20
@@ -53,11 +54,13 @@ class SamplingParams:
     seed: int = 0
     logprobs: int = -1  # -1: none; n >= 0: each token's log-probability and the n most likely
     constraint: Constraint | None = None  # structured output: what the answer must match
+    prompt_logprobs: int = -1  # as `logprobs`, for every prompt token after the first (scoring)
+    scored: tuple[int, ...] = ()  # with prompt_logprobs: the prompt, whose tokens the last stage scores
 
     def __post_init__(self) -> None:
         if not (self.temperature >= 0 and self.top_k >= 0 and 0 < self.top_p <= 1):
             raise ValueError(f"bad sampling parameters {self}")
-        if not -1 <= self.logprobs <= MAX_TOP_LOGPROBS:
+        if not (-1 <= self.logprobs <= MAX_TOP_LOGPROBS and -1 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS):
             raise ValueError(f"logprobs: -1..{MAX_TOP_LOGPROBS}")
 
 
@@ -86,6 +89,7 @@ class StageTime:
 
 
 Trace = tuple[StageTime, ...]
+Scored = tuple[float, tuple[tuple[int, float], ...]]  # a token's log-probability, the top pairs
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,9 @@ class Sampled:
     trace: Trace = ()
     logprob: float | None = None  # asked for: the token's log-probability under the model
     top: tuple[tuple[int, float], ...] = ()  # asked for: the most likely tokens, best first
+    # prompt_logprobs asked for: the (log-probability, top) of each prompt token the step's rows
+    # predict (positions step.position + 1 on, up to the prompt's end)
+    prompt: tuple[Scored, ...] = ()
 
 
 @dataclass(frozen=True)

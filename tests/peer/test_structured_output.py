@@ -20,6 +20,7 @@ from edgeshard.peer.model.files import GGUFModel
 from edgeshard.peer.model.grammar import source_grammars
 from edgeshard.peer.model.shard import even_split, unit_count
 from edgeshard.peer.pipeline.local import LocalCluster
+from edgeshard.peer.pipeline.origin import PREFILL_CHUNK_TOKENS
 from edgeshard.peer.pipeline.servers import start_server
 from transformers import PreTrainedModel
 
@@ -187,7 +188,37 @@ async def test_what_cannot_be_served_is_refused_by_name(api_url: str, body: dict
     assert answer["error"]["param"] == param, answer
 
 
-async def test_prompt_logprobs_are_refused_until_served(api_url: str) -> None:
-    body = {"prompt": "Hello", "max_tokens": 1, "echo": True, "logprobs": 1}
-    status, answer = await asyncio.to_thread(_post, f"{api_url}/v1/completions", body)
-    assert status == 400 and answer["error"]["code"] == "unsupported_parameter"
+async def test_an_echoed_prompts_own_logprobs_are_the_models_across_chunks_whole_and_streamed(
+    api_url: str, default_source: GGUFModel, reference_model: PreTrainedModel
+) -> None:
+    """What lm-evaluation-harness's local-completions asks for a log-likelihood: the prompt's
+    token ids, echo, logprobs 1 (and max_tokens 0 or 1). The prompt spans two prefill chunks."""
+    tokenizer = default_source.tokenizer()
+    prompt = tokenizer.encode(" ".join(["The quick brown fox jumps over the lazy dog."] * 30))[:300]
+    assert len(prompt) == 300 > PREFILL_CHUNK_TOKENS
+    with torch.no_grad():
+        rows = torch.log_softmax(reference_model(torch.tensor([prompt])).logits[0].float(), dim=-1)
+    expected = [float(rows[i - 1, prompt[i]]) for i in range(1, len(prompt))]
+    for max_tokens in (0, 1):
+        body = {"prompt": prompt, "max_tokens": max_tokens, "echo": True, "logprobs": 1, "temperature": 0}
+        status, answer = await asyncio.to_thread(_post, f"{api_url}/v1/completions", body)
+        assert status == 200, answer
+        lists = answer["choices"][0]["logprobs"]
+        assert len(lists["token_logprobs"]) == len(prompt) + max_tokens
+        assert lists["token_logprobs"][0] is None and lists["top_logprobs"][0] is None
+        assert lists["token_logprobs"][1 : len(prompt)] == pytest.approx(expected, abs=2e-3)
+        for i, top in enumerate(lists["top_logprobs"][1:], 1):
+            assert len(top) == 1 and max(top.values()) >= lists["token_logprobs"][i] - 1e-6
+            best = int(torch.argmax(rows[i - 1])) if i < len(prompt) else None
+            if best is not None and best == prompt[i]:  # greedy here: the best is the token itself
+                assert max(top.values()) == lists["token_logprobs"][i]
+        assert answer["choices"][0]["text"].startswith(tokenizer.decode(prompt))
+    events = await asyncio.to_thread(_stream, f"{api_url}/v1/completions", {**body, "max_tokens": 2, "stream": True})
+    streamed = [
+        lp
+        for e in events
+        if e["choices"] and e["choices"][0]["logprobs"]
+        for lp in e["choices"][0]["logprobs"]["token_logprobs"]
+    ]
+    assert streamed[0] is None and streamed[1 : len(prompt)] == pytest.approx(expected, abs=2e-3)
+    assert len(streamed) == len(prompt) + 2

@@ -184,6 +184,15 @@ def test_log_probabilities_and_grammars_ride_open_and_sampled() -> None:
     assert decode(encode(Sampled("s", 9, 42))) == Sampled("s", 9, 42)
 
 
+def test_a_prompts_own_log_probabilities_ride_open_and_sampled() -> None:
+    sampling = SamplingParams(0.0, logprobs=1, prompt_logprobs=1, scored=(5, 6, 7))
+    frame = Open("s", ("u1",), 0, "o", "l", sampling)
+    assert decode(encode(frame)) == frame
+    assert b"plp" not in encode(Open("s", ("u1",), 0, "o", "l", SamplingParams()))
+    sampled = Sampled("s", 3, 9, (), -0.5, ((9, -0.5),), ((-1.5, ((6, -0.2),)), (-0.1, ((7, -0.1),))))
+    assert decode(encode(sampled)) == sampled
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [
@@ -205,6 +214,12 @@ def test_log_probabilities_and_grammars_ride_open_and_sampled() -> None:
         ({"t": "sampled", "s": "a", "pos": 1, "id": 2, "lp": -0.5, "top": [[1, -0.1]] * 21}, "bad-frame"),
         ({"t": "sampled", "s": "a", "pos": 1, "id": 2, "lp": float("nan"), "top": []}, "bad-frame"),
         ({**OPEN, "lp": 21}, "bad-frame"),
+        ({**OPEN, "plp": 21, "sc": [1]}, "bad-frame"),
+        ({**OPEN, "plp": 1, "sc": [-1]}, "bad-frame"),
+        ({**OPEN, "plp": 1}, "bad-frame"),
+        ({"t": "sampled", "s": "a", "pos": 1, "id": 2, "pl": [[0.5, []]]}, "bad-frame"),
+        ({"t": "sampled", "s": "a", "pos": 1, "id": 2, "pl": [[-0.5]]}, "bad-frame"),
+        ({"t": "sampled", "s": "a", "pos": 1, "id": 2, "pl": "scores"}, "bad-frame"),
         ({**OPEN, "gr": "grammar"}, "bad-frame"),
         ({**OPEN, "gr": {"g": "x", "at": 0, "ans": [-1]}}, "bad-frame"),
         ({**OPEN, "gr": {"g": "x" * (1 << 21), "at": 0, "ans": []}}, "too-large"),
