@@ -134,10 +134,10 @@ class Ollama:
             {
                 "modelfile": "",
                 "parameters": "",
-                "template": "",
+                "template": str(getattr(self.api.backend.tokenizer(), "chat_template", None) or ""),  # Jinja, not Go
                 "details": entry["details"],
                 "model_info": info,
-                "capabilities": ["completion"],
+                "capabilities": ["completion", "tools"],  # front ends offer function calling on this
             }
         )
 

@@ -31,7 +31,18 @@ from .tools import ToolUse
 Syntax = Literal["hermes", "llama3", "mistral"]
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 MAX_PARALLEL = 8  # calls one forced answer may hold (a small model may repeat itself otherwise)
-PROBE_TOOL = {"type": "function", "function": {"name": "probe_tool_x", "parameters": {"type": "object"}}}
+PROBE_TOOL = {  # everything a template may read of a tool, so a template that renders tools renders this
+    "type": "function",
+    "function": {
+        "name": "probe_tool_x",
+        "description": "A probe.",
+        "parameters": {
+            "type": "object",
+            "properties": {"x": {"type": "string", "description": "x"}},
+            "required": ["x"],
+        },
+    },
+}
 COMPACT = {"whitespace_flexible": False}  # as structured output: no room to ramble in spaces
 
 
@@ -107,6 +118,18 @@ def hermes_messages(messages: list[dict[str, Any]], tools: list[dict[str, Any]])
     return out
 
 
+def named_results(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool results with the name of the function that made them (OpenAI's carry only the call's
+    id; some templates, Hermes' among them, want the name)."""
+    names = {c["id"]: c["function"]["name"] for m in messages for c in m.get("tool_calls") or () if c["id"]}
+    return [
+        {**m, "name": names[m["tool_call_id"]]}
+        if m["role"] == "tool" and "name" not in m and m.get("tool_call_id") in names
+        else m
+        for m in messages
+    ]
+
+
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], use: ToolUse) -> list[int]:
     """The conversation's token ids, the tools offered in the model's own way or Hermes'
     (TemplateError from a template that refuses the messages)."""
@@ -114,7 +137,7 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any
     if not tools and not any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
         return chat_ids(tokenizer, messages)  # a plain chat, as the template has it
     if dialect_of(tokenizer).native:
-        return chat_ids(tokenizer, messages, tools=tools or None)
+        return chat_ids(tokenizer, named_results(messages), tools=tools or None)
     return chat_ids(tokenizer, hermes_messages(messages, tools))
 
 

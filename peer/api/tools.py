@@ -67,10 +67,9 @@ def _tool(tool: Any, where: str) -> dict[str, Any]:
     if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
         message = f"{where}.function.parameters must be a JSON schema of an object, not {shown(parameters)}"
         raise RequestError(message, f"{where}.function.parameters")
-    clean: dict[str, Any] = {"name": name, "parameters": parameters}
-    if description:
-        clean["description"] = description
-    return {"type": "function", "function": clean}
+    # Every key present: chat templates read `description` and `parameters.properties` unguarded.
+    parameters = {"properties": {}, **parameters}
+    return {"type": "function", "function": {"name": name, "description": description or "", "parameters": parameters}}
 
 
 def _choice(choice: Any, names: tuple[str, ...]) -> str:

@@ -8,6 +8,8 @@ reported as a ratio to free sampling measured in the same rounds:
   free        no constraint, no log-probabilities
   logprobs    each token's log-probability and its 20 most likely alternatives
   json_schema an object of a string and an array of integers (llguidance's mask every token)
+  tool_call   tool_choice "required" of one function taking that object (the Hermes syntax's
+              grammar, as a request with tools gets it on the embedded model)
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from edgeshard.peer.api.toolcalls import tool_grammar
+from edgeshard.peer.api.tools import parse_tool_use
 from edgeshard.peer.model.files import open_model
 from edgeshard.peer.model.grammar import json_grammar
 from edgeshard.peer.model.shard import unit_count
@@ -35,6 +39,9 @@ SCHEMA = {
     "required": ["notes", "numbers"],
 }
 STOPS: list[int] = []
+TOOL_USE = parse_tool_use(
+    {"tools": [{"type": "function", "function": {"name": "note", "parameters": SCHEMA}}], "tool_choice": "required"}
+)
 PROMPT = "Write a long list of numbers with notes about each, as JSON."
 
 
@@ -63,6 +70,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "free": SamplingParams(),
         "logprobs": SamplingParams(logprobs=20),
         "json_schema": SamplingParams(constraint=Constraint(grammar)),
+        "tool_call": SamplingParams(constraint=Constraint(tool_grammar(TOOL_USE, "hermes"))),
     }
     results: dict[str, Any] = {}
     async with LocalCluster("default", [(0, unit_count(source.config))], source=source, prefix_tokens=0) as cluster:

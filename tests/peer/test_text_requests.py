@@ -34,7 +34,7 @@ def test_one_prompt_as_text_or_token_ids(prompt: Any, expected: Any) -> None:
         ({"prompt": "a", "n": 2}, "n"),
         ({"prompt": "a", "logprobs": 21}, "logprobs"),
         ({"prompt": "a", "logprobs": True}, "logprobs"),
-        ({"prompt": "a", "logprobs": 1, "echo": True}, "echo"),
+        ({"prompt": "a", "max_tokens": 0}, "max_tokens"),  # 0 only with echo (scoring the prompt)
         ({"prompt": "a", "stream_options": {"include_usage": True}}, "stream_options"),
         ({"prompt": "a", "stream": True, "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
     ],
@@ -43,6 +43,12 @@ def test_what_a_text_completion_refuses_names_the_field(body: dict[str, Any], pa
     with pytest.raises(RequestError) as refused:
         parse_text_request(body, "m", 256)
     assert refused.value.param == param and refused.value.status == 400
+
+
+def test_echo_with_logprobs_asks_for_the_prompts_own_and_may_answer_nothing() -> None:
+    asked = parse_text_request({"prompt": [1, 2, 3], "echo": True, "logprobs": 1, "max_tokens": 0}, "m", 256)
+    assert asked.max_tokens == 0 and asked.sampling.prompt_logprobs == 1 and asked.sampling.logprobs == 1
+    assert parse_text_request({"prompt": "a", "logprobs": 2}, "m", 256).sampling.prompt_logprobs == -1
 
 
 def test_chat_requests_share_n_logprobs_and_stream_options() -> None:

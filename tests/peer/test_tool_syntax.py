@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from edgeshard.peer.api.errors import RequestError
-from edgeshard.peer.api.toolcalls import CallParser, closed, dialect_of, hermes_messages, tool_grammar
+from edgeshard.peer.api.schemas import parse_chat_request
+from edgeshard.peer.api.toolcalls import CallParser, chat_prompt, closed, dialect_of, hermes_messages, tool_grammar
 from edgeshard.peer.api.tools import ToolUse, parse_tool_use
 from edgeshard.peer.model.files import GGUFModel
 from edgeshard.peer.model.grammar import GrammarError, source_grammars
@@ -20,10 +21,16 @@ TOOLS = [{"type": "function", "function": {"name": n, "parameters": ARGS}} for n
 NAMES = ("get_weather", "get_time")
 
 # Templates in the shape of the families' own (what decides the dialect: whether tools render, what is written)
-QWEN_LIKE = (
-    "{% if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>\n"
+QWEN_LIKE = (  # as Hermes' reads tools: description and properties unguarded, a result's name required
+    "{% if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t.function.name + ': ' + t.function.description }}"
+    "{% for p, f in t.function.parameters.properties | items %} {{ p }}{% endfor %}{% endfor %}</tools>\n"
     'Answer <tool_call>{"name": ..., "arguments": ...}</tool_call><|im_end|>\n{% endif %}'
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.role == 'tool' %}"
+    "{% if m.name is not defined %}{{ raise_exception('a tool result needs a name') }}{% endif %}"
+    "{{ m.name }}: {% endif %}"
+    "{% for c in m.tool_calls or [] %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}"
+    "{{ m.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 LLAMA_LIKE = (
@@ -102,6 +109,24 @@ def test_the_dialect_comes_from_the_template(default_source: GGUFModel) -> None:
         tokenizer = copy.deepcopy(smol)
         tokenizer.chat_template = template
         assert (dialect_of(tokenizer).native, dialect_of(tokenizer).syntax) == (True, syntax)
+
+
+def test_a_template_that_renders_tools_gets_openais_history_with_what_it_reads(default_source: GGUFModel) -> None:
+    tokenizer = copy.deepcopy(default_source.tokenizer())
+    tokenizer.chat_template = QWEN_LIKE
+    bare = [{"type": "function", "function": {"name": "get_time"}}]  # no description, no parameters
+    call = {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": '{"city": "Rome"}'}}
+    body = {
+        "messages": [
+            {"role": "user", "content": "Time in Rome?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "10:00"},
+        ],
+        "tools": bare,
+    }
+    chat = parse_chat_request(body, "m")
+    text = tokenizer.decode(chat_prompt(tokenizer, chat.messages, chat.tools))
+    assert "get_time: " in text and '"arguments": {"city": "Rome"}' in text and "get_time: 10:00" in text
 
 
 def test_a_template_without_tools_gets_them_in_the_system_message_and_results_as_user_turns() -> None:

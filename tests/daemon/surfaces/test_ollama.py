@@ -74,6 +74,7 @@ def test_tags_show_and_version(surface_cluster: list[Peer]) -> None:
         assert [m.model for m in api.list().models] == [MODEL]
         shown = api.show(MODEL)
     assert shown.modelinfo and shown.modelinfo["llama.context_length"] > 0
+    assert shown.capabilities and "tools" in shown.capabilities and shown.template
     with urllib.request.urlopen(f"{surface_cluster[2].api}/api/version", timeout=30) as response:
         assert json.load(response)["version"]
 
