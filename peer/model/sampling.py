@@ -67,15 +67,17 @@ def pick(logits: torch.Tensor, params: SamplingParams, position: int, matcher: M
 
 def score_rows(logits: torch.Tensor, tokens: Sequence[int], top: int) -> tuple[Scored, ...]:
     """The model's log-probability of each of `tokens` under the logits row before it ([T, V],
-    T = len(tokens)), with the `top` most likely tokens of each row (a prompt's own scores)."""
+    T = len(tokens)), with the `top` most likely tokens of each row (a prompt's own scores).
+    A row's log-probabilities are its logits less their log-sum-exp: no second [T, V] matrix."""
     if not tokens:
         return ()
-    logprobs = torch.log_softmax(logits[: len(tokens)].float(), dim=-1)
-    chosen = logprobs.gather(1, torch.tensor(list(tokens), dtype=torch.long).unsqueeze(1)).squeeze(1).tolist()
+    rows = logits[: len(tokens)].float()
+    norm = torch.logsumexp(rows, dim=-1)
+    picked = rows.gather(1, torch.tensor(list(tokens), dtype=torch.long).unsqueeze(1)).squeeze(1)
+    chosen = (picked - norm).tolist()
     if not top:
         return tuple((float(lp), ()) for lp in chosen)
-    best = torch.topk(logprobs, top, dim=-1)
-    pairs = [
-        tuple(zip(ids, lps, strict=True)) for ids, lps in zip(best.indices.tolist(), best.values.tolist(), strict=True)
-    ]
+    best = torch.topk(rows, top, dim=-1)
+    values = (best.values - norm.unsqueeze(1)).tolist()
+    pairs = [tuple(zip(ids, lps, strict=True)) for ids, lps in zip(best.indices.tolist(), values, strict=True)]
     return tuple((float(lp), pair) for lp, pair in zip(chosen, pairs, strict=True))

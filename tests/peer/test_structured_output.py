@@ -132,7 +132,9 @@ async def test_chat_logprobs_are_the_models_own(
         if event["choices"] and event["choices"][0]["logprobs"]
         for e in event["choices"][0]["logprobs"]["content"]
     ]
-    assert [e["logprob"] for e in streamed] == pytest.approx([e["logprob"] for e in entries])
+    # The stream may take the prompt's blocks from the prefix cache, computed in other chunks: the
+    # same values to float rounding, not bit for bit.
+    assert [e["logprob"] for e in streamed] == pytest.approx([e["logprob"] for e in entries], abs=1e-4)
     status, plain = await chat(api_url, {"temperature": 0, "max_tokens": 10})
     assert plain["choices"][0]["logprobs"] is None and plain["edgeshard"]["token_ids"] == tokens
 
