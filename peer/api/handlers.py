@@ -89,6 +89,8 @@ def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, chat: ChatRequest) -> li
         return chat_prompt(tokenizer, chat.messages, chat.tools)
     except ValueError as error:  # llguidance's refusal of a tool's schema as grammar text
         raise RequestError(f"tools: {error}", "tools", "invalid_schema") from None
+    except RecursionError:  # a schema nested past what the template or the grammar can walk
+        raise RequestError("tools: a schema is nested too deeply", "tools", "invalid_schema") from None
     except TemplateError as error:  # e.g. a template that wants user and assistant to alternate
         raise RequestError(f"the model's chat template refuses these messages: {error}", "messages") from None
 

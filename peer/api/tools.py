@@ -98,7 +98,11 @@ def parse_tool_use(body: dict[str, Any]) -> ToolUse:
         tools = []
     if not isinstance(tools, list) or len(tools) > MAX_TOOLS:
         raise RequestError(f"tools must be a list of at most {MAX_TOOLS} functions", "tools")
-    if len(json.dumps(tools)) > MAX_TOOLS_BYTES:
+    try:
+        size = len(json.dumps(tools))
+    except (ValueError, RecursionError):
+        raise RequestError("tools are nested too deeply", "tools") from None
+    if size > MAX_TOOLS_BYTES:
         raise RequestError(f"tools take more than {MAX_TOOLS_BYTES} bytes as JSON", "tools")
     parsed = tuple(_tool(tool, f"tools[{index}]") for index, tool in enumerate(tools))
     names = tuple(t["function"]["name"] for t in parsed)

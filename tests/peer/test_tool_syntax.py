@@ -4,6 +4,7 @@ grammar that forces a call accepting exactly those calls (compiled for the real 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from typing import Any
@@ -222,6 +223,16 @@ def test_a_forced_calls_grammar_takes_exactly_valid_calls(
 
     assert all(accepts(text) for text in good)
     assert not any(accepts(text) for text in bad)
+
+
+def test_a_deeply_nested_tool_schema_compiles_or_is_refused_as_a_grammar(default_source: GGUFModel) -> None:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(400):  # about as deep as a JSON body may nest
+        schema = {"type": "object", "properties": {"a": schema}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
+    use = parse_tool_use({"tools": tools, "tool_choice": "required"})
+    with contextlib.suppress(GrammarError, ValueError):  # refused: the API answers 400 naming tools
+        source_grammars(default_source).check(tool_grammar(use, "hermes"))
 
 
 @pytest.mark.parametrize(
