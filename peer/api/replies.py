@@ -49,7 +49,8 @@ class Shape:
         """The non-streamed response body (`echoed`: characters of prompt that begin `text`;
         `calls`: the tool calls the answer made)."""
         completion = self.completion
-        logprobs = self._logprobs(self.prompt_picks() + completion.logprobs, 0 if self.prompt_picks() else echoed)
+        prompt = self.prompt_picks()
+        logprobs = self._logprobs(prompt + completion.logprobs, 0 if prompt else echoed)
         choice: dict[str, Any] = {"index": 0, "finish_reason": completion.finish_reason, "logprobs": logprobs}
         if self.kind == "chat":
             choice["message"] = {"role": "assistant", "content": text if text or not calls else None}

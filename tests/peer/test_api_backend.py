@@ -8,12 +8,14 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from edgeshard.peer.api.handlers import Api, Backend
 from edgeshard.peer.model.files import GGUFModel
+from edgeshard.peer.model.grammar import source_grammars
 from edgeshard.peer.model.shard import even_split, unit_count
 from edgeshard.peer.model.text import stop_token_ids
 from edgeshard.peer.pipeline.failover import NoRouteError
@@ -64,6 +66,19 @@ def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
+
+
+@asynccontextmanager
+async def served_two_stages(source: GGUFModel, context: int) -> AsyncIterator[str]:
+    """The API, with grammars, over two in-process stages of `source`; yields its base URL."""
+    ranges = even_split(unit_count(source.config), 2)
+    async with LocalCluster("default", ranges, source=source) as cluster:
+        backend = ClusterBackend(source, cluster, context=context)
+        runner, url = await start_server(Api(backend, grammars=source_grammars(source)).add_routes)
+        try:
+            yield url
+        finally:
+            await runner.cleanup()
 
 
 @pytest.fixture

@@ -15,17 +15,12 @@ import jsonschema
 import pytest
 import pytest_asyncio
 import torch
-from edgeshard.peer.api.handlers import Api
 from edgeshard.peer.model.files import GGUFModel
-from edgeshard.peer.model.grammar import source_grammars
-from edgeshard.peer.model.shard import even_split, unit_count
-from edgeshard.peer.pipeline.local import LocalCluster
 from edgeshard.peer.pipeline.origin import PREFILL_CHUNK_TOKENS
-from edgeshard.peer.pipeline.servers import start_server
 from transformers import PreTrainedModel
 
 from tests.engine_fixtures import chat_ids
-from tests.peer.test_api_backend import ClusterBackend, _post, _stream
+from tests.peer.test_api_backend import _post, _stream, served_two_stages
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -54,14 +49,8 @@ ASK = [{"role": "user", "content": "Describe a person who lives in a big city, a
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def api_url(default_source: GGUFModel) -> AsyncIterator[str]:
-    ranges = even_split(unit_count(default_source.config), 2)
-    async with LocalCluster("default", ranges, source=default_source) as cluster:
-        backend = ClusterBackend(default_source, cluster, context=512)
-        runner, url = await start_server(Api(backend, grammars=source_grammars(default_source)).add_routes)
-        try:
-            yield url
-        finally:
-            await runner.cleanup()
+    async with served_two_stages(default_source, context=512) as url:
+        yield url
 
 
 async def chat(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

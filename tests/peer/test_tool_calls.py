@@ -13,14 +13,9 @@ from typing import Any
 import jsonschema
 import pytest
 import pytest_asyncio
-from edgeshard.peer.api.handlers import Api
 from edgeshard.peer.model.files import GGUFModel
-from edgeshard.peer.model.grammar import source_grammars
-from edgeshard.peer.model.shard import even_split, unit_count
-from edgeshard.peer.pipeline.local import LocalCluster
-from edgeshard.peer.pipeline.servers import start_server
 
-from tests.peer.test_api_backend import ClusterBackend, _post, _stream
+from tests.peer.test_api_backend import _post, _stream, served_two_stages
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -47,14 +42,8 @@ ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def api_url(default_source: GGUFModel) -> AsyncIterator[str]:
-    ranges = even_split(unit_count(default_source.config), 2)
-    async with LocalCluster("default", ranges, source=default_source) as cluster:
-        backend = ClusterBackend(default_source, cluster, context=1024)
-        runner, url = await start_server(Api(backend, grammars=source_grammars(default_source)).add_routes)
-        try:
-            yield url
-        finally:
-            await runner.cleanup()
+    async with served_two_stages(default_source, context=1024) as url:
+        yield url
 
 
 async def chat(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
