@@ -52,16 +52,23 @@ def status(host: int, key: str) -> dict[str, Any]:
         return result
 
 
-def agreed_views(key: str, timeout_s: float = 60.0) -> list[dict[str, Any]]:
-    """Every peer's status once they report one plan id. The plan id hashes measured link figures
-    too, so a probe that lands just after `up --wait` moves it on one peer a gossip round ahead of
-    the others: agreement is a matter of (little) time."""
+def agreed_views(key: str, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+    """Every peer's status once they report one plan id and h1 has measured its links to both
+    others. The plan id hashes measured link figures too, so a probe that lands just after
+    `up --wait` moves it on one peer a gossip round ahead of the others, and on a loaded machine
+    a link probe can land after `up --wait`: both are a matter of (little) time."""
     deadline = time.monotonic() + timeout_s
     while True:
         views = [status(h, key) for h in (1, 2, 3)]
-        if len({v["plan"]["plan_id"] for v in views}) == 1 or time.monotonic() > deadline:
+        if (len({v["plan"]["plan_id"] for v in views}) == 1 and probed(views[0])) or time.monotonic() > deadline:
             return views
         time.sleep(1.0)
+
+
+def probed(view: dict[str, Any]) -> bool:
+    """Whether h1's own record carries measured links to both other hosts."""
+    h1 = next((p for p in view["peers"] if label(p) == "h1"), None)
+    return h1 is not None and len({link["peer"] for link in h1.get("links", [])}) >= 2
 
 
 def label(peer: dict[str, Any]) -> str:
