@@ -58,7 +58,11 @@ class Decode:
     high: int
     keys: int  # key positions the view spans: the longest session's length after this step
     in_range: torch.Tensor  # [B] slot - low
-    mask: torch.Tensor | None  # [S, 1, 1, keys] (None: one session, no padding)
+    mask: torch.Tensor | None  # [S, 1, 1, keys] (None: no padding, every slot in range at `keys`)
+    # The pass is these rows alone, in slot order, filling [low, high): attention reads and
+    # writes the stacked rows as they are, with no gather or scatter (fewer kernels a layer,
+    # which is most of a decode step's time on a GPU).
+    dense: bool
 
 
 @dataclass(frozen=True)
@@ -71,28 +75,41 @@ class PassPlan:
 
 
 def plan_pass(slices: Sequence[Slice], device: torch.device) -> PassPlan:
-    """The indices and masks of a pass of `slices` (stacked in order)."""
-    positions = torch.cat([torch.arange(s.position, s.position + s.length) for s in slices]).to(device)
+    """The indices and masks of a pass of `slices` (stacked in order). Every index goes to the
+    device in one copy: on a GPU each copy from host memory waits for the stream."""
     single = [s for s in slices if s.length == 1]
+    columns = [
+        [p for s in slices for p in range(s.position, s.position + s.length)],
+        [s.offset for s in single],
+        [s.slot for s in single],
+        [s.position for s in single],
+    ]
+    low = min((s.slot for s in single), default=0)
+    columns.append([s.slot - low for s in single])
+    moved = torch.tensor([i for column in columns for i in column]).to(device)
+    positions, rows, slots, written, in_range = torch.split(moved, [len(c) for c in columns])
     decode = None
     if single:
-        low, high = min(s.slot for s in single), max(s.slot for s in single) + 1
+        high = max(s.slot for s in single) + 1
         keys = max(s.position for s in single) + 1
+        dense = len(single) == len(slices) and all(s.slot == low + i for i, s in enumerate(single))
+        same_length = dense and all(s.position + 1 == keys for s in single)
         mask = None
-        if len(single) > 1 or high - low > 1:
+        if not same_length and (len(single) > 1 or high - low > 1):
             lengths = torch.ones(high - low, dtype=torch.long)  # slots in range but not in the pass
             for s in single:
                 lengths[s.slot - low] = s.position + 1
             mask = (torch.arange(keys)[None, :] < lengths[:, None])[:, None, None, :].to(device)
         decode = Decode(
-            rows=torch.tensor([s.offset for s in single], device=device),
-            slots=torch.tensor([s.slot for s in single], device=device),
-            positions=torch.tensor([s.position for s in single], device=device),
+            rows=rows,
+            slots=slots,
+            positions=written,
             low=low,
             high=high,
             keys=keys,
-            in_range=torch.tensor([s.slot - low for s in single], device=device),
+            in_range=in_range,
             mask=mask,
+            dense=dense,
         )
     return PassPlan(positions, decode, tuple(s for s in slices if s.length > 1))
 
@@ -113,30 +130,20 @@ def layer_forward(
     rows, dim = hidden.shape[0], attention.head_dim
     heads, kv_heads = attention.config.num_attention_heads, attention.config.num_key_value_heads
     queries, keys, values = parts.project(block, hidden, cos_sin[0], cos_sin[1])
-    attended = torch.empty(rows, heads * dim, dtype=hidden.dtype, device=hidden.device)
     scale = attention.scaling
     window = getattr(attention, "sliding_window", None)  # set on Gemma's sliding layers only
     softcap = getattr(attention, "attn_logit_softcapping", None)  # Gemma 2
     plain = window is None and softcap is None
     decode = plan.decode
+    if decode is not None and decode.dense:
+        attended = _decode_attention(pool, index, decode, queries, keys, values, attention, window, softcap)
+        return parts.finish(block, hidden, attended)
+    attended = torch.empty(rows, heads * dim, dtype=hidden.dtype, device=hidden.device)
     if decode is not None:
-        pool.write(index, (decode.slots, slice(None), decode.positions), keys[decode.rows], values[decode.rows])
-        k, v = pool.read(index, slice(decode.low, decode.high), decode.keys)
-        if decode.mask is None and plain:  # one session: as transformers' decode step
-            q = queries[decode.rows][:, :, None]  # [1, heads, 1, D]
-            out = sdpa(q, k, v, scale=scale, enable_gqa=True).reshape(1, heads * dim)
-        else:
-            q = queries.new_zeros(decode.high - decode.low, heads, dim)
-            q[decode.in_range] = queries[decode.rows]
-            q = q.view(-1, kv_heads, heads // kv_heads, dim)  # pack_gqa: a group's heads as rows
-            mask = decode.mask
-            if window is not None:
-                ends = torch.zeros(decode.high - decode.low, dtype=torch.long, device=hidden.device)
-                ends[decode.in_range] = decode.positions
-                near = torch.arange(decode.keys, device=hidden.device)[None, :] > (ends - window)[:, None]
-                mask = near[:, None, None, :] if mask is None else mask & near[:, None, None, :]
-            out = _attend(q, k, v, mask, scale, softcap).reshape(-1, heads * dim)[decode.in_range]
-        attended[decode.rows] = out
+        rows_of = decode.rows
+        attended[rows_of] = _decode_attention(
+            pool, index, decode, queries[rows_of], keys[rows_of], values[rows_of], attention, window, softcap
+        )
     for part in plan.prompts:
         span = part.rows
         end = part.position + part.length
@@ -160,6 +167,43 @@ def layer_forward(
                 out = _attend(grouped, k, v, mask, scale, softcap).reshape(1, heads, part.length, dim)
         attended[span] = out[0].transpose(0, 1).reshape(part.length, heads * dim)
     return parts.finish(block, hidden, attended)
+
+
+def _decode_attention(
+    pool: KVPool,
+    index: int,
+    decode: Decode,
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    attention: Any,
+    window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
+    """The decode rows' attention over their slots, [B, heads * D]; queries [B, heads, D] and
+    keys, values [B, kv_heads, D] are the decode rows alone, in the pass's order."""
+    heads, dim = queries.shape[1], queries.shape[2]
+    kv_heads = keys.shape[1]
+    scale = attention.scaling
+    pool.write(index, (decode.slots, slice(None), decode.positions), keys, values)
+    k, v = pool.read(index, slice(decode.low, decode.high), decode.keys)
+    if decode.high - decode.low == 1 and decode.mask is None and window is None and softcap is None:
+        # one session: as transformers' decode step (grouped-query attention inside sdpa)
+        return sdpa(queries[:, :, None], k, v, scale=scale, enable_gqa=True).reshape(1, heads * dim)
+    if decode.dense:
+        q = queries.reshape(-1, kv_heads, heads // kv_heads, dim)  # pack_gqa: a group's heads as rows
+    else:
+        q = queries.new_zeros(decode.high - decode.low, heads, dim)
+        q[decode.in_range] = queries
+        q = q.view(-1, kv_heads, heads // kv_heads, dim)
+    mask = decode.mask
+    if window is not None:
+        ends = torch.zeros(decode.high - decode.low, dtype=torch.long, device=queries.device)
+        ends[decode.in_range] = decode.positions
+        near = torch.arange(decode.keys, device=queries.device)[None, :] > (ends - window)[:, None]
+        mask = near[:, None, None, :] if mask is None else mask & near[:, None, None, :]
+    out = _attend(q, k, v, mask, scale, softcap).reshape(-1, heads * dim)
+    return out if decode.dense else out[decode.in_range]
 
 
 def _attend(

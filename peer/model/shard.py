@@ -347,6 +347,7 @@ class Shard(nn.Module):
             admitted.append((index, step, state))
         if not admitted:
             return results
+        admitted.sort(key=lambda entry: entry[2].slot)  # decode rows in slot order: a dense pass (batch.py)
         slices, offset = [], 0
         for _index, step, state in admitted:
             length = int(step.inputs.shape[0])
