@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -25,12 +26,30 @@ MAX_MBPS = 100_000.0  # loopback measures "infinite"; cap it at something finite
 _ZEROS = bytes(MAX_PROBE_BYTES)
 
 
+Hold = Callable[[], Awaitable[None]]  # waits out an emulated link delay (the testbed's; else none)
+
+
+async def _no_delay() -> None:
+    return None
+
+
+_hold: Hold = _no_delay
+
+
+def emulate_delay(hold: Hold) -> None:
+    """Testbed only: every probe request and answer of this process waits `hold` first, so probes
+    measure the link delay the peer emulates (peer/pipeline/egress.py)."""
+    global _hold
+    _hold = hold
+
+
 async def probe_endpoint(request: web.Request) -> web.Response:
-    """Answer `bytes` zero bytes (capped)."""
+    """Answer `bytes` zero bytes (capped), after the emulated delay."""
     try:
         count = min(max(int(request.query.get("bytes", "0")), 0), MAX_PROBE_BYTES)
     except ValueError:
         return web.Response(status=400, text="bytes: an integer")
+    await _hold()
     return web.Response(body=_ZEROS[:count], content_type="application/octet-stream")
 
 
@@ -41,12 +60,13 @@ async def measure_link(
     auth: Authenticator | None = None,
     ssl: Any = True,
 ) -> tuple[float, float]:
-    """(mbps, rtt_ms) to the peer at `address`; raises aiohttp/OS errors when unreachable (and
-    aiohttp.ClientResponseError when it refuses us)."""
+    """(mbps, rtt_ms) to the peer at `address`, each request sent after the emulated delay; raises
+    aiohttp/OS errors when unreachable (and aiohttp.ClientResponseError when it refuses us)."""
     auth = auth or Authenticator(None)
 
     async def get(count: int) -> bytes:
         path = f"{PROBE_PATH}?bytes={count}"
+        await _hold()
         async with session.get(address + path, headers=auth.sign("GET", path), ssl=ssl) as response:
             response.raise_for_status()
             body = b""  # at most what was asked for, whatever the other side sends

@@ -42,6 +42,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from dilation import dilate_testbed
+
 STATE = Path(os.environ.get("EDGESHARD_TESTBED_STATE", "/run/edgeshard-testbed"))
 BRIDGE = "es-br0"
 PREFIX = "198.18.0"
@@ -186,7 +188,8 @@ def peer_command(host: str, options: dict[str, Any], secret: Path | None) -> lis
         "--objective", options["objective"],
         "--weights", options.get("weights", "float32"),
         "--strategy", options["strategy"],
-        "--emulate-slowdown", options["slowdown"].get(host, "1"),
+        "--emulate-slowdown", options["slowdown"].get(host, options.get("default_slowdown", "1")),
+        "--emulate-delay-ms", options.get("delay_ms", {}).get(host, options.get("default_delay_ms", "0")),
         "--state-dir", str(STATE / host),
     ]  # fmt: skip
     if secret is not None:
@@ -269,17 +272,30 @@ def up(args: argparse.Namespace) -> None:
     if (STATE / "hosts.json").exists():
         raise SystemExit("testbed: already up (scripts/testbed down first)")
     hosts = host_names(args.hosts)
-    links = parse_links(args.link)
     netem = netem_available()
+    slowdown = {host: float(factor) for host, _, factor in (item.partition("=") for item in args.slowdown)}
+    bed = dilate_testbed(hosts, args.default, parse_links(args.link), slowdown, args.dilate, netem)
+    links = bed.links
     if not netem:
-        print("testbed: this kernel has no netem: link rates are shaped (HTB), delay and loss are not")
+        print("testbed: this kernel has no netem: link rates are shaped (HTB), delay is emulated in the peers")
+    for warning in bed.warnings:
+        print(f"testbed: {warning}")
+    if args.dilate != 1:
+        d = f"{args.dilate:g}"
+        print(f"testbed: dilated {d}x: compute x{d}, link rates /{d}, delays x{d} (figures divide back by {d})")
     STATE.mkdir(parents=True, exist_ok=True)
     key = ensure_credentials()
     options = {
         **{name: getattr(args, name) for name in ("cluster", "model", "context", "sessions", "objective")},
         "prefix_cache": args.prefix_cache,
-        **{name: getattr(args, name) for name in ("strategy", "max_memory", "reprofile", "source", "default")},
-        "slowdown": dict(item.split("=", 1) for item in args.slowdown),
+        **{name: getattr(args, name) for name in ("strategy", "max_memory", "reprofile", "source")},
+        "default": bed.default,
+        "slowdown": {host: f"{factor:g}" for host, factor in bed.slowdown.items()},
+        "delay_ms": {host: f"{delay:g}" for host, delay in bed.delay_ms.items()},
+        "dilation": args.dilate,
+        # a host added later (`add`): as an unlisted host now
+        "default_slowdown": f"{args.dilate:g}",
+        "default_delay_ms": f"{max(bed.delay_ms.values(), default=0.0):g}",
         "links": {"-".join(sorted(pair)): netem_options for pair, netem_options in links.items()},
         "netem": netem,
     }
@@ -290,7 +306,7 @@ def up(args: argparse.Namespace) -> None:
     sh(f"ip link set {BRIDGE} up")
     for host in hosts:
         create_host(host)
-        shape(host, hosts, args.default, links, netem)
+        shape(host, hosts, bed.default, links, netem)
     for host in hosts:
         start_peer(host, peer_command(host, options, secret_path()))
         # One at a time: the hosts share this machine's cores, so a peer profiling while another
@@ -438,6 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
     bring_up.add_argument("--default", default="delay 1ms rate 1gbit", help="netem options for every link")
     bring_up.add_argument("--link", action="append", default=[], metavar="hA-hB=NETEM", help="one link, both ways")
     bring_up.add_argument("--slowdown", action="append", default=[], metavar="hI=F", help="host hI computes F× slower")
+    bring_up.add_argument(
+        "--dilate",
+        type=float,
+        default=1.0,
+        metavar="D",
+        help="time dilation: every host D× slower than its device (compute ×D, rates ÷D, delays ×D; default 1)",
+    )
     bring_up.add_argument("--max-memory", help="per peer, e.g. 256MiB")
     bring_up.add_argument("--model", default="default")
     bring_up.add_argument("--context", type=int, default=512)

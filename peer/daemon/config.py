@@ -60,6 +60,7 @@ class PeerConfig:
     gossip_interval_s: float = 1.0
     dead_after_s: float = 10.0  # seconds of silence before a peer is declared dead
     emulate_slowdown: float = 1.0  # testbed only: stretch compute by this factor
+    emulate_delay_ms: float = 0.0  # testbed only: hold every stage frame and probe this long on its way out
     reprofile: bool = False  # measure the device again instead of using the cached profile
     log_level: str = "info"
     secret_file: str = ""  # the cluster secret (`edgeshard init`); empty: an open cluster, loudly
@@ -129,7 +130,7 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise ValueError("an integer")
         return int(value)
-    if key in {"gossip_interval_s", "dead_after_s", "emulate_slowdown"}:
+    if key in {"gossip_interval_s", "dead_after_s", "emulate_slowdown", "emulate_delay_ms"}:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ValueError("a number")
         return float(value)
@@ -157,6 +158,8 @@ def _check(config: PeerConfig) -> None:
         raise ConfigError("queue and prefix_cache: must be at least 0")
     if config.emulate_slowdown < 1:
         raise ConfigError("emulate_slowdown: a factor of at least 1")
+    if not 0 <= config.emulate_delay_ms <= 10_000:
+        raise ConfigError("emulate_delay_ms: 0 to 10000 ms")
     # A gossip round can take an interval plus a request timeout (3 s) when a target hangs.
     if config.gossip_interval_s <= 0 or config.dead_after_s < 2 * config.gossip_interval_s + 3:
         raise ConfigError("dead_after_s: at least two gossip intervals plus 3 s")

@@ -25,10 +25,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from edgeshard.discovery.probe import emulate_delay
 from edgeshard.solver import OBJECTIVES, STRATEGIES
 
 from ..errors import PeerError
 from ..model.options import COMPILE_CHOICES, COMPILE_HELP, KV_FORMS, PEER_WEIGHTS_HELP, use_compile_mode, weights
+from ..pipeline import egress
 from .config import DEFAULT_CONFIG, ENV_PREFIX, ConfigError, PeerConfig, load_config
 from .service import DRAIN_S, STAGE_DRAIN_S, notify, start_watchdog, stop_task, wait_until
 
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gossip-interval-s", "--gossip-interval", type=float, metavar="S", help="seconds between gossip rounds (1)")
     add("--reprofile", action="store_const", const=True, help="measure this device again (ignore the cached profile)")
     add("--emulate-slowdown", type=float, metavar="F", help="testbed only: stretch compute by factor F")
+    add("--emulate-delay-ms", type=float, metavar="MS", help="testbed only: delay what this peer sends to peers")
     add("--secret-file", metavar="FILE", help="the cluster secret (`edgeshard init --out FILE`); without: open cluster")
     add("--state-dir", metavar="DIR", help="this peer's key, id and incarnation (one peer per directory)")
     add("--api-key", metavar="KEY", help="bearer token the API requires (needed when --api-listen is not loopback)")
@@ -154,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     use_compile_mode(config.compile)  # read where the shards are made (model/compiled.py)
+    egress.set_delay_ms(config.emulate_delay_ms)  # one peer a process: the emulated host's way out
+    emulate_delay(egress.hold)  # probes measure it too
     try:
         asyncio.run(serve(config))
     except PeerError as error:

@@ -154,7 +154,9 @@ def _time_unit(shard: Shard, first: torch.Tensor, steps: torch.Tensor, device: s
 
 def measure(source: ModelSource, device: str, form: WeightForm, slowdown: float = 1.0) -> Profile:
     """Time the embedding, one decoder layer and the head on this device, weights in `form`;
-    and weigh what each holds."""
+    and weigh what each holds. An emulated `slowdown` (the testbed's) multiplies the times
+    measured at full speed, as the shard's stretch does every pass, so a host emulating a device
+    10x slower profiles as fast as any other (the batch curve, a ratio, is the same)."""
     config = source.config
     total = unit_count(config)
     generator = torch.Generator().manual_seed(0)
@@ -162,34 +164,32 @@ def measure(source: ModelSource, device: str, form: WeightForm, slowdown: float 
     hidden = torch.randn(PROMPT_TOKENS + DECODE_STEPS, int(config.hidden_size), generator=generator) * 0.1
     measured, weighed = [], []
     for start, inputs in ((0, ids), (1, hidden), (total - 1, hidden)):
-        shard = Shard(source, start, start + 1, device=device, weights=form, max_sessions=1, slowdown=slowdown)
+        shard = Shard(source, start, start + 1, device=device, weights=form, max_sessions=1)
         measured.append(_time_unit(shard, inputs[:PROMPT_TOKENS], inputs[PROMPT_TOKENS:], device))
         weighed.append(shard.weight_bytes())
         del shard
     (embed, embed_p), (layer, layer_p), (head, head_p) = measured
     layers = total - 2
     return Profile(
-        unit_ms=(embed, *[layer] * layers, head),
-        prefill_ms=(embed_p, *[layer_p] * layers, head_p),
+        unit_ms=tuple(ms * slowdown for ms in (embed, *[layer] * layers, head)),
+        prefill_ms=tuple(ms * slowdown for ms in (embed_p, *[layer_p] * layers, head_p)),
         device=device,
         dtype=str(compute_dtype(form)).removeprefix("torch."),
         threads=torch.get_num_threads(),
         slowdown=slowdown,
-        batch_scale=_batch_scale(source, device, form, slowdown, hidden),
+        batch_scale=_batch_scale(source, device, form, hidden),
         form=form,
         weight_bytes=(weighed[0], *[weighed[1]] * layers, weighed[2]),
     )
 
 
-def _batch_scale(
-    source: ModelSource, device: str, form: WeightForm, slowdown: float, hidden: torch.Tensor
-) -> tuple[float, ...]:
+def _batch_scale(source: ModelSource, device: str, form: WeightForm, hidden: torch.Tensor) -> tuple[float, ...]:
     """Decode-pass time of one decoder layer for each of BATCHES sessions, over one session's.
 
     The batch sizes take turns, round after round, and each keeps its fastest pass, so a burst
     of competing load (peers profiling side by side at start) cannot favour one size; a bigger
     batch never counts as cheaper than a smaller one."""
-    shard = Shard(source, 1, 2, device=device, weights=form, max_sessions=sum(BATCHES), slowdown=slowdown)
+    shard = Shard(source, 1, 2, device=device, weights=form, max_sessions=sum(BATCHES))
     sessions = {batch: [f"b{batch}-{i}" for i in range(batch)] for batch in BATCHES}
     for names in sessions.values():
         shard.run_batch([Step(s, 0, hidden[:PROMPT_TOKENS]) for s in names])

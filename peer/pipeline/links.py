@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from yarl import URL
 from .. import wire
 from ..errors import ProtocolError, StageError
 from ..wire import MAX_BATCH_FRAMES, Error, Frame, decode_message, encode, encode_batch
+from . import egress
 from .servers import SOCKETS
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ class Links:
         self._session: aiohttp.ClientSession | None = None
         self._sockets: dict[str, aiohttp.ClientWebSocketResponse] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
-        self._outbox: dict[str, list[tuple[bytes, asyncio.Future[None]]]] = {}
+        self._outbox: dict[str, list[tuple[bytes, asyncio.Future[None], float]]] = {}  # with release times
         self._writers: dict[str, asyncio.Task[None]] = {}
         self._on_frame = on_frame
         self._on_close = on_close  # the receiver closed the link (e.g. its process died)
@@ -111,7 +113,7 @@ class Links:
             raise StageError(f"the links are closed (to {url})")
         data = frame if isinstance(frame, bytes) else encode(frame)
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._outbox.setdefault(url, []).append((data, written))
+        self._outbox.setdefault(url, []).append((data, written, egress.release_time()))
         writer = self._writers.get(url)
         if writer is None or writer.done():
             self._writers[url] = asyncio.get_running_loop().create_task(self._write(url))
@@ -120,13 +122,14 @@ class Links:
     async def _write(self, url: str) -> None:
         outbox = self._outbox[url]
         while outbox:
-            count, size = 0, 0
-            for data, _written in outbox[:MAX_BATCH_FRAMES]:
-                if count and size + len(data) > wire.MAX_FRAME_BYTES - 1024:
+            await egress.until(outbox[0][2])  # the testbed's emulated link delay (egress.py)
+            count, size, now = 0, 0, time.monotonic()
+            for data, _written, release in outbox[:MAX_BATCH_FRAMES]:
+                if count and (size + len(data) > wire.MAX_FRAME_BYTES - 1024 or release > now):
                     break
                 count, size = count + 1, size + len(data)
             batch, outbox[:count] = outbox[:count], []
-            message = batch[0][0] if count == 1 else encode_batch([data for data, _written in batch])
+            message = batch[0][0] if count == 1 else encode_batch([data for data, _written, _release in batch])
             failure: BaseException | None = StageError(f"the link to {url} was closed")
             try:
                 await self._send_message(url, message)
@@ -134,7 +137,7 @@ class Links:
             except StageError as error:
                 failure = error
             finally:  # also when cancelled or failing otherwise: no sender waits forever
-                for _data, written in batch:
+                for _data, written, _release in batch:
                     if written.done():
                         continue
                     if failure is None:
@@ -158,7 +161,7 @@ class Links:
         for task in [*self._readers.values(), *self._writers.values()]:
             task.cancel()
         for outbox in self._outbox.values():  # senders still waiting learn the link is gone
-            for _data, written in outbox:
+            for _data, written, _release in outbox:
                 if not written.done():
                     written.set_exception(StageError("the link was closed"))
                     written.exception()
@@ -190,6 +193,7 @@ def frame_endpoint(
         warned = False  # one log line per link, not one per bad frame
 
         async def reply(frame: Frame) -> None:
+            await egress.hold()  # the testbed's emulated link delay (egress.py)
             async with send_lock:
                 if not socket.closed:
                     async with asyncio.timeout(SEND_TIMEOUT_S):

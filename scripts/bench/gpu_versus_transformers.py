@@ -50,7 +50,7 @@ def build(directory: Path, shape: str, dtype: torch.dtype, device: str) -> None:
     )
     torch.manual_seed(11)
     with torch.device(device):  # random init on the GPU: seconds, not a minute on the CPU
-        model = LlamaForCausalLM(config).to(dtype)
+        model = torch.nn.Module.to(LlamaForCausalLM(config), dtype)  # (transformers types .to for devices)
     model.save_pretrained(str(directory))
 
 

@@ -61,6 +61,13 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def mape(pairs: list[tuple[float, float]]) -> float | None:
+    """Mean absolute percentage error of (predicted, measured) pairs, as a share of measured
+    (None without a pair; a measured figure of 0 cannot be a denominator and is left out)."""
+    errors = [abs(predicted - measured) / measured for predicted, measured in pairs if measured]
+    return sum(errors) / len(errors) if errors else None
+
+
 # --- transformers ------------------------------------------------------------------------------
 
 
@@ -207,6 +214,13 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--testbed", action="store_true", help="also the paper's setting on scripts/testbed (root)")
     parser.add_argument("--only-testbed", action="store_true", help="only the paper's setting")
+    parser.add_argument(
+        "--dilate",
+        default="auto",
+        metavar="D[,D...]",
+        help="the testbed's time dilation; several run the table at each (default auto: from the contention)",
+    )
+    parser.add_argument("--runs", help="the testbed's rows, by label substring, comma-separated (default all)")
     args = parser.parse_args()
     counts = [int(n) for n in args.sessions.split(",")]
     if not args.only_testbed:
@@ -222,10 +236,10 @@ def main() -> int:
         if args.json:
             print(json.dumps([r.__dict__ for r in rows]))
     if args.testbed or args.only_testbed:
-        from paper_testbed import paper_table  # scripts/bench is on the path: this file's folder
+        from paper_testbed import paper_tables  # scripts/bench is on the path: this file's folder
 
         print("the paper's setting on scripts/testbed ...", file=sys.stderr)
-        print(paper_table(args.tokens))
+        print(paper_tables(args.tokens, args.dilate, args.runs))
     return 0
 
 

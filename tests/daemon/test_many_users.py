@@ -106,8 +106,8 @@ def test_sixteen_concurrent_chats_all_complete_with_single_run_tokens(
 
 def test_past_the_queue_bound_clients_get_429_with_retry_after(cluster: list[Peer]) -> None:
     entry = asker(cluster)
-    with ThreadPoolExecutor(28) as pool:
-        results = list(pool.map(lambda i: post_chat(entry, prompt(i), 40), range(28)))
+    with ThreadPoolExecutor(28) as pool:  # 16 tokens: the admitted hold their slots seconds after the last arrives
+        results = list(pool.map(lambda i: post_chat(entry, prompt(i), 16), range(28)))
     codes = [code for code, _headers, _body in results]
     refused = [(headers, json.loads(body)) for code, headers, body in results if code == 429]
     assert codes.count(200) >= SESSIONS + QUEUE and len(refused) >= 1, codes
@@ -149,12 +149,14 @@ def test_clients_that_disconnect_free_their_slots_at_every_stage(cluster: list[P
 
 
 def test_steady_load_changes_no_layout(cluster: list[Peer]) -> None:
-    """Two minutes of eight concurrent streams: no peer adopts another layout (link probes wait
-    while the stages compute, and a plan must beat the running one by 10% to replace it)."""
+    """75 s of eight concurrent streams: no peer adopts another layout (link probes wait while
+    the stages compute, and a plan must beat the running one by 10% to replace it). 75 s spans
+    some 75 gossip rounds and, with links probed every 60 s, a probe of every link under load;
+    two minutes (as before) took a twelfth of the whole suite."""
     entry = asker(cluster)
     layout = (agreed(cluster) or {})["layout_id"]
     adopted_before = sum(p.log().count(", layout ") for p in cluster)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 75
     errors: list[BaseException] = []
     layouts: set[str] = set()
 

@@ -12,6 +12,7 @@ from edgeshard.discovery.records import PeerId, PeerRecord
 from edgeshard.peer.daemon.config import ConfigError, PeerConfig, load_config
 from edgeshard.peer.daemon.identity import planning_settings
 from edgeshard.peer.daemon.planview import cluster_from_view
+from edgeshard.peer.model import profile as profiling
 from edgeshard.peer.model.files import GGUFModel
 from edgeshard.peer.model.options import weights
 from edgeshard.peer.model.profile import Profile, device_unit_bytes, kv_cache_bytes, offer, unit_sizes
@@ -129,3 +130,28 @@ def test_a_peer_may_offer_several_forms_joined_by_commas() -> None:
     assert load_config({"weights": "int8,float32"}, {}).weights == "int8,float32"
     with pytest.raises(ConfigError, match="weights"):
         load_config({}, {"EDGESHARD_PEER_WEIGHTS": "int8,fp8"})
+
+
+def test_an_emulated_slowdown_multiplies_times_measured_at_full_speed(
+    default_source: GGUFModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The testbed's slower devices profile at full speed (a host emulating a device 20x slower,
+    as time dilation asks, would otherwise profile 20x longer); the stretch is the shard's own
+    arithmetic, so the times scale exactly and the batch curve, a ratio, stays."""
+    built: list[float] = []
+    real_shard = profiling.Shard
+
+    def shard(*args: object, **kwargs: object) -> object:
+        made = real_shard(*args, **kwargs)  # type: ignore[arg-type]
+        built.append(made.slowdown)
+        return made
+
+    monkeypatch.setattr(profiling, "Shard", shard)
+    monkeypatch.setattr(profiling, "_time_unit", lambda *_a: (2.0, 30.0))
+    monkeypatch.setattr(profiling, "_batch_scale", lambda *_a: (1.0, 1.2))
+    fast = profiling.measure(default_source, "cpu", "float32")
+    slow = profiling.measure(default_source, "cpu", "float32", slowdown=20.0)
+    assert set(built) == {1.0}  # every shard timed ran at full speed
+    assert slow.unit_ms == tuple(20 * ms for ms in fast.unit_ms) and slow.unit_ms[1] == 40.0
+    assert slow.prefill_ms == tuple(20 * ms for ms in fast.prefill_ms)
+    assert slow.batch_scale == fast.batch_scale and slow.slowdown == 20.0
