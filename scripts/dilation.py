@@ -13,7 +13,6 @@ not change when all costs scale alike.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -81,24 +80,30 @@ class Dilation:
         return measured * self.factor
 
 
-def choose_factor(hosts: int, cores: int, threads: int, fastest: float, tolerance: float = 0.05) -> float:
-    """The smallest whole D that keeps contention's share of a host's time within `tolerance`.
+def contention_error(factor: float, slowdowns: list[float], cores: int, threads: int) -> float:
+    """The largest share of a host's time that sharing the cores adds, on average.
 
-    A host's pass takes its real compute c, stretched to s x D x c (s: its device's slowdown,
-    `fastest` the smallest over the hosts). When all hosts compute at once, `hosts` x `threads`
-    threads share `cores` cores, so the real part can take k = hosts x threads / cores times c
-    at worst, adding (k - 1) x c to the s x D x c the host should take: a share of (k - 1) / (s x D).
-    """
-    if min(hosts, cores, threads) < 1 or fastest <= 0 or tolerance <= 0:
-        raise ValueError("hosts, cores and threads at least 1; fastest and tolerance positive")
-    contention = max(1.0, hosts * threads / cores)
-    return float(max(1, math.ceil((contention - 1) / (fastest * tolerance))))
+    Host j computes for real 1/(s_j x D) of its time (s_j its device's slowdown), sleeping the
+    rest of its stretch. While host i computes, each other host j is computing too with that
+    probability, and then the two share the cores: i's real compute takes k = (2 x threads) /
+    cores times as long (at least 1). The stretch multiplies the time a pass took, lost time
+    included (`Shard.run_batch`), so i's time grows by the share sum_j (k - 1) / (s_j x D): it
+    falls as 1/D, and the hosts that dilation slows least weigh most."""
+    if factor < 1 or min(cores, threads) < 1 or min(slowdowns, default=0) <= 0:
+        raise ValueError("a factor of at least 1, cores and threads at least 1, slowdowns positive")
+    extra = max(1.0, 2 * threads / cores) - 1
+    duty = [1 / (s * factor) for s in slowdowns]
+    return max((extra * (sum(duty) - own) for own in duty), default=0.0)
 
 
-def contention_error(factor: float, hosts: int, cores: int, threads: int, slowdown: float) -> float:
-    """The worst share of a host's dilated time that contention adds (see `choose_factor`)."""
-    contention = max(1.0, hosts * threads / cores)
-    return (contention - 1) / (slowdown * factor)
+def choose_factor(slowdowns: list[float], cores: int, threads: int, tolerance: float = 0.05, limit: int = 64) -> float:
+    """The smallest whole D (at most `limit`) whose `contention_error` is within `tolerance`."""
+    if tolerance <= 0:
+        raise ValueError("a positive tolerance")
+    for factor in range(1, limit + 1):
+        if contention_error(float(factor), slowdowns, cores, threads) <= tolerance:
+            return float(factor)
+    return float(limit)
 
 
 @dataclass(frozen=True)

@@ -43,16 +43,21 @@ def test_figures_come_back_by_the_same_factor() -> None:
         Dilation(0.5)
 
 
-def test_the_factor_bounds_what_contention_adds() -> None:
-    # The paper's testbed here: 4 hosts of 2 threads on 2 cores, the fastest host at the device's
-    # own speed: four threads per core at worst, 5% tolerated.
-    factor = choose_factor(hosts=4, cores=2, threads=2, fastest=1.0, tolerance=0.05)
-    assert factor == 60
-    assert contention_error(factor, 4, 2, 2, 1.0) <= 0.05 < contention_error(factor - 1, 4, 2, 2, 1.0)
-    assert choose_factor(hosts=2, cores=4, threads=2, fastest=1.0) == 1  # a core for every thread
-    assert choose_factor(hosts=4, cores=2, threads=1, fastest=6.0, tolerance=0.05) == 4  # slow devices need less
+def test_the_factor_keeps_what_sharing_the_cores_adds_within_the_tolerance() -> None:
+    # The paper's testbed here: three Jetsons (6.66x, 6.66x, 7.60x) and the 3090 at this
+    # machine's speed, each peer of 2 threads on 2 cores. Undilated, the Orin NX host's time
+    # grows by the others' duty: (1/6.66 + 1/6.66 + 1/1) x (2 x 2 / 2 - 1) = 130%.
+    paper = [6.663, 6.663, 7.6, 1.0]
+    assert contention_error(1, paper, 2, 2) == pytest.approx(2 / 6.663 + 1)
+    assert contention_error(4, paper, 2, 2) == pytest.approx(contention_error(1, paper, 2, 2) / 4)  # as 1/D
+    factor = choose_factor(paper, cores=2, threads=2, tolerance=0.05)
+    assert factor == 27
+    assert contention_error(factor, paper, 2, 2) <= 0.05 < contention_error(factor - 1, paper, 2, 2)
+    assert choose_factor(paper, cores=4, threads=2) == 1  # a core for every thread of two hosts
+    assert choose_factor([1.0] * 4, cores=2, threads=2, tolerance=0.05) == 60  # four fast hosts: 3/D
+    assert choose_factor([1.0] * 4, cores=2, threads=2, tolerance=0.05, limit=16) == 16
     with pytest.raises(ValueError):
-        choose_factor(0, 2, 2, 1.0)
+        contention_error(0.5, paper, 2, 2)
 
 
 def test_a_dilated_testbed_without_netem_delays_in_the_peers() -> None:

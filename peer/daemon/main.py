@@ -31,7 +31,7 @@ from edgeshard.solver import OBJECTIVES, STRATEGIES
 from ..errors import PeerError
 from ..model.options import COMPILE_CHOICES, COMPILE_HELP, KV_FORMS, PEER_WEIGHTS_HELP, use_compile_mode, weights
 from ..pipeline import egress
-from .config import DEFAULT_CONFIG, ENV_PREFIX, ConfigError, PeerConfig, load_config
+from .config import DEFAULT_CONFIG, ENV_PREFIX, ConfigError, PeerConfig, load_config, split_host_port
 from .service import DRAIN_S, STAGE_DRAIN_S, notify, start_watchdog, stop_task, wait_until
 
 if TYPE_CHECKING:
@@ -157,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     use_compile_mode(config.compile)  # read where the shards are made (model/compiled.py)
-    egress.set_delay_ms(config.emulate_delay_ms)  # one peer a process: the emulated host's way out
+    own = {split_host_port(config.listen, 0)[0], config.advertise, "127.0.0.1", "::1", "localhost"} - {""}
+    egress.set_delay_ms(config.emulate_delay_ms, own)  # one peer a process: the emulated host's way out
     emulate_delay(egress.hold)  # probes measure it too
     try:
         asyncio.run(serve(config))

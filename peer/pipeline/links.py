@@ -113,7 +113,7 @@ class Links:
             raise StageError(f"the links are closed (to {url})")
         data = frame if isinstance(frame, bytes) else encode(frame)
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._outbox.setdefault(url, []).append((data, written, egress.release_time()))
+        self._outbox.setdefault(url, []).append((data, written, egress.release_time(url)))
         writer = self._writers.get(url)
         if writer is None or writer.done():
             self._writers[url] = asyncio.get_running_loop().create_task(self._write(url))
@@ -193,7 +193,7 @@ def frame_endpoint(
         warned = False  # one log line per link, not one per bad frame
 
         async def reply(frame: Frame) -> None:
-            await egress.hold()  # the testbed's emulated link delay (egress.py)
+            await egress.hold(request.remote)  # the testbed's emulated link delay (egress.py)
             async with send_lock:
                 if not socket.closed:
                     async with asyncio.timeout(SEND_TIMEOUT_S):

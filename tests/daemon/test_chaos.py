@@ -6,6 +6,7 @@ Needs root and iproute2 (CI runs as root); it is skipped elsewhere, and says so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,13 +26,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_short_chaos_loses_no_request_crashes_no_peer_and_keeps_the_stranger_out(tmp_path: Path) -> None:
     report = tmp_path / "chaos.json"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench" / "chaos.py"), "--short", "--json", str(report)],
-        capture_output=True,
-        text=True,
-        timeout=840,  # the script bounds every wait itself; this only catches a hang of the script
-        env={**os.environ, "EDGESHARD_TESTBED_STATE": str(tmp_path / "testbed")},
-    )
+    env = {**os.environ, "EDGESHARD_TESTBED_STATE": str(tmp_path / "testbed")}
+    try:
+        run = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "bench" / "chaos.py"), "--short", "--json", str(report)],
+            capture_output=True,
+            text=True,
+            timeout=840,  # the script bounds every wait itself; this only catches a hang of the script
+            env=env,
+        )
+    finally:
+        # The script takes its testbed down itself, but not when it is killed (a timeout here,
+        # or pytest's): its peers run in sessions of their own and would outlive it, and their
+        # namespaces would fail every later testbed. Only a testbed this test brought up.
+        if (tmp_path / "testbed" / "hosts.json").exists():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                subprocess.run([str(ROOT / "scripts" / "testbed"), "down"], env=env, capture_output=True, timeout=120)
     output = run.stdout + run.stderr[-4000:]
     assert report.exists(), output
     document = json.loads(report.read_text())

@@ -92,3 +92,12 @@ async def test_without_a_delay_nothing_waits() -> None:
     await egress.hold()
     await egress.until(egress.release_time())
     assert time.monotonic() - started < 0.05
+
+
+def test_what_a_peer_sends_to_its_own_host_is_not_delayed(delayed: None) -> None:
+    egress.set_delay_ms(DELAY_MS, local=["198.18.0.1", "127.0.0.1"])
+    now = time.monotonic()
+    assert egress.release_time("http://198.18.0.1:7420/origin") - now < 0.01  # its origin, its own stage
+    assert egress.release_time("127.0.0.1") - now < 0.01  # an inbound link's remote address
+    assert egress.release_time("http://198.18.0.2:7420") - now >= DELAY_MS / 1000 - 0.001
+    assert egress.release_time(None) - now >= DELAY_MS / 1000 - 0.001  # a probe: never to itself

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import torch
+from edgeshard.peer.model import batch
+from edgeshard.peer.model import shard as shard_module
 from edgeshard.peer.model.files import GGUFModel, open_model, unit_tensor_names
 from edgeshard.peer.model.shard import SessionError, Shard, Step, even_split, unit_count
 
@@ -149,6 +151,33 @@ def test_decode_rows_of_scattered_slots_attend_together_as_alone(random_hf_model
     for step, got in zip(steps, outputs, strict=True):
         assert isinstance(got, torch.Tensor)
         assert torch.allclose(got, alone.run(step.session, step.position, step.inputs), atol=1e-4)
+
+
+def test_steps_out_of_slot_order_pass_dense_and_come_back_in_their_own_order(
+    random_hf_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shard stacks a pass's steps in slot order (batch.py's dense pass: no gather or scatter)
+    and hands each output back at its step's place; sessions of one length attend unmasked."""
+    alone, together = _shard(random_hf_model), _shard(random_hf_model)
+    plans: list[Any] = []
+
+    def spy(*args: Any) -> Any:
+        plans.append(batch.plan_pass(*args))
+        return plans[-1]
+
+    prompts = {"a": [3, 14, 15], "b": [9, 2, 6], "c": [8, 1, 4]}  # slots 0, 1, 2; one length
+    for session, ids in prompts.items():
+        alone.run(session, 0, torch.tensor(ids))
+        together.run(session, 0, torch.tensor(ids))
+    steps = [Step(s, 3, torch.tensor([token])) for s, token in (("c", 5), ("a", 7), ("b", 2))]
+    monkeypatch.setattr(shard_module, "plan_pass", spy)
+    outputs = together.run_batch(steps)
+    monkeypatch.undo()
+    assert plans[0].decode.dense and plans[0].decode.mask is None
+    for step, got in zip(steps, outputs, strict=True):
+        assert isinstance(got, torch.Tensor)
+        assert torch.allclose(got, alone.run(step.session, step.position, step.inputs), atol=1e-4), step.session
+    assert [together.sessions[s].slot for s in "abc"] == [0, 1, 2]
 
 
 def test_masked_positions_of_memory_that_held_nan_change_no_output(
