@@ -133,7 +133,8 @@ def paper_table(tokens: int, dilation: Dilation, sessions: int = 8, only: list[s
     cores, threads = os.cpu_count() or 1, torch.get_num_threads()
     worst = contention_error(dilation.factor, list(SLOWDOWN.values()), cores, threads)
     lines = [
-        f"D = {dilation.factor:g} (sharing {cores} cores adds at most {worst:.0%} to a host's time, on average); "
+        f"D = {dilation.factor:g} (sharing {cores} cores adds at most {worst:.0%} to a host's time, on average; "
+        f"within {TOLERANCE:.0%} needs D = {auto_factor():g}, `--dilate auto`); "
         f"figures in the devices' time, measured on the testbed divided back by D; against {solo.label}",
         "",
         f"| plan | stages | ms/token, 1 session (predicted) | vs {solo.label} | tokens/s, {sessions} sessions "
