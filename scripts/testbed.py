@@ -188,7 +188,7 @@ def peer_command(host: str, options: dict[str, Any], secret: Path | None) -> lis
         "--objective", options["objective"],
         "--weights", options.get("weights", "float32"),
         "--strategy", options["strategy"],
-        "--emulate-slowdown", options["slowdown"].get(host, options.get("default_slowdown", "1")),
+        "--emulate-slowdown", options["slowdown"].get(host, f"{options.get('dilation', 1):g}"),
         "--emulate-delay-ms", options.get("delay_ms", {}).get(host, options.get("default_delay_ms", "0")),
         "--state-dir", str(STATE / host),
     ]  # fmt: skip
@@ -292,9 +292,7 @@ def up(args: argparse.Namespace) -> None:
         "default": bed.default,
         "slowdown": {host: f"{factor:g}" for host, factor in bed.slowdown.items()},
         "delay_ms": {host: f"{delay:g}" for host, delay in bed.delay_ms.items()},
-        "dilation": args.dilate,
-        # a host added later (`add`): as an unlisted host now
-        "default_slowdown": f"{args.dilate:g}",
+        "dilation": args.dilate,  # also a later host's slowdown (`add`): as an unlisted host now
         "default_delay_ms": f"{max(bed.delay_ms.values(), default=0.0):g}",
         "links": {"-".join(sorted(pair)): netem_options for pair, netem_options in links.items()},
         "netem": netem,

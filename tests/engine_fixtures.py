@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Pr
 os.environ.setdefault("EDGESHARD_CACHE", tempfile.mkdtemp(prefix="edgeshard-test-cache-"))
 
 from edgeshard.peer.model.files import GGUFModel, HuggingFaceModel, default_model_path, open_model
+from edgeshard.peer.model.shard import Shard, Step
 from edgeshard.peer.model.text import prompt_ids
 
 PROMPTS = [
@@ -78,3 +79,24 @@ def random_hf_model(tmp_path_factory: pytest.TempPathFactory, default_source: GG
     LlamaForCausalLM(config).save_pretrained(str(directory))
     default_source.tokenizer().save_pretrained(str(directory))
     return directory
+
+
+def greedy_tokens(shard: Shard, prompts: dict[str, list[int]], new_tokens: int, together: bool) -> dict[str, list[int]]:
+    """Greedy tokens of every session through `shard`: all in one pass per step, or each session
+    on its own."""
+    groups = [list(prompts)] if together else [[session] for session in prompts]
+    tokens: dict[str, list[int]] = {session: [] for session in prompts}
+    for group in groups:
+        steps = [Step(session, 0, torch.tensor(prompts[session])) for session in group]
+        for _ in range(new_tokens):
+            outputs = shard.run_batch(steps)
+            for session, output in zip(group, outputs, strict=True):
+                assert isinstance(output, torch.Tensor)
+                tokens[session].append(int(output.argmax()))
+            steps = [
+                Step(session, len(prompts[session]) + len(tokens[session]) - 1, torch.tensor(tokens[session][-1:]))
+                for session in group
+            ]
+        for session in group:
+            shard.close(session)
+    return tokens

@@ -136,13 +136,13 @@ def layer_forward(
     plain = window is None and softcap is None
     decode = plan.decode
     if decode is not None and decode.dense:
-        attended = _decode_attention(pool, index, decode, queries, keys, values, attention, window, softcap)
+        attended = _decode_attention(pool, index, decode, queries, keys, values, scale, window, softcap)
         return parts.finish(block, hidden, attended)
     attended = torch.empty(rows, heads * dim, dtype=hidden.dtype, device=hidden.device)
     if decode is not None:
         rows_of = decode.rows
         attended[rows_of] = _decode_attention(
-            pool, index, decode, queries[rows_of], keys[rows_of], values[rows_of], attention, window, softcap
+            pool, index, decode, queries[rows_of], keys[rows_of], values[rows_of], scale, window, softcap
         )
     for part in plan.prompts:
         span = part.rows
@@ -176,7 +176,7 @@ def _decode_attention(
     queries: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
-    attention: Any,
+    scale: float,
     window: int | None,
     softcap: float | None,
 ) -> torch.Tensor:
@@ -184,7 +184,6 @@ def _decode_attention(
     keys, values [B, kv_heads, D] are the decode rows alone, in the pass's order."""
     heads, dim = queries.shape[1], queries.shape[2]
     kv_heads = keys.shape[1]
-    scale = attention.scaling
     pool.write(index, (decode.slots, slice(None), decode.positions), keys, values)
     k, v = pool.read(index, slice(decode.low, decode.high), decode.keys)
     if decode.high - decode.low == 1 and decode.mask is None and window is None and softcap is None:

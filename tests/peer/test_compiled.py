@@ -20,7 +20,7 @@ from edgeshard.peer.model.shard import Shard, Step, even_split, unit_count
 from edgeshard.peer.pipeline.local import LocalCluster
 from edgeshard.peer.wire import SamplingParams
 
-from tests.engine_fixtures import NEW_TOKENS, PROMPTS, chat_ids, reference_tokens
+from tests.engine_fixtures import NEW_TOKENS, PROMPTS, chat_ids, greedy_tokens, reference_tokens
 
 
 def test_the_mode_decides_where_a_step_compiles(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,26 +72,6 @@ def test_compiled_stage_processes_match_transformers(
     assert ours == references[prompt]
 
 
-def _greedy(shard: Shard, prompts: dict[str, list[int]], new_tokens: int, together: bool) -> dict[str, list[int]]:
-    """Greedy tokens of every session: all in one pass per step, or each session on its own."""
-    groups = [list(prompts)] if together else [[session] for session in prompts]
-    tokens: dict[str, list[int]] = {session: [] for session in prompts}
-    for group in groups:
-        steps = [Step(session, 0, torch.tensor(prompts[session])) for session in group]
-        for _ in range(new_tokens):
-            outputs = shard.run_batch(steps)
-            for session, output in zip(group, outputs, strict=True):
-                assert isinstance(output, torch.Tensor)
-                tokens[session].append(int(output.argmax()))
-            steps = [
-                Step(session, len(prompts[session]) + len(tokens[session]) - 1, torch.tensor(tokens[session][-1:]))
-                for session in group
-            ]
-        for session in group:
-            shard.close(session)
-    return tokens
-
-
 def _forced_agreement(shard: Shard, prompts: dict[str, list[int]], tokens: dict[str, list[int]]) -> float:
     """The share of steps where the shard's top token is `tokens`' own, every session in one pass
     per step, each fed `tokens` (teacher forcing: one differing step does not change the rest)."""
@@ -123,12 +103,12 @@ def test_batched_unbatched_compiled_and_eager_give_the_same_tokens(form: WeightF
     eager = Shard(default_source, 0, total, weights=form, compile_step=False)
     fused = Shard(default_source, 0, total, weights=form, compile_step=True)
     assert fused.parts.compiled and not eager.parts.compiled
-    expected = _greedy(eager, prompts, 32, together=False)
+    expected = greedy_tokens(eager, prompts, 32, together=False)
     assert all(len(tokens) == 32 for tokens in expected.values())
     if form == "float32":
-        assert _greedy(eager, prompts, 32, together=True) == expected
-        assert _greedy(fused, prompts, 32, together=False) == expected
-        assert _greedy(fused, prompts, 32, together=True) == expected
+        assert greedy_tokens(eager, prompts, 32, together=True) == expected
+        assert greedy_tokens(fused, prompts, 32, together=False) == expected
+        assert greedy_tokens(fused, prompts, 32, together=True) == expected
     else:
         # On an AVX-512 CPU an eager batch and a compiled single session each moved a near-tied
         # token (so did the code before the chunked loads, checked at 1cf7485; the exact match

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from edgeshard.peer.model.files import HuggingFaceModel
-from edgeshard.peer.model.shard import Shard, Step, even_split, unit_count
+from edgeshard.peer.model.shard import Shard, even_split, unit_count
 from edgeshard.peer.pipeline.local import LocalCluster
 from edgeshard.peer.wire import SamplingParams
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from tests.engine_fixtures import greedy_tokens
 
 DEVICE = os.environ.get("EDGESHARD_TEST_DEVICE", "cuda")
 NEW_TOKENS = 16
@@ -79,25 +81,6 @@ def expected(directory: Path) -> dict[str, list[int]]:
     return tokens
 
 
-def _greedy(shard: Shard, prompts: dict[str, list[int]], together: bool) -> dict[str, list[int]]:
-    """Every session's greedy tokens: all in one pass per step, or each session on its own."""
-    groups = [list(prompts)] if together else [[session] for session in prompts]
-    tokens: dict[str, list[int]] = {session: [] for session in prompts}
-    for group in groups:
-        steps = [Step(session, 0, torch.tensor(prompts[session])) for session in group]
-        for _ in range(NEW_TOKENS):
-            for session, output in zip(group, shard.run_batch(steps), strict=True):
-                assert isinstance(output, torch.Tensor)
-                tokens[session].append(int(output.argmax()))
-            steps = [
-                Step(session, len(prompts[session]) + len(tokens[session]) - 1, torch.tensor(tokens[session][-1:]))
-                for session in group
-            ]
-        for session in group:
-            shard.close(session)
-    return tokens
-
-
 @pytest.mark.parametrize("compile_step", [False, True], ids=["eager", "compiled"])
 def test_one_shard_batched_or_not_gives_transformers_tokens(
     compile_step: bool, source: HuggingFaceModel, expected: dict[str, list[int]]
@@ -107,8 +90,8 @@ def test_one_shard_batched_or_not_gives_transformers_tokens(
     assert next(iter(shard.layers.parameters())).device.type == torch.device(DEVICE).type
     for prompts in SETS.values():
         want = {session: expected[session] for session in prompts}
-        assert _greedy(shard, prompts, together=False) == want
-        assert _greedy(shard, prompts, together=True) == want
+        assert greedy_tokens(shard, prompts, NEW_TOKENS, together=False) == want
+        assert greedy_tokens(shard, prompts, NEW_TOKENS, together=True) == want
 
 
 def test_two_stages_with_every_session_at_once_give_transformers_tokens(
