@@ -67,7 +67,7 @@ from .lifecycle import (
     planned,
     ready_layout,
 )
-from .planview import describe_plan, plannable, predict_stages, predicted_tps, route_problem, view_of
+from .planview import add_predictions, describe_plan, entry_groups, plannable, route_problem, view_of
 from .probing import LinkFigures, probe_forever
 from .roster import Roster
 from .security import Security
@@ -281,11 +281,8 @@ class PeerNode:
         )
         load = self.api.load()
         if (adopted := self.lifecycle.adopted) is not None:  # measured beside predicted, at this load
-            figures = (records, self.membership.own, self.units, adopted.plan.stages)
-            load["predicted_tps"] = predicted_tps(*figures, load["generating"])
-            load["predicted_tps_full"] = predicted_tps(*figures, self.config.sessions)
-            document["plan"]["sessions_per_pass"] = self._batch()  # what its costs are per token of
-            predict_stages(document["plan"], records, self.membership.own, self.units, 1)  # a token alone
+            costed = (self.membership.own, self.units, adopted.plan.stages, self.config.objective)
+            add_predictions(document["plan"], load, records, *costed, self.config.sessions, self._batch())
         document["api"] = load
         document["security"] = self.security.status()
         return document
@@ -353,6 +350,8 @@ class PeerNode:
         before = self.lifecycle.adopted
         self.lifecycle = planned(self.lifecycle, view, outcome)
         adopted = self.lifecycle.adopted
+        stages = adopted.plan.stages if adopted else ()
+        self.stage.batcher.groups = entry_groups(objective, stages, self.membership.view(), self.peer_id)
         if adopted is None:
             if isinstance(outcome, Infeasible):
                 log.error("no plan: %s", self.lifecycle.problem)

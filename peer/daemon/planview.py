@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from edgeshard.discovery.records import PeerId, PeerRecord
 from edgeshard.solver import (
@@ -37,6 +38,7 @@ from edgeshard.solver import (
 )
 
 from ..model.batches import batch_factor
+from ..pipeline.batcher import group_size
 from .lifecycle import View
 from .stability import served_stages
 
@@ -129,19 +131,52 @@ def view_of(
     return View(cluster, addresses, own.model, departures, served_stages(fit, len(units))), excluded
 
 
+def pipeline_groups(objective: str, stages: Sequence[Stage], records: Sequence[PeerRecord]) -> int:
+    """Groups the sessions in flight form: on a throughput plan, one per host its stages run on
+    (the paper's micro-batches, cut at the entry stage: peer.pipeline.batcher), else one.
+    Stages on one host share its cores: groups overlapping there only split the batch (measured:
+    3 local peers on 2 cores made 0.47-0.51x the tokens/s at 8 and 16 sessions cut in 3)."""
+    if objective != "throughput":
+        return 1
+    hosts = {str(record.peer_id): urlsplit(record.address).hostname for record in records}
+    return len({hosts.get(str(stage.device)) or str(stage.device) for stage in stages})
+
+
+def entry_groups(objective: str, stages: Sequence[Stage], records: Sequence[PeerRecord], own: str) -> int:
+    """The groups this peer's batcher cuts its sessions into: only the entry stage cuts."""
+    return pipeline_groups(objective, stages, records) if stages and stages[0].device == own else 1
+
+
+def pipelined_tps(latency_ns: int, bottleneck_ns: int, sessions: int, size: int) -> float | None:
+    """Tokens/s of `sessions` sessions in groups of `size`, from one token's costs in a pass of
+    `size`: each group makes a token per trip round the stages (latency_ns per token), the groups
+    overlap on separate devices, and no stage passes more than one token per bottleneck_ns."""
+    if latency_ns <= 0:
+        return None
+    in_flight = sessions / size * 1e9 / latency_ns  # the groups' trips, overlapped
+    return min(in_flight, 1e9 / bottleneck_ns) if bottleneck_ns > 0 else in_flight
+
+
 def predicted_tps(
-    records: Sequence[PeerRecord], own: PeerRecord, units: Sequence[Unit], stages: Sequence[Stage], sessions: int
+    records: Sequence[PeerRecord],
+    own: PeerRecord,
+    units: Sequence[Unit],
+    stages: Sequence[Stage],
+    groups: int,
+    sessions: int,
 ) -> float | None:
-    """Tokens per second that `sessions` sessions generating in step through `stages` should
-    make, from the measured costs (None when the stages are not a valid plan of this view)."""
+    """Tokens per second that `sessions` sessions generating at once through `stages`, cut into
+    `groups` groups, should make, from the measured costs (None when the stages are not a valid
+    plan of this view). One group: every session in step, one pass per stage per token."""
     fit, _excluded = plannable(records, own)
     sessions = max(1, sessions)
-    cluster = cluster_from_view(fit, own.model[:16], units, source_of(fit), sessions)
+    size = group_size(sessions, groups)
+    cluster = cluster_from_view(fit, own.model[:16], units, source_of(fit), size)
     try:
-        per_token_ns = assess(cluster, "latency", stages).cost.latency_ns
+        cost = assess(cluster, "latency", stages).cost
     except InvalidPlanError:
         return None
-    return 1e9 / per_token_ns if per_token_ns else None
+    return pipelined_tps(cost.latency_ns, cost.bottleneck_ns, sessions, size)
 
 
 def predict_stages(
@@ -160,6 +195,28 @@ def predict_stages(
     for stage, compute_ms, transfer_ms in zip(plan["stages"], compute, transfer, strict=True):
         stage["predicted_compute_ms"] = round(compute_ms, 3)
         stage["predicted_transfer_ms"] = round(transfer_ms, 3)
+
+
+def add_predictions(
+    plan: dict[str, Any],
+    load: dict[str, Any],
+    records: Sequence[PeerRecord],
+    own: PeerRecord,
+    units: Sequence[Unit],
+    stages: Sequence[Stage],
+    objective: str,
+    capacity: int,
+    batch: int,
+) -> None:
+    """The predictions set beside what a status document measures: tokens/s at the API's load
+    and at its `capacity` (sessions), the groups the sessions form, the batch the plan is costed
+    at, and each stage's figures for a token alone."""
+    groups = pipeline_groups(objective, stages, records)
+    load["predicted_tps"] = predicted_tps(records, own, units, stages, groups, load["generating"])
+    load["predicted_tps_full"] = predicted_tps(records, own, units, stages, groups, capacity)
+    plan["sessions_per_pass"] = batch  # what its costs are per token of
+    plan["groups"] = groups
+    predict_stages(plan, records, own, units, 1)
 
 
 def describe_plan(plan: Plan, layout_id: str, peers: int, batch: int, names: Mapping[str, str] | None = None) -> str:

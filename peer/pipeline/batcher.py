@@ -6,6 +6,14 @@ every ready step (up to `max_batch` sessions, and at most `max_rows` rows so a l
 cannot starve decode steps for long) and runs them as one pass; steps that arrive meanwhile form
 the next pass. A session has at most one step in flight (its origin waits for each token), so
 per-session order holds without further bookkeeping.
+
+Micro-batches (the paper's pipelining): at the entry stage of a throughput plan of S stages the
+sessions in flight should form S groups, so each stage computes one group while the others are
+on other devices. Taking every ready step would let them coalesce into one group that visits
+the stages in turn, leaving all but one device idle. So the entry stage takes at most
+ceil(open sessions / S) steps per pass (`groups` = S): groups rebalance on their own as sessions
+come and go, since every pass is cut afresh from whatever is ready. Later stages take every ready
+step: where groups meet at a slow stage, one pass of both costs less than two.
 """
 
 from __future__ import annotations
@@ -29,14 +37,28 @@ Deliver = Callable[[Sequence[Step], R], Awaitable[None]]
 DEFAULT_MAX_ROWS = 512  # rows (tokens) per pass: a prompt chunk plus every decode step
 
 
+def group_size(sessions: int, groups: int) -> int:
+    """Sessions per group when `sessions` form `groups` groups as evenly as they can."""
+    return max(1, -(-sessions // max(1, groups)))
+
+
 class Batcher(Generic[R]):
     """Ready steps, and the loop that runs them in passes."""
 
-    def __init__(self, compute: Compute[R], deliver: Deliver[R], max_batch: int, max_rows: int = DEFAULT_MAX_ROWS):
+    def __init__(
+        self,
+        compute: Compute[R],
+        deliver: Deliver[R],
+        max_batch: int,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        open_sessions: Callable[[], int] | None = None,
+    ):
         self._compute = compute
         self._deliver = deliver
         self.max_batch = max_batch
         self.max_rows = max_rows
+        self.groups = 1  # micro-batches to cut the open sessions into (the module's doc)
+        self._open_sessions = open_sessions  # sessions open here, waiting or not (None: the waiting)
         self._ready: OrderedDict[str, Step] = OrderedDict()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -61,14 +83,23 @@ class Batcher(Generic[R]):
         """Steps waiting for the next pass."""
         return len(self._ready)
 
+    @property
+    def pass_sessions(self) -> int:
+        """Most sessions the next pass takes: `max_batch`, or one group's share."""
+        if self.groups <= 1:
+            return self.max_batch
+        open_now = self._open_sessions() if self._open_sessions is not None else len(self._ready)
+        return min(self.max_batch, group_size(max(open_now, len(self._ready)), self.groups))
+
     def take(self) -> list[Step]:
         """The next pass: ready steps in arrival order, within the session and row bounds (the
         first step always goes, however long, so nothing waits forever)."""
         batch: list[Step] = []
         rows = 0
+        most = self.pass_sessions
         for session, step in list(self._ready.items()):
             length = int(step.inputs.shape[0])
-            if batch and (len(batch) >= self.max_batch or rows + length > self.max_rows):
+            if batch and (len(batch) >= most or rows + length > self.max_rows):
                 break
             batch.append(step)
             rows += length

@@ -80,7 +80,9 @@ class StageServer:
         self.routes: dict[str, SessionRoute] = {}
         self._arrivals: dict[str, Arrival] = {}  # each waiting step's arrival, for its trace
         self.max_sessions = max_sessions
-        self.batcher: Batcher[list[Outbound | None]] = Batcher(self._compute, self._deliver, max_batch=max_sessions)
+        self.batcher: Batcher[list[Outbound | None]] = Batcher(
+            self._compute, self._deliver, max_batch=max_sessions, open_sessions=lambda: len(self.routes)
+        )
         self._sending: set[asyncio.Task[None]] = set()
         self._storing: set[asyncio.Future[None]] = set()  # closes that keep blocks, queued on the worker
         self._closing = False
@@ -151,6 +153,7 @@ class StageServer:
             "sessions": len(self.routes),
             "waiting_steps": batcher.waiting,
             "passes": batcher.passes,
+            "groups": batcher.groups,
             "mean_batch": round(batcher.steps / batcher.passes, 2) if batcher.passes else 0.0,
             "weights": shard.form if shard else None,
             "weight_bytes": shard.weight_bytes() if shard else 0,

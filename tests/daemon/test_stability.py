@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from edgeshard.discovery.records import PeerId, PeerRecord, decode_records, encode_records
-from edgeshard.peer.daemon.planview import cluster_from_view, predicted_tps, view_of
+from edgeshard.peer.daemon.planview import (
+    cluster_from_view,
+    entry_groups,
+    pipeline_groups,
+    pipelined_tps,
+    predicted_tps,
+    view_of,
+)
 from edgeshard.peer.daemon.probing import LinkFigures
 from edgeshard.peer.daemon.stability import MARGIN, hold_still, served_stages
 from edgeshard.peer.model.batches import batch_factor
@@ -86,9 +95,35 @@ def test_batch_factor_interpolates_and_batch_costs_are_per_token_of_a_pass() -> 
     eight = cluster_from_view(records, "model", UNITS, batch=8)
     assert eight.devices[0].unit_ms[1] == one.devices[0].unit_ms[1] * 2.0 / 8
     stages = plan(one, "latency").stages
-    alone, together = (predicted_tps(records, records[0], UNITS, stages, n) for n in (1, 8))
+    alone, together = (predicted_tps(records, records[0], UNITS, stages, 1, n) for n in (1, 8))
     assert alone is not None and together is not None
     assert 2.0 < together / alone <= 4.0  # a pass of 8 costs 2× one; the 8 hidden states still travel
+    # The same 8 cut into one group per stage: the groups overlap on the separate devices.
+    groups = pipeline_groups("throughput", stages, records)
+    pipelined = predicted_tps(records, records[0], UNITS, stages, groups, 8)
+    assert groups == len(stages) > 1 and pipelined is not None and pipelined > together
+
+
+def test_pipelined_groups_overlap_until_the_slowest_stage_is_full() -> None:
+    # 10 ms a token round the stages in a pass of 2, 4 ms a token at the slowest stage.
+    assert pipelined_tps(10_000_000, 4_000_000, 2, 2) == 100.0  # one group: its trips alone
+    assert pipelined_tps(10_000_000, 4_000_000, 4, 2) == 200.0  # two groups overlap fully
+    assert pipelined_tps(10_000_000, 4_000_000, 8, 2) == 250.0  # four: the slowest stage is full
+    assert pipelined_tps(0, 0, 8, 2) is None
+
+
+def test_only_the_entry_stage_of_a_throughput_plan_cuts_groups_one_per_host() -> None:
+    stages = [Stage(DeviceId("a"), 0, 3), Stage(DeviceId("b"), 3, 5), Stage(DeviceId("c"), 5, 8)]
+    records = [record(A), record(B), record(C)]
+    assert entry_groups("throughput", stages, records, "a") == 3
+    assert entry_groups("throughput", stages, records, "b") == 1
+    assert entry_groups("latency", stages, records, "a") == 1
+    assert entry_groups("throughput", (), records, "a") == 1
+    assert pipeline_groups("latency", stages, records) == 1
+    # Three peers of one machine share its cores: overlapping groups would only split the batch.
+    local = [replace(r, address=f"http://127.0.0.1:{7420 + i}") for i, r in enumerate(records)]
+    assert pipeline_groups("throughput", stages, local) == 1
+    assert pipeline_groups("throughput", stages, local[:2] + records[2:]) == 2
 
 
 def test_link_figures_are_smoothed_and_do_not_follow_one_odd_probe() -> None:

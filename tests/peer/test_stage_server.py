@@ -132,6 +132,25 @@ async def test_concurrent_sessions_share_passes_and_keep_their_tokens(cluster: L
     assert stage.batcher.passes - passes_before < steps / 2  # most passes carried several sessions
 
 
+async def test_the_entry_stage_cuts_micro_batches_and_every_session_keeps_its_tokens(cluster: LocalCluster) -> None:
+    """A throughput plan's entry stage cuts the sessions in flight into one group per stage:
+    its passes carry at most half of them here (2 stages), and no token changes."""
+    prompts = [[1, 9690, 40 + i] for i in range(6)]
+    alone = [t async for t in cluster.origin.generate(cluster.route, prompts[0], SamplingParams(), 10)]
+    entry = cluster._stages[0].batcher
+    entry.groups = 2
+    passes, steps = entry.passes, entry.steps
+
+    async def run(prompt: list[int]) -> list[int]:
+        return [t async for t in cluster.origin.generate(cluster.route, prompt, SamplingParams(), 10)]
+
+    together = await asyncio.gather(*(run(p) for p in prompts))
+    assert together[0] == alone
+    assert entry.steps - steps == 6 * 10
+    assert entry.passes - passes >= 2 * 10  # at most 3 of the 6 in any pass: two groups a token
+    assert cluster._stages[0].status()["groups"] == 2
+
+
 async def test_unreachable_next_stage_reaches_the_origin_as_an_error(default_source: GGUFModel) -> None:
     async with LocalCluster("default", [(0, 32)], source=default_source) as running:
         route = [running.route[0], "http://127.0.0.1:9"]  # a second stage nobody serves
