@@ -74,6 +74,7 @@ class PeerRecord:
     settings: str = ""  # what shapes the plan beyond the model (dtype, context, sessions, objective)
     units: tuple[int, ...] = ()  # (start, end) of the units held for `serving`, or ()
     batch_scale: tuple[float, ...] = ()  # a decode pass of 1, 2, 4, 8, 16 sessions over one's
+    pass_ms: float = 0.0  # what a pass costs beyond its units when the stage has been waiting
     unit_bytes: tuple[int, ...] = ()  # memory per unit on this device (its weight form), or ()
     form: str = ""  # the name of that weight form
     forms: tuple[FormFigures, ...] = ()  # the other forms it offers (discovery.forms)
@@ -155,6 +156,7 @@ def _to_wire(record: PeerRecord) -> dict[str, Any]:
         "set": record.settings,
         "units": list(record.units),
         "bs": list(record.batch_scale),
+        "pass": record.pass_ms,
         "ub": list(record.unit_bytes),
         "fm": record.form,
         "fx": forms_to_wire(record.forms),
@@ -377,6 +379,7 @@ def _parse(body: Any) -> PeerRecord:
         settings=_text(body, "set", 256, ""),
         units=tuple(units),
         batch_scale=_numbers(body, "bs", 1e-6, 1e6, 16),
+        pass_ms=_numbers({"pass": [body.get("pass", 0.0)]}, "pass", 0.0, MAX_MS, 1)[0],
         unit_bytes=tuple(unit_bytes),
         form=form,
         forms=forms,

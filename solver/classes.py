@@ -33,7 +33,8 @@ class DeviceClass:
 
 
 def _same_profile(costs: CostModel, a: int, b: int) -> bool:
-    return costs.memory[a] == costs.memory[b] and costs.variants[a] == costs.variants[b]
+    same_costs = costs.variants[a] == costs.variants[b] and costs.pass_ns[a] == costs.pass_ns[b]
+    return costs.memory[a] == costs.memory[b] and same_costs
 
 
 def _interchangeable(costs: CostModel, universe: list[int], members: list[int], candidate: int) -> bool:

@@ -63,6 +63,9 @@ class Device:
     # Other forms the device offers: each stage takes the fastest one of the device that holds its
     # units, so a device short of memory can trade speed for size.
     forms: tuple[Form, ...] = ()
+    # What every stage on this device costs beyond its units, in any form: the compute threads
+    # waking after the stage waited for its next pass (measured, peer/model/profile.py).
+    pass_ms: float = 0.0
 
     def variants(self) -> tuple[Form, ...]:
         """Every form the device offers, its own first."""
@@ -212,7 +215,7 @@ def parse_cluster(document: Any) -> Cluster:
     seen: set[str] = set()
     for index, raw in enumerate(_list(top["devices"], "devices")):
         path = f"devices[{index}]"
-        device_doc = _fields(raw, path, {"id", "memory_bytes", "unit_ms"}, {"unit_bytes", "form", "forms"})
+        device_doc = _fields(raw, path, {"id", "memory_bytes", "unit_ms"}, {"unit_bytes", "form", "forms", "pass_ms"})
         device_id = _string(device_doc["id"], f"{path}.id")
         if device_id in seen:
             raise ClusterFileError(f"{path}.id", f"duplicate device id {device_id!r}")
@@ -233,6 +236,7 @@ def parse_cluster(document: Any) -> Cluster:
                 unit_bytes=own.unit_bytes,
                 form=own.name,
                 forms=tuple(forms),
+                pass_ms=_number(device_doc.get("pass_ms", 0.0), f"{path}.pass_ms"),
             )
         )
 
@@ -310,4 +314,6 @@ def _device_document(device: Device) -> dict[str, Any]:
     document: dict[str, Any] = {"id": device.id, "memory_bytes": device.memory_bytes, **_form_document(own, "form")}
     if others:
         document["forms"] = [_form_document(form, "name") for form in others]
+    if device.pass_ms:
+        document["pass_ms"] = device.pass_ms
     return document

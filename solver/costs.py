@@ -104,11 +104,16 @@ class CostModel:
         ties: the earlier listed), or None when none does."""
         best: tuple[int, int] | None = None
         for index, variant in enumerate(self.variants[device]):
-            ns = variant.compute_prefix[end] - variant.compute_prefix[start]
+            ns = variant.compute_prefix[end] - variant.compute_prefix[start] + self.pass_ns[device]
             size = variant.bytes_prefix[end] - variant.bytes_prefix[start]
             if size <= self.memory[device] and (cap is None or ns <= cap) and (best is None or ns < best[0]):
                 best = (ns, index)
         return None if best is None else best[1]
+
+    @cached_property
+    def pass_ns(self) -> tuple[int, ...]:
+        """Per device, what any stage on it costs beyond its units (`Device.pass_ms`)."""
+        return tuple(ms_to_ns(device.pass_ms) for device in self.cluster.devices)
 
     @cached_property
     def out_bytes(self) -> tuple[int, ...]:
@@ -143,7 +148,7 @@ class CostModel:
     def compute(self, device: int, start: int, end: int, variant: int = 0) -> int:
         """ns for a device to run units [start, end) for one token, in one of its forms."""
         prefix = self.variants[device][variant].compute_prefix
-        return prefix[end] - prefix[start]
+        return prefix[end] - prefix[start] + (self.pass_ns[device] if end > start else 0)
 
     def fits(self, device: int, start: int, end: int, variant: int | None = None) -> bool:
         """Whether units [start, end) fit in the device's memory (in that form; None: in any)."""

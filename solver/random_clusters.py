@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from .cluster import Cluster, Device, DeviceId, Link, Model, Network, Unit
 
@@ -14,11 +15,14 @@ def random_cluster(
     kinds: int | None = None,
     tight_memory: bool = True,
     source: bool = True,
+    pass_costs: bool = False,
 ) -> Cluster:
     """A Llama-like chain (embed, equal layers, head) over devices of `kinds` kinds (default: all distinct).
 
     Memory is drawn so that it often binds (a device holds a fraction of the model), and some
     links are slow, so the one-stage-per-device rule, memory and transfers all matter.
+    With `pass_costs`, each kind also costs a fixed time per stage (drawn last: the other draws
+    stay those of the same seed without it).
     """
     layer = rng.randint(50, 150) * 10**6
     hidden = rng.choice([4096, 16384, 65536])
@@ -44,6 +48,9 @@ def random_cluster(
         for j in range(i + 1, devices):
             if kinds == devices and rng.random() < 0.3:
                 links.append(Link(members[i].id, members[j].id, rng.choice([10.0, 100.0]), rng.uniform(0.5, 5)))
+    if pass_costs:
+        fixed = [round(rng.uniform(0.0, 3.0 * sum(ms) / len(ms)), 3) for _memory, ms in profiles]
+        members = [replace(device, pass_ms=fixed[i % kinds]) for i, device in enumerate(members)]
     return Cluster(
         model=model,
         devices=tuple(members),

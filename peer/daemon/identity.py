@@ -90,6 +90,7 @@ def first_record(
         prefill_ms=profile.prefill_ms,
         settings=planning_settings(config),
         batch_scale=profile.batch_scale,
+        pass_ms=profile.pass_ms,
         unit_bytes=unit_bytes(profile),
         form=profile.form,
         forms=tuple(FormFigures(p.form, p.unit_ms, unit_bytes(p), p.batch_scale) for p in others),

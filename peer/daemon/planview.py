@@ -76,7 +76,8 @@ def cluster_from_view(
         memory = r.memory_bytes // MEMORY_STEP * MEMORY_STEP
         forms = tuple(Form(f.name, _times(f.unit_ms, f.batch_scale, batch), f.unit_bytes) for f in r.forms)
         times = _times(r.unit_ms, r.batch_scale, batch)
-        devices.append(Device(DeviceId(r.peer_id), memory, times, r.unit_bytes, r.form, forms))
+        pass_ms = round_significant(r.pass_ms) / batch  # once per pass
+        devices.append(Device(DeviceId(r.peer_id), memory, times, r.unit_bytes, r.form, forms, pass_ms))
     measured: dict[tuple[str, str], tuple[float, float]] = {}
     for record in ordered:
         for link in record.links:

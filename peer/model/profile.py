@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -39,9 +40,11 @@ log = logging.getLogger(__name__)
 # Part of every cached profile's key: bump it whenever the stage's step gets faster or slower (5:
 # the KV pool, fused projections and one compute thread per process; 6: a warm-up pass before
 # the timed ones, and compiled steps keyed apart), or old caches keep planning with the old speed.
-PROFILE_VERSION = 6
+PROFILE_VERSION = 7  # 7: the cost of a pass after waiting (pass_ms)
 PROMPT_TOKENS = 32
 DECODE_STEPS = 8
+WAKE_ROUNDS = 8  # pairs of passes, back to back and after IDLE_S, that pass_ms is read from
+IDLE_S = 0.3  # what a stage in a pipeline waits between its passes, about (D = 4: 0.7 s)
 RUNTIME_RESERVE_BYTES = 768 * 2**20  # the interpreter, torch and transformers themselves
 WIRE_OVERHEAD_BYTES = 64  # frame header around a hidden state
 
@@ -61,6 +64,7 @@ class Profile:
     batch_scale: tuple[float, ...] = ()
     form: WeightForm = "float32"  # how the units' weights were held (model/weights.py)
     weight_bytes: tuple[int, ...] = ()  # per unit, the bytes its weights take in that form
+    pass_ms: float = 0.0  # what a pass costs beyond its units after the stage waited (_pass_ms)
 
 
 def unit_sizes(
@@ -180,7 +184,33 @@ def measure(source: ModelSource, device: str, form: WeightForm, slowdown: float 
         batch_scale=_batch_scale(source, device, form, hidden),
         form=form,
         weight_bytes=(weighed[0], *[weighed[1]] * layers, weighed[2]),
+        pass_ms=_pass_ms(source, device, form, hidden) * slowdown,
     )
+
+
+def _pass_ms(source: ModelSource, device: str, form: WeightForm, hidden: torch.Tensor) -> float:
+    """What a decode pass costs beyond its units when the stage waited IDLE_S for it, as every
+    stage of a pipeline waits while the others compute: the compute threads have gone to sleep
+    and must wake. Back-to-back passes (what unit times are read from) never pay it. Measured on
+    this machine, a one-layer pass: 0.8 ms back to back, 8-16 ms after 50-200 ms with torch's two
+    OpenMP threads (docs/ARCHITECTURE.md, the cost model). Pairs alternate, so a burst of other
+    load weighs on both sides alike. The waits' mean (what a stage pays on average: the cost
+    comes in bursts, 1.6 to 8.9 ms in three profiles of one minute here) less the back-to-back
+    median, never below 0."""
+    shard = Shard(source, 1, 2, device=device, weights=form, max_sessions=1)
+    shard.run("wake", 0, hidden[:PROMPT_TOKENS])
+    row = hidden[PROMPT_TOKENS : PROMPT_TOKENS + 1]
+    position = PROMPT_TOKENS
+    back, waited = [], []
+    for _ in range(WAKE_ROUNDS):
+        for idle, timings in ((0.0, back), (IDLE_S, waited)):
+            time.sleep(idle)
+            started = time.perf_counter()
+            shard.run("wake", position, row)
+            _synchronize(device)
+            timings.append((time.perf_counter() - started) * 1000)
+            position += 1
+    return round(max(0.0, statistics.mean(waited) - statistics.median(back)), 3)
 
 
 def _batch_scale(source: ModelSource, device: str, form: WeightForm, hidden: torch.Tensor) -> tuple[float, ...]:
@@ -302,7 +332,7 @@ def load_or_measure(
     atomic_write(path, json.dumps(asdict(profile)).encode())
     log.info(
         "profiled this device (%s weights) in %.1f s: embed %.3f ms, decoder layer %.3f ms, head %.3f ms per token; "
-        "a pass of %s sessions takes %s× one session's",
+        "a pass of %s sessions takes %s× one session's; a pass after waiting %.3f ms more",
         form,
         time.perf_counter() - started,
         profile.unit_ms[0],
@@ -310,5 +340,6 @@ def load_or_measure(
         profile.unit_ms[-1],
         "/".join(map(str, BATCHES)),
         "/".join(f"{f:g}" for f in profile.batch_scale),
+        profile.pass_ms,
     )
     return profile

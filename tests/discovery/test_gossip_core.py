@@ -93,6 +93,8 @@ def test_the_forms_a_peer_offers_travel_in_its_record() -> None:
     int8 = FormFigures("int8", (0.2, 3.0, 3.0, 1.5), (8_000_000, 600_000, 600_000, 9_000_000), (1.0, 1.9))
     offering = signed("a", form="float32", forms=(int8,), units=(0, 4), units_form="int8", serving="l1")
     assert decode_records(encode_records([offering])) == [offering]
+    waking = signed("a", pass_ms=7.25)  # a pass after waiting costs this much more
+    assert decode_records(encode_records([waking]))[0].pass_ms == 7.25
 
 
 @pytest.mark.parametrize(

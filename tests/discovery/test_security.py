@@ -54,6 +54,8 @@ from .signed import peer, signed, signer
         {"name": "bad name with spaces"},
         {"cluster": "x" * 500},
         {"batch_scale": (math.inf,)},
+        {"pass_ms": -1.0},
+        {"pass_ms": math.nan},
         {"address": "https://198.18.0.2:7420", "cert": "zz"},
         {"address": "http://[::1:80"},
     ],
