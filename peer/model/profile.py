@@ -201,7 +201,8 @@ def _pass_ms(source: ModelSource, device: str, form: WeightForm, hidden: torch.T
     shard.run("wake", 0, hidden[:PROMPT_TOKENS])
     row = hidden[PROMPT_TOKENS : PROMPT_TOKENS + 1]
     position = PROMPT_TOKENS
-    back, waited = [], []
+    back: list[float] = []
+    waited: list[float] = []
     for _ in range(WAKE_ROUNDS):
         for idle, timings in ((0.0, back), (IDLE_S, waited)):
             time.sleep(idle)
