@@ -85,11 +85,12 @@ async def measure_link(
             trips.append(time.perf_counter() - started)
         return min(trips)
 
-    rtt = await best_trip()
+    before = await best_trip()
     started = time.perf_counter()
     body = await get(download)
-    elapsed = max(time.perf_counter() - started - rtt, 1e-6)
-    rtt = min(rtt, await best_trip())
+    took = time.perf_counter() - started
+    rtt = min(before, await best_trip())  # the download less the best trip: an inflated one would
+    elapsed = max(took - rtt, 1e-6)  # read a slow link as faster
     return min(len(body) * 8 / elapsed / 1e6, MAX_MBPS), rtt * 1000
 
 

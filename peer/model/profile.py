@@ -192,15 +192,17 @@ def _pass_ms(source: ModelSource, device: str, form: WeightForm, hidden: torch.T
     """What a decode pass costs beyond its units when the stage waited IDLE_S for it, as every
     stage of a pipeline waits while the others compute: the compute threads have gone to sleep
     and must wake. Back-to-back passes (what unit times are read from) never pay it. Measured on
-    this machine, a one-layer pass: 0.8 ms back to back, 8-16 ms after 50-200 ms with torch's two
-    OpenMP threads (docs/ARCHITECTURE.md, the cost model). Pairs alternate, so a burst of other
-    load weighs on both sides alike. The waits' mean (what a stage pays on average: the cost
-    comes in bursts, 1.6 to 8.9 ms in three profiles of one minute here) less the back-to-back
-    median, never below 0."""
+    this machine, a one-layer pass: 0.8 ms back to back, 7-8 ms (median) after 0.1-0.7 s with
+    torch's two OpenMP threads (docs/ARCHITECTURE.md, the cost model). Pairs alternate, after a
+    warm-up pass, so a burst of other load weighs on both sides alike. The waits' mean without
+    the slowest one (what a stage pays on average: the cost comes in bursts, 1.6 to 8.9 ms in
+    three profiles of one minute here; one stall of another kind is not it) less the
+    back-to-back median, never below 0."""
     shard = Shard(source, 1, 2, device=device, weights=form, max_sessions=1)
     shard.run("wake", 0, hidden[:PROMPT_TOKENS])
     row = hidden[PROMPT_TOKENS : PROMPT_TOKENS + 1]
-    position = PROMPT_TOKENS
+    shard.run("wake", PROMPT_TOKENS, row)  # warm-up
+    position = PROMPT_TOKENS + 1
     back: list[float] = []
     waited: list[float] = []
     for _ in range(WAKE_ROUNDS):
@@ -211,7 +213,8 @@ def _pass_ms(source: ModelSource, device: str, form: WeightForm, hidden: torch.T
             _synchronize(device)
             timings.append((time.perf_counter() - started) * 1000)
             position += 1
-    return round(max(0.0, statistics.mean(waited) - statistics.median(back)), 3)
+    usual = sorted(waited)[:-1]
+    return round(max(0.0, statistics.mean(usual) - statistics.median(back)), 3)
 
 
 def _batch_scale(source: ModelSource, device: str, form: WeightForm, hidden: torch.Tensor) -> tuple[float, ...]:

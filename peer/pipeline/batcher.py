@@ -7,11 +7,12 @@ cannot starve decode steps for long) and runs them as one pass; steps that arriv
 the next pass. A session has at most one step in flight (its origin waits for each token), so
 per-session order holds without further bookkeeping.
 
-Micro-batches (the paper's pipelining): at the entry stage of a throughput plan of S stages the
-sessions in flight should form S groups, so each stage computes one group while the others are
-on other devices. Taking every ready step would let them coalesce into one group that visits
-the stages in turn, leaving all but one device idle. So the entry stage takes at most
-ceil(open sessions / S) steps per pass (`groups` = S): groups rebalance on their own as sessions
+Micro-batches (the paper's pipelining): at the entry stage of a throughput plan whose stages run
+on G hosts the sessions in flight should form G groups, so each device computes one group while
+the others are elsewhere (stages on one host share its cores: there G counts it once, see
+daemon/planview.pipeline_groups). Taking every ready step would let them coalesce into one group
+that visits the stages in turn, leaving all but one device idle. So the entry stage takes at most
+ceil(open sessions / G) steps per pass (`groups` = G): groups rebalance on their own as sessions
 come and go, since every pass is cut afresh from whatever is ready. Later stages take every ready
 step: where groups meet at a slow stage, one pass of both costs less than two.
 """
