@@ -351,7 +351,7 @@ class PeerNode:
         self.lifecycle = planned(self.lifecycle, view, outcome)
         adopted = self.lifecycle.adopted
         stages = adopted.plan.stages if adopted else ()
-        self.stage.batcher.groups = entry_groups(objective, stages, self.membership.view(), self.peer_id)
+        self.stage.batcher.groups = entry_groups(objective, stages, view.addresses, self.peer_id)
         if adopted is None:
             if isinstance(outcome, Infeasible):
                 log.error("no plan: %s", self.lifecycle.problem)

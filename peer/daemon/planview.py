@@ -132,20 +132,20 @@ def view_of(
     return View(cluster, addresses, own.model, departures, served_stages(fit, len(units))), excluded
 
 
-def pipeline_groups(objective: str, stages: Sequence[Stage], records: Sequence[PeerRecord]) -> int:
+def pipeline_groups(objective: str, stages: Sequence[Stage], addresses: Mapping[PeerId, str]) -> int:
     """Groups the sessions in flight form: on a throughput plan, one per host its stages run on
     (the paper's micro-batches, cut at the entry stage: peer.pipeline.batcher), else one.
     Stages on one host share its cores: groups overlapping there only split the batch (measured:
     3 local peers on 2 cores made 0.47-0.51x the tokens/s at 8 and 16 sessions cut in 3)."""
     if objective != "throughput":
         return 1
-    hosts = {str(record.peer_id): urlsplit(record.address).hostname for record in records}
-    return len({hosts.get(str(stage.device)) or str(stage.device) for stage in stages})
+    hosts = {stage.device: urlsplit(addresses.get(PeerId(stage.device), "")).hostname for stage in stages}
+    return len({host or device for device, host in hosts.items()})
 
 
-def entry_groups(objective: str, stages: Sequence[Stage], records: Sequence[PeerRecord], own: str) -> int:
+def entry_groups(objective: str, stages: Sequence[Stage], addresses: Mapping[PeerId, str], own: str) -> int:
     """The groups this peer's batcher cuts its sessions into: only the entry stage cuts."""
-    return pipeline_groups(objective, stages, records) if stages and stages[0].device == own else 1
+    return pipeline_groups(objective, stages, addresses) if stages and stages[0].device == own else 1
 
 
 def pipelined_tps(latency_ns: int, bottleneck_ns: int, sessions: int, size: int) -> float | None:
@@ -212,7 +212,7 @@ def add_predictions(
     """The predictions set beside what a status document measures: tokens/s at the API's load
     and at its `capacity` (sessions), the groups the sessions form, the batch the plan is costed
     at, and each stage's figures for a token alone."""
-    groups = pipeline_groups(objective, stages, records)
+    groups = pipeline_groups(objective, stages, {record.peer_id: record.address for record in records})
     load["predicted_tps"] = predicted_tps(records, own, units, stages, groups, load["generating"])
     load["predicted_tps_full"] = predicted_tps(records, own, units, stages, groups, capacity)
     plan["sessions_per_pass"] = batch  # what its costs are per token of

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from edgeshard.discovery.records import PeerId, PeerRecord, decode_records, encode_records
 from edgeshard.peer.daemon.planview import (
     cluster_from_view,
@@ -38,6 +36,10 @@ def record(
     return PeerRecord(
         peer, 1, 0, address, "c", "model", memory, unit_ms, serving=serving, units=units, batch_scale=scale
     )
+
+
+def addresses(records: list[PeerRecord]) -> dict[PeerId, str]:
+    return {r.peer_id: r.address for r in records}
 
 
 def test_the_served_layout_is_read_from_the_records() -> None:
@@ -99,7 +101,7 @@ def test_batch_factor_interpolates_and_batch_costs_are_per_token_of_a_pass() -> 
     assert alone is not None and together is not None
     assert 2.0 < together / alone <= 4.0  # a pass of 8 costs 2× one; the 8 hidden states still travel
     # The same 8 cut into one group per stage: the groups overlap on the separate devices.
-    groups = pipeline_groups("throughput", stages, records)
+    groups = pipeline_groups("throughput", stages, addresses(records))
     pipelined = predicted_tps(records, records[0], UNITS, stages, groups, 8)
     assert groups == len(stages) > 1 and pipelined is not None and pipelined > together
 
@@ -114,16 +116,16 @@ def test_pipelined_groups_overlap_until_the_slowest_stage_is_full() -> None:
 
 def test_only_the_entry_stage_of_a_throughput_plan_cuts_groups_one_per_host() -> None:
     stages = [Stage(DeviceId("a"), 0, 3), Stage(DeviceId("b"), 3, 5), Stage(DeviceId("c"), 5, 8)]
-    records = [record(A), record(B), record(C)]
-    assert entry_groups("throughput", stages, records, "a") == 3
-    assert entry_groups("throughput", stages, records, "b") == 1
-    assert entry_groups("latency", stages, records, "a") == 1
-    assert entry_groups("throughput", (), records, "a") == 1
-    assert pipeline_groups("latency", stages, records) == 1
+    where = addresses([record(A), record(B), record(C)])
+    assert entry_groups("throughput", stages, where, "a") == 3
+    assert entry_groups("throughput", stages, where, "b") == 1
+    assert entry_groups("latency", stages, where, "a") == 1
+    assert entry_groups("throughput", (), where, "a") == 1
+    assert pipeline_groups("latency", stages, where) == 1
     # Three peers of one machine share its cores: overlapping groups would only split the batch.
-    local = [replace(r, address=f"http://127.0.0.1:{7420 + i}") for i, r in enumerate(records)]
+    local = {peer: f"http://127.0.0.1:{7420 + i}" for i, peer in enumerate(where)}
     assert pipeline_groups("throughput", stages, local) == 1
-    assert pipeline_groups("throughput", stages, local[:2] + records[2:]) == 2
+    assert pipeline_groups("throughput", stages, {**local, C: where[C]}) == 2
 
 
 def test_link_figures_are_smoothed_and_do_not_follow_one_odd_probe() -> None:
